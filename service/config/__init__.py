@@ -1,0 +1,30 @@
+"""Configuration: one YAML file, overridden by ``KIDNEY_NODE_`` environment variables."""
+
+from service.config.loading import ENV_PREFIX, load_settings
+from service.config.settings import (
+    ClassificationRules,
+    DatabaseSettings,
+    Destination,
+    DicomSettings,
+    HttpSettings,
+    ProcessingSettings,
+    SchedulerSettings,
+    SenderSettings,
+    Settings,
+    StorageSettings,
+)
+
+__all__ = [
+    "ENV_PREFIX",
+    "ClassificationRules",
+    "DatabaseSettings",
+    "Destination",
+    "DicomSettings",
+    "HttpSettings",
+    "ProcessingSettings",
+    "SchedulerSettings",
+    "SenderSettings",
+    "Settings",
+    "StorageSettings",
+    "load_settings",
+]

@@ -1,0 +1,133 @@
+"""Typed, frozen settings. Defaults are the embedded ones (SQLite, ``./var``)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+__all__ = [
+    "ClassificationRules",
+    "DatabaseSettings",
+    "Destination",
+    "DicomSettings",
+    "HttpSettings",
+    "ProcessingSettings",
+    "SchedulerSettings",
+    "SenderSettings",
+    "Settings",
+    "StorageSettings",
+]
+
+_AE_RE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # PS3.5 AE VR: no backslash, <= 16 chars
+
+
+def _check_ae(value: str) -> str:
+    stripped = value.strip()
+    if not stripped or not _AE_RE.match(value):
+        raise ValueError(f"AE title must be 1-16 printable characters without '\\', got {value!r}")
+    return stripped
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class DicomSettings(_Frozen):
+    ae_title: str = "KIDNEYNODE"
+    host: str = "0.0.0.0"  # noqa: S104 - a DICOM node listens on the network by design
+    port: int = Field(default=11112, ge=0, le=65535)  # 0: any free port
+    allowed_calling_aets: tuple[str, ...] = ()
+    max_associations: int = Field(default=16, ge=1)
+    max_pdu_size: int = Field(default=0, ge=0)
+    network_timeout_seconds: float = Field(default=60.0, gt=0)
+
+    _ae = field_validator("ae_title")(classmethod(lambda cls, v: _check_ae(v)))
+
+    @field_validator("allowed_calling_aets")
+    @classmethod
+    def _check_aets(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(_check_ae(v) for v in value)
+
+
+class StorageSettings(_Frozen):
+    root: Path = Path("var/storage")
+
+
+class DatabaseSettings(_Frozen):
+    url: str = "sqlite:///var/kidney-node.sqlite"
+
+
+class ClassificationRules(_Frozen):
+    """How a series gets its role. Patterns are case-insensitive regular expressions
+    searched in SeriesDescription (and ProtocolName)."""
+
+    dce_patterns: tuple[str, ...] = (r"dce", r"dyn", r"perf", r"twist", r"tricks", r"vibe.*dyn",
+                                     r"contrast", r"\bgd\b", r"gado")
+    t2_patterns: tuple[str, ...] = (r"\bt2", r"t2w", r"haste", r"tse", r"ssfse", r"space")
+    exclude_patterns: tuple[str, ...] = (r"\bsub", r"mip", r"localizer", r"scout", r"survey",
+                                         r"\bmpr\b", r"derived")
+    #: An MR series with at least this many temporal positions is DCE even without a name match.
+    dce_min_temporal_positions: int = Field(default=2, ge=2)
+
+
+class SchedulerSettings(_Frozen):
+    stable_age_seconds: float = Field(default=60.0, ge=0)
+    sweep_interval_seconds: float = Field(default=5.0, gt=0)
+    #: Jobs interrupted by a restart are retried at most this many times in all.
+    max_attempts: int = Field(default=3, ge=1)
+
+
+class ProcessingSettings(_Frozen):
+    #: "auto" picks CUDA when torch sees it, else CPU; or "cpu", "cuda", "cuda:1".
+    device: str = "auto"
+    mr_pipeline: str = "mri-watershed"
+    #: Leave frames without any segmented pixel out of the SEG (highdicom default).
+    omit_empty_frames: bool = True
+    series_number: int = Field(default=9901, ge=1)
+    content_creator: str = "KIDNEY^NODE"
+
+
+class SenderSettings(_Frozen):
+    retry_initial_seconds: float = Field(default=5.0, gt=0)
+    retry_max_seconds: float = Field(default=600.0, gt=0)
+    poll_interval_seconds: float = Field(default=2.0, gt=0)
+    ae_title: str | None = None  # calling AE of the SCU; defaults to dicom.ae_title
+    timeout_seconds: float = Field(default=30.0, gt=0)
+
+
+class Destination(_Frozen):
+    name: str = Field(min_length=1, max_length=64)
+    ae_title: str
+    host: str
+    port: int = Field(ge=1, le=65535)
+
+    _ae = field_validator("ae_title")(classmethod(lambda cls, v: _check_ae(v)))
+
+
+class HttpSettings(_Frozen):
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=0, le=65535)
+    enabled: bool = True
+
+
+class Settings(_Frozen):
+    dicom: DicomSettings = DicomSettings()
+    storage: StorageSettings = StorageSettings()
+    database: DatabaseSettings = DatabaseSettings()
+    scheduler: SchedulerSettings = SchedulerSettings()
+    processing: ProcessingSettings = ProcessingSettings()
+    sender: SenderSettings = SenderSettings()
+    destinations: tuple[Destination, ...] = ()
+    classification: ClassificationRules = ClassificationRules()
+    http: HttpSettings = HttpSettings()
+    log_level: str = "INFO"
+
+    @field_validator("destinations")
+    @classmethod
+    def _unique_names(cls, value: tuple[Destination, ...]) -> tuple[Destination, ...]:
+        names = [d.name for d in value]
+        if len(names) != len(set(names)):
+            raise ValueError(f"destination names must be unique, got {names}")
+        return value

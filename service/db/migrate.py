@@ -1,0 +1,29 @@
+"""Apply Alembic migrations programmatically (``kidney-node db upgrade`` and ``serve``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config
+
+__all__ = ["MIGRATIONS_DIR", "alembic_config", "upgrade"]
+
+MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / "migrations"
+
+
+def alembic_config(url: str) -> Config:
+    """An Alembic config pointing at the repository's ``migrations/`` for ``url``."""
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+    cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
+    cfg.attributes["configure_logger"] = False
+    return cfg
+
+
+def upgrade(url: str, revision: str = "head") -> None:
+    """Bring the database at ``url`` to ``revision``."""
+    from service.db.engine import make_engine  # creates the SQLite folder
+
+    make_engine(url).dispose()
+    command.upgrade(alembic_config(url), revision)

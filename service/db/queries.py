@@ -1,0 +1,120 @@
+"""Read-side queries used by the CLI and the HTTP API. They take a session, never commit."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from service.db.tables import Job, OutboxItem, Patient, Result, Study
+
+__all__ = ["JobRow", "VolumeRow", "list_jobs", "list_outbox", "patient_volumes", "study_summary"]
+
+
+@dataclass(frozen=True)
+class VolumeRow:
+    study_instance_uid: str
+    study_date: str | None
+    structure: str
+    volume_ml: float
+    pipeline: str
+    pipeline_version: str
+    seg_sop_instance_uid: str
+    job_id: int
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class JobRow:
+    id: int
+    study_instance_uid: str
+    pipeline: str | None
+    state: str
+    attempts: int
+    created_at: str
+    started_at: str | None
+    finished_at: str | None
+    timings: dict[str, float]
+    error: str | None
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _iso(value: dt.datetime | dt.date | None) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
+def patient_volumes(session: Session, patient_id: str) -> list[VolumeRow]:
+    """Latest result per study and structure for a patient, in study date order."""
+    latest = (
+        select(Result.study_pk, Result.structure, func.max(Result.id).label("rid"))
+        .group_by(Result.study_pk, Result.structure).subquery())
+    rows = session.execute(
+        select(Study.study_instance_uid, Study.study_date, Study.study_time, Result)
+        .join(latest, latest.c.study_pk == Study.id)
+        .join(Result, Result.id == latest.c.rid)
+        .join(Patient, Patient.id == Study.patient_pk)
+        .where(Patient.patient_id == patient_id)
+        .order_by(Study.study_date, Study.study_time, Study.id, Result.structure)).all()
+    return [VolumeRow(uid, _iso(date), r.structure, round(r.volume_ml, 3), r.pipeline_name,
+                      r.pipeline_version, r.seg_sop_instance_uid, r.job_pk)
+            for uid, date, _time, r in rows]
+
+
+def _job_row(job: Job, study_uid: str) -> JobRow:
+    return JobRow(job.id, study_uid, job.pipeline, job.state.value, job.attempts,
+                  _iso(job.created_at), _iso(job.started_at), _iso(job.finished_at),
+                  json.loads(job.timings) if job.timings else {}, job.error)
+
+
+def list_jobs(session: Session, *, limit: int = 100) -> list[JobRow]:
+    """The most recent jobs, newest first."""
+    rows = session.execute(select(Job, Study.study_instance_uid)
+                           .join(Study, Study.id == Job.study_pk)
+                           .order_by(Job.id.desc()).limit(limit)).all()
+    return [_job_row(job, uid) for job, uid in rows]
+
+
+def study_summary(session: Session, study_instance_uid: str) -> dict[str, Any] | None:
+    """A study with its jobs, results and sends; None when unknown."""
+    study = session.scalar(select(Study).where(Study.study_instance_uid == study_instance_uid))
+    if study is None:
+        return None
+    jobs = session.scalars(select(Job).where(Job.study_pk == study.id).order_by(Job.id)).all()
+    results = session.scalars(select(Result).where(Result.study_pk == study.id)
+                              .order_by(Result.id)).all()
+    job_ids = [j.id for j in jobs]
+    sends = session.scalars(select(OutboxItem).where(OutboxItem.job_pk.in_(job_ids))
+                            .order_by(OutboxItem.id)).all() if job_ids else []
+    return {
+        "study_instance_uid": study.study_instance_uid,
+        "patient_id": study.patient.patient_id,
+        "study_date": _iso(study.study_date),
+        "series": len(study.series),
+        "jobs": [_job_row(j, study.study_instance_uid).as_dict() for j in jobs],
+        "results": [{"structure": r.structure, "volume_ml": round(r.volume_ml, 3),
+                     "pipeline": r.pipeline_name, "pipeline_version": r.pipeline_version,
+                     "seg_sop_instance_uid": r.seg_sop_instance_uid, "job_id": r.job_pk}
+                    for r in results],
+        "sends": [_send_dict(s) for s in sends],
+    }
+
+
+def _send_dict(item: OutboxItem) -> dict[str, Any]:
+    return {"id": item.id, "sop_instance_uid": item.sop_instance_uid,
+            "destination": item.destination, "state": item.state.value,
+            "attempts": item.attempts, "next_attempt_at": _iso(item.next_attempt_at),
+            "last_error": item.last_error, "sent_at": _iso(item.sent_at)}
+
+
+def list_outbox(session: Session, *, limit: int = 200) -> list[dict[str, Any]]:
+    """Outbox items, newest first."""
+    items = session.scalars(select(OutboxItem).order_by(OutboxItem.id.desc()).limit(limit))
+    return [_send_dict(i) for i in items]

@@ -1,0 +1,114 @@
+"""The node's SCP: C-ECHO and C-STORE of every storage SOP class."""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from pathlib import Path
+
+from pynetdicom import AE, _config, evt
+from pynetdicom.events import Event
+from pynetdicom.transport import ThreadedAssociationServer
+
+from service.config import DicomSettings
+from service.dicom.contexts import scp_contexts
+from service.dicom.net import NODELAY_HANDLER
+from service.errors import DatasetMismatchError, IngestError, StorageError
+from service.storage import InstanceStore
+
+__all__ = ["STATUS", "StorageSCP"]
+
+logger = logging.getLogger(__name__)
+
+#: DIMSE statuses used by the handler (PS3.4 B.2.3, PS3.7 C.4.2).
+STATUS = {
+    "success": 0x0000,
+    "out_of_resources": 0xA700,
+    "dataset_mismatch": 0xA900,
+    "cannot_understand": 0xC000,
+}
+
+
+class StorageSCP:
+    """Receives instances into an :class:`InstanceStore`.
+
+    Each C-STORE is streamed by pynetdicom into a temporary file under the store's
+    ``.incoming`` folder, moved into place and indexed; only then is Success sent.
+    """
+
+    def __init__(self, settings: DicomSettings, store: InstanceStore) -> None:
+        self.settings = settings
+        self.store = store
+        self._server: ThreadedAssociationServer | None = None
+        # Receive datasets straight to disk (process-wide pynetdicom switch), in a temp
+        # folder on the archive's filesystem so the final move is a rename.
+        _config.STORE_RECV_CHUNKED_DATASET = True
+        tempfile.tempdir = str(store.incoming)
+
+    def _make_ae(self) -> AE:
+        ae = AE(ae_title=self.settings.ae_title)
+        ae.supported_contexts = scp_contexts()
+        ae.require_called_aet = True
+        if self.settings.allowed_calling_aets:
+            ae.require_calling_aet = list(self.settings.allowed_calling_aets)
+        ae.maximum_associations = self.settings.max_associations
+        ae.maximum_pdu_size = self.settings.max_pdu_size
+        ae.network_timeout = self.settings.network_timeout_seconds
+        ae.acse_timeout = 30
+        ae.dimse_timeout = self.settings.network_timeout_seconds
+        return ae
+
+    def start(self) -> int:
+        """Start listening in background threads; returns the bound port."""
+        ae = self._make_ae()
+        handlers = [
+            (evt.EVT_C_STORE, self.handle_store),
+            (evt.EVT_C_ECHO, _handle_echo),
+            (evt.EVT_REJECTED, _log_rejected),
+            NODELAY_HANDLER,
+        ]
+        self._server = ae.start_server(
+            (self.settings.host, self.settings.port), block=False, evt_handlers=handlers)
+        port = self._server.server_address[1]
+        logger.info("DICOM SCP %s listening on %s:%s (calling AEs allowed: %s)",
+                    self.settings.ae_title, self.settings.host, port,
+                    ", ".join(self.settings.allowed_calling_aets) or "any")
+        return port
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server = None
+
+    def handle_store(self, event: Event) -> int:
+        """EVT_C_STORE: store the streamed file; map our errors to DIMSE statuses."""
+        sop_uid = str(event.request.AffectedSOPInstanceUID)
+        sop_class = str(event.request.AffectedSOPClassUID)
+        calling = event.assoc.requestor.ae_title
+        path = Path(event.dataset_path)
+        try:
+            self.store.store_file(path, expected_sop_uid=sop_uid, expected_sop_class=sop_class,
+                                  calling_aet=calling)
+        except DatasetMismatchError as exc:
+            logger.error("refused C-STORE of %s from %s: %s", sop_uid, calling, exc)
+            return STATUS["dataset_mismatch"]
+        except IngestError as exc:
+            logger.error("refused C-STORE of %s from %s: %s", sop_uid, calling, exc)
+            return STATUS["cannot_understand"]
+        except StorageError as exc:
+            logger.error("could not store %s from %s: %s", sop_uid, calling, exc)
+            return STATUS["out_of_resources"]
+        finally:
+            path.unlink(missing_ok=True)
+        return STATUS["success"]
+
+
+def _handle_echo(event: Event) -> int:
+    logger.info("C-ECHO from %s", event.assoc.requestor.ae_title)
+    return STATUS["success"]
+
+
+def _log_rejected(event: Event) -> None:
+    req = event.assoc.requestor
+    logger.warning("association rejected: calling AE %r from %s:%s, called AE %r",
+                   req.ae_title, req.address, req.port, event.assoc.acceptor.ae_title)

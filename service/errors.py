@@ -1,0 +1,64 @@
+"""One exception hierarchy for the node; every message names the UID or path concerned."""
+
+from __future__ import annotations
+
+__all__ = [
+    "ConfigError",
+    "DatasetMismatchError",
+    "DestinationError",
+    "IngestError",
+    "KidneyNodeError",
+    "PipelineError",
+    "SeriesLoadError",
+    "StorageError",
+]
+
+
+class KidneyNodeError(Exception):
+    """Base class of every error the node raises on purpose."""
+
+
+class ConfigError(KidneyNodeError):
+    """The configuration file or an environment override is invalid."""
+
+
+class IngestError(KidneyNodeError):
+    """A received instance cannot be understood (bad or missing attributes).
+
+    Maps to a DICOM 'cannot understand' status (0xC000 range).
+    """
+
+
+class DatasetMismatchError(IngestError):
+    """The dataset's SOP Class or Instance UID differs from the C-STORE request's (0xA900)."""
+
+
+class StorageError(KidneyNodeError):
+    """Disk or index failure while storing an instance.
+
+    Maps to a DICOM 'out of resources' status (0xA700).
+    """
+
+
+class SeriesLoadError(KidneyNodeError):
+    """A series cannot be assembled into a volume (geometry, missing tags, pixels)."""
+
+    def __init__(self, series_uid: str, message: str) -> None:
+        super().__init__(f"series {series_uid}: {message}")
+        self.series_uid = series_uid
+
+
+class PipelineError(KidneyNodeError):
+    """A segmentation pipeline cannot run on the given study."""
+
+
+class DestinationError(KidneyNodeError):
+    """Sending a result to a destination failed.
+
+    ``permanent`` tells a refusal that retrying cannot fix (association rejected
+    permanently, SOP class or transfer syntax refused) from a transient failure.
+    """
+
+    def __init__(self, message: str, *, permanent: bool) -> None:
+        super().__init__(message)
+        self.permanent = permanent

@@ -1,0 +1,174 @@
+"""Real peers for the integration tests: the node as a process, DCMTK tools."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+DCMTK = Path("/usr/bin")
+NODE_BIN = Path(sys.executable).parent / "kidney-node"
+
+
+def dcmtk(tool: str) -> str:
+    """Full path of a DCMTK tool (pynetdicom's apps of the same name shadow them on PATH)."""
+    path = DCMTK / tool
+    if not path.exists():
+        pytest.fail(f"{path} missing: `make test` installs Debian's dcmtk")
+    return str(path)
+
+
+def peer_env() -> dict[str, str]:
+    """Environment for DCMTK peers: Nagle off, as for the node's own sockets."""
+    return {**os.environ, "TCP_NODELAY": "1"}
+
+
+@dataclass
+class NodeProcess:
+    workdir: Path
+    config: dict[str, Any]
+    log_path: Path
+    proc: subprocess.Popen | None = None
+    extra_env: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def dicom_port(self) -> int:
+        return int(self.config["dicom"]["port"])
+
+    @property
+    def api(self) -> str:
+        return f"http://127.0.0.1:{self.config['http']['port']}"
+
+    def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+        return subprocess.run([str(NODE_BIN), "--config", str(self.workdir / "config.yaml"),
+                               *args], cwd=self.workdir, capture_output=True, text=True,
+                              check=check, timeout=120)
+
+    def start(self, timeout: float = 60.0) -> None:
+        (self.workdir / "config.yaml").write_text(yaml.safe_dump(self.config))
+        log = open(self.log_path, "ab")  # noqa: SIM115 - closed with the process
+        self.proc = subprocess.Popen(
+            [str(NODE_BIN), "--config", str(self.workdir / "config.yaml"), "serve"],
+            cwd=self.workdir, stdout=log, stderr=subprocess.STDOUT,
+            env={**os.environ, **self.extra_env})
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"node exited with {self.proc.returncode}:\n{self.log()}")
+            try:
+                self.get("/health")
+                return
+            except OSError:
+                time.sleep(0.2)
+        raise RuntimeError(f"node did not come up in {timeout} s:\n{self.log()}")
+
+    def get(self, path: str) -> Any:
+        with urllib.request.urlopen(self.api + path, timeout=5) as resp:  # noqa: S310
+            return json.load(resp)
+
+    def study(self, uid: str) -> dict[str, Any] | None:
+        try:
+            return self.get(f"/api/studies/{uid}")
+        except urllib.error.HTTPError as exc:
+            if exc.code == 404:
+                return None
+            raise
+
+    def wait_for(self, predicate, timeout: float, what: str) -> Any:  # noqa: ANN001
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            value = predicate()
+            if value:
+                return value
+            time.sleep(0.3)
+        raise AssertionError(f"timed out after {timeout} s waiting for {what}\n{self.log()}")
+
+    def kill(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")[-6000:] if self.log_path.exists() else ""
+
+
+def node_config(*, workdir: Path, database_url: str, dicom_port: int, http_port: int,
+                destinations: list[dict[str, Any]] | None = None,
+                allowed_calling_aets: list[str] | None = None) -> dict[str, Any]:
+    """A config for a test node: quick trigger and retries, tiny back-off."""
+    return {
+        "dicom": {"ae_title": "KIDNEYNODE", "host": "127.0.0.1", "port": dicom_port,
+                  "allowed_calling_aets": allowed_calling_aets or []},
+        "storage": {"root": str(workdir / "storage")},
+        "database": {"url": database_url},
+        "scheduler": {"stable_age_seconds": 1.5, "sweep_interval_seconds": 0.5},
+        "sender": {"retry_initial_seconds": 0.5, "retry_max_seconds": 2,
+                   "poll_interval_seconds": 0.5, "timeout_seconds": 10},
+        "processing": {"device": "cpu"},
+        "destinations": destinations or [],
+        "http": {"host": "127.0.0.1", "port": http_port},
+        "log_level": "INFO",
+    }
+
+
+@contextmanager
+def storescp(port: int, out_dir: Path, ae_title: str = "DEST"):  # noqa: ANN201
+    """DCMTK storescp accepting everything into ``out_dir``."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    proc = subprocess.Popen([dcmtk("storescp"), "-aet", ae_title, "+xa", "-od", str(out_dir),
+                             str(port)], env=peer_env(), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)
+    try:
+        _wait_port(port)
+        yield proc
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def _wait_port(port: int, timeout: float = 10.0) -> None:
+    import socket
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.1)
+    raise RuntimeError(f"nothing listens on port {port}")
+
+
+def storescu(port: int, files: list[Path], *, calling: str = "STORESCU",
+             called: str = "KIDNEYNODE") -> subprocess.CompletedProcess:
+    """DCMTK storescu over one association."""
+    return subprocess.run([dcmtk("storescu"), "-aet", calling, "-aec", called, "127.0.0.1",
+                           str(port), *map(str, files)], env=peer_env(), capture_output=True,
+                          text=True, timeout=300)
+
+
+def dciodvfy_errors(path: Path) -> list[str]:
+    """Error lines dciodvfy prints for ``path`` (dicom3tools)."""
+    tool = shutil.which("dciodvfy") or "/usr/bin/dciodvfy"
+    out = subprocess.run([tool, str(path)], capture_output=True, text=True, timeout=60)
+    return [line for line in (out.stdout + out.stderr).splitlines() if line.startswith("Error")]
