@@ -1,0 +1,44 @@
+"""Image maths and segmentation methods: pure functions on numpy arrays in (z, y, x) order.
+
+Nothing here touches disk, network or database, and nothing imports from ``service``.
+"""
+
+from models.components import (
+    FACE_CONNECTIVITY,
+    ball,
+    binary_closing,
+    binary_dilation,
+    binary_erosion,
+    binary_opening,
+    fill_holes,
+    label_components,
+    largest_component,
+)
+from models.metrics import dice, precision, recall, volume_difference_pct
+from models.otsu import otsu_threshold, segment_otsu
+from models.roi import RegionOfInterest, detect_roi, high_intensity_threshold
+from models.volume import mask_volume_ml
+from models.watershed import segment_watershed
+
+__all__ = [
+    "FACE_CONNECTIVITY",
+    "RegionOfInterest",
+    "ball",
+    "binary_closing",
+    "binary_dilation",
+    "binary_erosion",
+    "binary_opening",
+    "detect_roi",
+    "dice",
+    "fill_holes",
+    "high_intensity_threshold",
+    "label_components",
+    "largest_component",
+    "mask_volume_ml",
+    "otsu_threshold",
+    "precision",
+    "recall",
+    "segment_otsu",
+    "segment_watershed",
+    "volume_difference_pct",
+]

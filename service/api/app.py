@@ -1,0 +1,51 @@
+"""Read-only HTTP API (FastAPI); it reads the index, it never writes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI, HTTPException
+from sqlalchemy import text
+from sqlalchemy.orm import Session, sessionmaker
+
+from service import __version__
+from service.db import queries
+
+__all__ = ["create_app"]
+
+
+def create_app(sessions: sessionmaker[Session]) -> FastAPI:
+    """The API over ``sessions``; OpenAPI schema at ``/openapi.json``."""
+    app = FastAPI(title="kidney-node", version=__version__)
+
+    @app.get("/health")
+    def health() -> dict[str, Any]:
+        with sessions() as session:
+            session.execute(text("SELECT 1"))
+        return {"status": "ok", "version": __version__}
+
+    @app.get("/api/jobs")
+    def jobs(limit: int = 100) -> list[dict[str, Any]]:
+        with sessions() as session:
+            return [row.as_dict() for row in queries.list_jobs(session, limit=limit)]
+
+    @app.get("/api/outbox")
+    def outbox(limit: int = 200) -> list[dict[str, Any]]:
+        with sessions() as session:
+            return queries.list_outbox(session, limit=limit)
+
+    @app.get("/api/studies/{study_instance_uid}")
+    def study(study_instance_uid: str) -> dict[str, Any]:
+        with sessions() as session:
+            summary = queries.study_summary(session, study_instance_uid)
+        if summary is None:
+            raise HTTPException(404, f"study {study_instance_uid} is not known to this node")
+        return summary
+
+    @app.get("/api/patients/{patient_id}/volumes")
+    def volumes(patient_id: str) -> list[dict[str, Any]]:
+        with sessions() as session:
+            rows = queries.patient_volumes(session, patient_id)
+        return [row.as_dict() for row in rows]
+
+    return app

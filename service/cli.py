@@ -1,0 +1,204 @@
+"""``kidney-node`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Sequence
+from pathlib import Path
+
+from service import __version__
+from service.config import Destination, Settings, load_settings
+from service.errors import KidneyNodeError
+from service.logs import configure_logging
+
+__all__ = ["main"]
+
+logger = logging.getLogger("kidney-node")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="kidney-node", description=__doc__)
+    p.add_argument("--config", type=Path, help="YAML config file (else KIDNEY_NODE_CONFIG)")
+    p.add_argument("--version", action="version", version=__version__)
+    sub = p.add_subparsers(dest="command", required=True)
+    sub.add_parser("serve", help="run the node (migrates the database first)")
+    db = sub.add_parser("db", help="database maintenance")
+    db_sub = db.add_subparsers(dest="db_command", required=True)
+    db_sub.add_parser("upgrade", help="apply Alembic migrations")
+    seg = sub.add_parser("segment", help="segment a folder of DICOM files offline")
+    seg.add_argument("input_dir", type=Path)
+    seg.add_argument("--out", type=Path, required=True)
+    seg.add_argument("--pipeline", help="pipeline name (default: by series classification)")
+    vol = sub.add_parser("volumes", help="kidney volumes of a patient over time")
+    vol.add_argument("patient_id")
+    vol.add_argument("--json", action="store_true")
+    jobs = sub.add_parser("jobs", help="recent jobs")
+    jobs.add_argument("--json", action="store_true")
+    jobs.add_argument("--limit", type=int, default=50)
+    outbox = sub.add_parser("outbox", help="results queued for the destinations")
+    outbox.add_argument("--json", action="store_true")
+    demo = sub.add_parser("demo", help="send a synthetic study to the running node")
+    demo.add_argument("--host", default="127.0.0.1")
+    demo.add_argument("--timeout", type=float, default=300.0)
+    return p
+
+
+def _sessions(settings: Settings):  # noqa: ANN202
+    from service.db import make_engine, make_sessionmaker
+
+    return make_sessionmaker(make_engine(settings.database.url))
+
+
+def _print_table(rows: list[dict], columns: Sequence[str]) -> None:
+    widths = {c: max([len(c)] + [len(str(r.get(c, ""))) for r in rows]) for c in columns}
+    print("  ".join(c.ljust(widths[c]) for c in columns))
+    for r in rows:
+        print("  ".join(str(r.get(c, "") if r.get(c) is not None else "").ljust(widths[c])
+                        for c in columns))
+
+
+def _cmd_serve(settings: Settings) -> int:
+    from service.node import Node
+
+    node = Node(settings)
+    node.start()
+    signal.signal(signal.SIGTERM, lambda *_: node.stop())
+    try:
+        node.wait()
+    except KeyboardInterrupt:
+        node.stop()
+    return 0
+
+
+def _cmd_segment(settings: Settings, args: argparse.Namespace) -> int:
+    from service.jobs.device import resolve_device
+    from service.offline import segment_folder
+
+    result = segment_folder(args.input_dir, args.out, pipeline_name=args.pipeline,
+                            rules=settings.classification, processing=settings.processing,
+                            device=resolve_device(settings.processing.device))
+    for structure, ml in result.volumes_ml.items():
+        print(f"{structure}: {ml:.1f} ml")
+    print(f"wrote {result.seg_path} and {result.result_path}")
+    return 0
+
+
+def _cmd_volumes(settings: Settings, args: argparse.Namespace) -> int:
+    from service.db.queries import patient_volumes
+
+    with _sessions(settings)() as session:
+        rows = [r.as_dict() for r in patient_volumes(session, args.patient_id)]
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    elif not rows:
+        print(f"no volumes for patient {args.patient_id}")
+    else:
+        _print_table(rows, ["study_date", "structure", "volume_ml", "pipeline",
+                            "study_instance_uid"])
+    return 0
+
+
+def _cmd_jobs(settings: Settings, args: argparse.Namespace) -> int:
+    from service.db.queries import list_jobs
+
+    with _sessions(settings)() as session:
+        rows = [r.as_dict() for r in list_jobs(session, limit=args.limit)]
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    else:
+        _print_table(rows, ["id", "state", "pipeline", "attempts", "created_at",
+                            "study_instance_uid", "error"])
+    return 0
+
+
+def _cmd_outbox(settings: Settings, args: argparse.Namespace) -> int:
+    from service.db.queries import list_outbox
+
+    with _sessions(settings)() as session:
+        rows = list_outbox(session)
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    else:
+        _print_table(rows, ["id", "state", "destination", "attempts", "sop_instance_uid",
+                            "last_error"])
+    return 0
+
+
+def _cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
+    from service.dicom.scu import send_files
+    from service.synthetic import write_mr_study
+
+    node = Destination(name="node", ae_title=settings.dicom.ae_title, host=args.host,
+                       port=settings.dicom.port)
+    api = f"http://{settings.http.host if settings.http.host != '0.0.0.0' else '127.0.0.1'}" \
+          f":{settings.http.port}"  # noqa: S104
+    with tempfile.TemporaryDirectory() as tmp:
+        study = write_mr_study(Path(tmp), patient_id="DEMO-0001")
+        t0 = time.perf_counter()
+        outcome = send_files(list(study.files), destination=node, calling_aet="DEMO",
+                             timeout=30)
+        failed = [str(e) for e in outcome.values() if e is not None]
+        if failed:
+            print(f"sending the demo study failed: {failed[0]}", file=sys.stderr)
+            return 1
+        print(f"sent {len(study.files)} instances of study {study.study_instance_uid} "
+              f"to {node.ae_title}@{node.host}:{node.port} in {time.perf_counter() - t0:.1f} s;"
+              f" waiting for the result (stable age {settings.scheduler.stable_age_seconds} s)")
+        deadline = time.monotonic() + args.timeout
+        while time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(f"{api}/api/studies/{study.study_instance_uid}",
+                                            timeout=5) as resp:  # noqa: S310 - our own API
+                    summary = json.load(resp)
+            except urllib.error.HTTPError as exc:
+                if exc.code != 404:
+                    raise
+                summary = None
+            if summary:
+                failed_jobs = [j for j in summary["jobs"] if j["state"] == "failed"]
+                if summary["results"]:
+                    for r in summary["results"]:
+                        print(f"{r['structure']}: {r['volume_ml']:.1f} ml by {r['pipeline']} "
+                              f"(truth {study.truth_volume_ml:.1f} ml), "
+                              f"round trip {time.perf_counter() - t0:.1f} s")
+                    return 0
+                if failed_jobs:
+                    print(f"the job failed: {failed_jobs[-1]['error']}", file=sys.stderr)
+                    return 1
+            time.sleep(1.0)
+    print(f"no result within {args.timeout:.0f} s", file=sys.stderr)
+    return 1
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``kidney-node`` command."""
+    args = _parser().parse_args(argv)
+    try:
+        settings = load_settings(args.config)
+        configure_logging(settings.log_level)
+        if args.command == "serve":
+            return _cmd_serve(settings)
+        if args.command == "db":
+            from service.db import upgrade
+
+            upgrade(settings.database.url)
+            print("database is at the latest revision")
+            return 0
+        handler = {"segment": _cmd_segment, "volumes": _cmd_volumes, "jobs": _cmd_jobs,
+                   "outbox": _cmd_outbox, "demo": _cmd_demo}[args.command]
+        return handler(settings, args)
+    except KidneyNodeError as exc:
+        print(f"kidney-node: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

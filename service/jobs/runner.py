@@ -1,0 +1,193 @@
+"""The job runner: claim a queued job, run its pipeline, store the SEG, queue the sends."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session, sessionmaker
+
+from service import __version__
+from service.config import Settings
+from service.db.tables import (
+    Instance,
+    InstanceOrigin,
+    Job,
+    JobState,
+    Result,
+    Series,
+    SeriesRole,
+    Study,
+    utcnow,
+)
+from service.dicom.uids import derived_uid
+from service.errors import KidneyNodeError, SeriesLoadError
+from service.imaging.series import LoadedSeries, load_series
+from service.outbox.sender import enqueue
+from service.pipeline.base import StudyInput
+from service.pipeline.registry import get_pipeline
+from service.storage import InstanceStore
+from service.writers.seg import SegOptions, build_segmentation
+
+__all__ = ["JobRunner", "recover_interrupted_jobs"]
+
+logger = logging.getLogger(__name__)
+
+#: Roles a pipeline may read; others are not loaded.
+_LOADED_ROLES = (SeriesRole.DCE, SeriesRole.T2, SeriesRole.CT)
+_REQUIRED_ROLES = (SeriesRole.DCE, SeriesRole.CT)
+
+
+def recover_interrupted_jobs(session: Session, *, max_attempts: int) -> int:
+    """Jobs left RUNNING by a crash or restart go back to the queue (or fail after
+    ``max_attempts``). Does not commit; returns how many were requeued."""
+    requeued = 0
+    for job in session.scalars(select(Job).where(Job.state == JobState.RUNNING)):
+        if job.attempts >= max_attempts:
+            job.state = JobState.FAILED
+            job.finished_at = utcnow()
+            job.error = f"interrupted {job.attempts} times; giving up (max_attempts)"
+        else:
+            job.state = JobState.QUEUED
+            requeued += 1
+        logger.warning("job %d of study pk %d was interrupted: now %s", job.id, job.study_pk,
+                       job.state.value)
+    return requeued
+
+
+@dataclass
+class _Work:
+    job_id: int
+    study_uid: str
+    pipeline: str
+    fingerprint: str
+    paths: dict[SeriesRole, dict[str, list[Path]]]
+
+
+class JobRunner:
+    """Runs queued jobs one at a time on one device."""
+
+    def __init__(self, *, settings: Settings, sessions: sessionmaker[Session],
+                 store: InstanceStore, device: str) -> None:
+        self.settings = settings
+        self.sessions = sessions
+        self.store = store
+        self.device = device
+
+    def run_pending(self) -> int:
+        """Run queued jobs until none is left; returns how many ran."""
+        count = 0
+        while (work := self._claim()) is not None:
+            self._execute(work)
+            count += 1
+        return count
+
+    def _claim(self) -> _Work | None:
+        with self.sessions.begin() as session:
+            job_id = session.scalar(
+                select(Job.id).where(Job.state == JobState.QUEUED)
+                .order_by(Job.created_at, Job.id).limit(1))
+            if job_id is None:
+                return None
+            # Compare-and-set: only one runner can move this job to RUNNING.
+            claimed = session.execute(
+                update(Job).where(Job.id == job_id, Job.state == JobState.QUEUED)
+                .values(state=JobState.RUNNING, started_at=utcnow(), device=self.device,
+                        attempts=Job.attempts + 1, error=None)).rowcount
+            if claimed != 1:
+                return None
+            job = session.get(Job, job_id)
+            study = session.get(Study, job.study_pk)
+            roles = {uid: SeriesRole(role) for uid, role in json.loads(job.series_roles).items()}
+            paths: dict[SeriesRole, dict[str, list[Path]]] = defaultdict(dict)
+            rows = session.execute(
+                select(Series.series_instance_uid, Instance.path)
+                .join(Instance, Instance.series_pk == Series.id)
+                .where(Series.study_pk == study.id, Instance.origin == InstanceOrigin.RECEIVED)
+            ).all()
+            for series_uid, rel in rows:
+                role = roles.get(series_uid)
+                if role in _LOADED_ROLES:
+                    paths[role].setdefault(series_uid, []).append(self.store.path_of(rel))
+            logger.info("job %d: running %s on study %s (%s)", job.id, job.pipeline,
+                        study.study_instance_uid, self.device)
+            return _Work(job.id, study.study_instance_uid, job.pipeline or "",
+                         job.fingerprint, dict(paths))
+
+    def _execute(self, work: _Work) -> None:
+        timings: dict[str, float] = {}
+        try:
+            t0 = time.perf_counter()
+            study = self._load(work)
+            timings["load_s"] = time.perf_counter() - t0
+            pipeline = get_pipeline(work.pipeline)
+            t0 = time.perf_counter()
+            output = pipeline.run(study, device=self.device)
+            timings["segment_s"] = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            key = (work.study_uid, work.fingerprint, pipeline.name, pipeline.version)
+            seg = build_segmentation(
+                output, pipeline_name=pipeline.name, pipeline_version=pipeline.version,
+                family=pipeline.family,
+                options=SegOptions(
+                    series_instance_uid=derived_uid(*key, "seg-series"),
+                    sop_instance_uid=derived_uid(*key, "seg"),
+                    series_number=self.settings.processing.series_number,
+                    content_creator=self.settings.processing.content_creator,
+                    software_version=__version__,
+                    omit_empty_frames=self.settings.processing.omit_empty_frames))
+            stored = self.store.store_dataset(seg, origin=InstanceOrigin.GENERATED)
+            timings["write_s"] = time.perf_counter() - t0
+        except (KidneyNodeError, ValueError, RuntimeError, OSError) as exc:
+            # RuntimeError covers SimpleITK and torch failures; all end in the job record.
+            self._finish(work.job_id, error=f"study {work.study_uid}: {exc}", timings=timings)
+            logger.error("job %d failed on study %s: %s", work.job_id, work.study_uid, exc)
+            return
+        with self.sessions.begin() as session:
+            job = session.get(Job, work.job_id)
+            for spec in output.segments:
+                session.add(Result(
+                    job_pk=job.id, study_pk=job.study_pk, structure=spec.structure,
+                    volume_ml=float(output.volumes_ml[spec.structure]),
+                    pipeline_name=pipeline.name, pipeline_version=pipeline.version,
+                    seg_sop_instance_uid=str(seg.SOPInstanceUID),
+                    seg_series_instance_uid=str(seg.SeriesInstanceUID),
+                    source_series_instance_uid=str(
+                        output.reference.datasets[0].SeriesInstanceUID)))
+            enqueue(session, sop_instance_uid=str(seg.SOPInstanceUID),
+                    relpath=stored.path.relative_to(self.store.root).as_posix(),
+                    destinations=self.settings.destinations, job_pk=job.id)
+            self._set_done(job, JobState.SUCCEEDED, None, timings)
+        logger.info("job %d succeeded on study %s: %s in %.1f s", work.job_id, work.study_uid,
+                    ", ".join(f"{k} {v:.1f} ml" for k, v in output.volumes_ml.items()),
+                    sum(timings.values()))
+
+    def _load(self, work: _Work) -> StudyInput:
+        loaded: dict[SeriesRole, list[LoadedSeries]] = defaultdict(list)
+        for role, by_series in work.paths.items():
+            for series_uid, files in sorted(by_series.items()):
+                try:
+                    loaded[role].append(load_series(files))
+                except SeriesLoadError as exc:
+                    if role in _REQUIRED_ROLES:
+                        raise
+                    logger.warning("study %s: skipping %s series %s: %s", work.study_uid,
+                                   role.value, series_uid, exc)
+        return StudyInput(work.study_uid, {r: tuple(s) for r, s in loaded.items()})
+
+    def _finish(self, job_id: int, *, error: str, timings: dict[str, float]) -> None:
+        with self.sessions.begin() as session:
+            self._set_done(session.get(Job, job_id), JobState.FAILED, error, timings)
+
+    @staticmethod
+    def _set_done(job: Job, state: JobState, error: str | None,
+                  timings: dict[str, float]) -> None:
+        job.state = state
+        job.error = error
+        job.finished_at = utcnow()
+        job.timings = json.dumps({k: round(v, 3) for k, v in timings.items()})

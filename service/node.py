@@ -1,0 +1,105 @@
+"""The running node: SCP, scheduler (trigger, job runner, sender) and HTTP API, wired."""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+import uvicorn
+from apscheduler.executors.pool import ThreadPoolExecutor
+from apscheduler.schedulers.background import BackgroundScheduler
+
+from service.api.app import create_app
+from service.config import Settings
+from service.db import make_engine, make_sessionmaker, upgrade
+from service.dicom.scp import StorageSCP
+from service.jobs.device import resolve_device
+from service.jobs.runner import JobRunner, recover_interrupted_jobs
+from service.outbox.sender import drain_outbox
+from service.scheduler.sweep import sweep
+from service.storage import InstanceStore
+
+__all__ = ["Node"]
+
+logger = logging.getLogger(__name__)
+
+
+class Node:
+    """Everything the node runs, built from one :class:`Settings`."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.engine = make_engine(settings.database.url)
+        self.sessions = make_sessionmaker(self.engine)
+        self.store = InstanceStore(settings.storage.root, self.sessions)
+        self.device = resolve_device(settings.processing.device)
+        self.runner = JobRunner(settings=settings, sessions=self.sessions, store=self.store,
+                                device=self.device)
+        self.scp = StorageSCP(settings.dicom, self.store)
+        self.scheduler = BackgroundScheduler(
+            executors={"default": ThreadPoolExecutor(4)},
+            job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None})
+        self._http: uvicorn.Server | None = None
+        self._stopped = threading.Event()
+
+    def start(self) -> None:
+        """Migrate the database, requeue interrupted jobs, then open the ports."""
+        upgrade(self.settings.database.url)
+        with self.sessions.begin() as session:
+            recover_interrupted_jobs(session, max_attempts=self.settings.scheduler.max_attempts)
+        self.dicom_port = self.scp.start()
+        sched = self.settings.scheduler
+        self.scheduler.add_job(self.sweep_once, "interval", id="sweep",
+                               seconds=sched.sweep_interval_seconds)
+        self.scheduler.add_job(self.runner.run_pending, "interval", id=f"runner-{self.device}",
+                               seconds=1.0)
+        self.scheduler.add_job(self.send_once, "interval", id="sender",
+                               seconds=self.settings.sender.poll_interval_seconds)
+        self.scheduler.start()
+        if self.settings.http.enabled:
+            self._start_http()
+        logger.info("kidney-node started: AE %s on port %s, device %s, database %s",
+                    self.settings.dicom.ae_title, self.dicom_port, self.device,
+                    self.engine.url.render_as_string(hide_password=True))
+
+    def sweep_once(self) -> int:
+        with self.sessions.begin() as session:
+            jobs = sweep(session, stable_age_seconds=self.settings.scheduler.stable_age_seconds,
+                         rules=self.settings.classification,
+                         mr_pipeline=self.settings.processing.mr_pipeline)
+        if jobs:
+            self.scheduler.modify_job(f"runner-{self.device}", next_run_time=_now())
+        return len(jobs)
+
+    def send_once(self) -> int:
+        if not self.settings.destinations:
+            return 0
+        return drain_outbox(self.sessions, storage_root=self.store.root,
+                            settings=self.settings.sender,
+                            calling_aet=self.settings.sender.ae_title
+                            or self.settings.dicom.ae_title)
+
+    def _start_http(self) -> None:
+        config = uvicorn.Config(create_app(self.sessions), host=self.settings.http.host,
+                                port=self.settings.http.port, log_config=None,
+                                access_log=False)
+        self._http = uvicorn.Server(config)
+        threading.Thread(target=self._http.run, name="http", daemon=True).start()
+
+    def wait(self) -> None:
+        self._stopped.wait()
+
+    def stop(self) -> None:
+        self.scp.stop()
+        if self.scheduler.running:
+            self.scheduler.shutdown(wait=True)
+        if self._http is not None:
+            self._http.should_exit = True
+        self.engine.dispose()
+        self._stopped.set()
+
+
+def _now():  # noqa: ANN202
+    from datetime import datetime
+
+    return datetime.now().astimezone()

@@ -1,0 +1,110 @@
+"""Segment a folder of DICOM files without a server (``kidney-node segment``)."""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from service import __version__
+from service.config import ClassificationRules, ProcessingSettings
+from service.db.tables import SeriesRole
+from service.dicom.uids import new_uid
+from service.errors import PipelineError, SeriesLoadError
+from service.imaging.series import LoadedSeries, group_by_series, load_series
+from service.pipeline.base import StudyInput
+from service.pipeline.registry import get_pipeline
+from service.scheduler.classify import SeriesFacts, choose_pipeline, classify_series
+from service.writers.seg import SegOptions, build_segmentation
+
+__all__ = ["OfflineResult", "segment_folder"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class OfflineResult:
+    seg_path: Path
+    result_path: Path
+    volumes_ml: dict[str, float]
+
+
+def _facts(series: LoadedSeries) -> SeriesFacts:
+    first = series.volumes[0].datasets[0]
+    return SeriesFacts(
+        series_instance_uid=series.series_instance_uid, modality=series.modality,
+        description=series.description, protocol_name=str(first.get("ProtocolName", "")),
+        sop_class_uids=frozenset({str(first.SOPClassUID)}),
+        n_instances=sum(len(v.datasets) for v in series.volumes),
+        n_temporal_positions=len(series.volumes) if len(series.volumes) > 1 else 0)
+
+
+def segment_folder(
+    input_dir: Path,
+    out_dir: Path,
+    *,
+    pipeline_name: str | None,
+    rules: ClassificationRules,
+    processing: ProcessingSettings,
+    device: str,
+) -> OfflineResult:
+    """Classify the series found under ``input_dir``, run a pipeline, write the SEG and
+    ``result.json`` into ``out_dir``.
+
+    Raises
+    ------
+    PipelineError
+        When no series can be segmented (the message says which series were found).
+    """
+    files = [p for p in sorted(Path(input_dir).rglob("*")) if p.is_file()]
+    groups = group_by_series(files)
+    by_role: dict[SeriesRole, list[LoadedSeries]] = {}
+    roles: dict[str, SeriesRole] = {}
+    study_uids = set()
+    for series_uid, paths in groups.items():
+        try:
+            series = load_series(paths)
+        except SeriesLoadError as exc:
+            logger.warning("skipping %s", exc)
+            continue
+        role = classify_series(_facts(series), rules)
+        roles[series_uid] = role
+        by_role.setdefault(role, []).append(series)
+        study_uids.add(str(series.volumes[0].datasets[0].StudyInstanceUID))
+    if len(study_uids) > 1:
+        raise PipelineError(f"{input_dir} holds several studies: {sorted(study_uids)}")
+    chosen, reason = choose_pipeline(roles, mr_pipeline=processing.mr_pipeline)
+    name = pipeline_name or chosen
+    if name is None:
+        raise PipelineError(f"{input_dir}: {reason}")
+    pipeline = get_pipeline(name)
+    study_uid = study_uids.pop()
+    output = pipeline.run(StudyInput(study_uid, {r: tuple(s) for r, s in by_role.items()}),
+                          device=device)
+    seg = build_segmentation(
+        output, pipeline_name=pipeline.name, pipeline_version=pipeline.version,
+        family=pipeline.family,
+        options=SegOptions(series_instance_uid=new_uid(), sop_instance_uid=new_uid(),
+                           series_number=processing.series_number,
+                           content_creator=processing.content_creator,
+                           software_version=__version__,
+                           omit_empty_frames=processing.omit_empty_frames))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    seg_path = out_dir / "seg.dcm"
+    seg.save_as(seg_path, enforce_file_format=True)
+    result = {
+        "study_instance_uid": study_uid,
+        "pipeline": pipeline.name,
+        "pipeline_version": pipeline.version,
+        "device": device,
+        "source_series_instance_uid": str(output.reference.datasets[0].SeriesInstanceUID),
+        "seg_sop_instance_uid": str(seg.SOPInstanceUID),
+        "seg_file": seg_path.name,
+        "volumes_ml": {k: round(v, 3) for k, v in output.volumes_ml.items()},
+        "flags": list(output.flags),
+        "series_roles": {uid: role.value for uid, role in roles.items()},
+    }
+    result_path = out_dir / "result.json"
+    result_path.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    return OfflineResult(seg_path, result_path, dict(output.volumes_ml))

@@ -1,0 +1,121 @@
+"""The outbox: every result object is queued per destination and sent until delivered."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from collections import defaultdict
+from collections.abc import Sequence
+from pathlib import Path
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from service.config import Destination, SenderSettings
+from service.db.tables import OutboxItem, SendState, utcnow
+from service.dicom.scu import send_files
+from service.errors import DestinationError
+
+__all__ = ["backoff_seconds", "drain_outbox", "enqueue"]
+
+logger = logging.getLogger(__name__)
+
+
+def backoff_seconds(attempts: int, settings: SenderSettings) -> float:
+    """Exponential back-off: initial × 2^(attempts-1), capped."""
+    return min(settings.retry_initial_seconds * 2 ** max(attempts - 1, 0),
+               settings.retry_max_seconds)
+
+
+def enqueue(
+    session: Session,
+    *,
+    sop_instance_uid: str,
+    relpath: str,
+    destinations: Sequence[Destination],
+    job_pk: int | None,
+) -> list[OutboxItem]:
+    """Queue one stored object for every destination (once per destination). No commit."""
+    items = []
+    for dest in destinations:
+        exists = session.scalar(select(OutboxItem.id).where(
+            OutboxItem.sop_instance_uid == sop_instance_uid,
+            OutboxItem.destination == dest.name))
+        if exists is not None:
+            continue
+        item = OutboxItem(job_pk=job_pk, sop_instance_uid=sop_instance_uid, path=relpath,
+                          destination=dest.name, ae_title=dest.ae_title, host=dest.host,
+                          port=dest.port)
+        session.add(item)
+        items.append(item)
+    return items
+
+
+def drain_outbox(
+    sessions: sessionmaker[Session],
+    *,
+    storage_root: Path,
+    settings: SenderSettings,
+    calling_aet: str,
+    batch: int = 50,
+) -> int:
+    """Send the items that are due, one association per destination; returns how many
+    were delivered. Failures are recorded with a back-off (transient) or as FAILED
+    (permanent, shown to the operator)."""
+    now = utcnow()
+    with sessions() as session:
+        due = session.scalars(
+            select(OutboxItem)
+            .where(OutboxItem.state == SendState.PENDING, OutboxItem.next_attempt_at <= now)
+            .order_by(OutboxItem.id).limit(batch)).all()
+    groups: dict[tuple[str, str, str, int], list[OutboxItem]] = defaultdict(list)
+    for item in due:
+        groups[(item.destination, item.ae_title, item.host, item.port)].append(item)
+    delivered = 0
+    for (name, ae_title, host, port), items in groups.items():
+        dest = Destination(name=name, ae_title=ae_title, host=host, port=port)
+        paths = {storage_root / item.path: item for item in items}
+        missing = [p for p in paths if not p.exists()]
+        try:
+            outcome: dict[Path, DestinationError | None] = {
+                p: DestinationError(f"file {p} of {paths[p].sop_instance_uid} is missing",
+                                    permanent=True) for p in missing}
+            present = [p for p in paths if p not in missing]
+            if present:
+                outcome.update(send_files(present, destination=dest, calling_aet=calling_aet,
+                                          timeout=settings.timeout_seconds))
+        except DestinationError as exc:
+            outcome = dict.fromkeys(paths, exc)
+        delivered += _record(sessions, paths, outcome, settings)
+    return delivered
+
+
+def _record(sessions: sessionmaker[Session], paths: dict[Path, OutboxItem],
+            outcome: dict[Path, DestinationError | None], settings: SenderSettings) -> int:
+    delivered = 0
+    now = utcnow()
+    with sessions.begin() as session:
+        for path, item in paths.items():
+            row = session.get(OutboxItem, item.id)
+            if row is None:
+                continue
+            row.attempts += 1
+            error = outcome.get(path)
+            if error is None:
+                row.state = SendState.SENT
+                row.sent_at = now
+                row.last_error = None
+                delivered += 1
+            elif error.permanent:
+                row.state = SendState.FAILED
+                row.last_error = str(error)
+                logger.error("giving up sending %s to %s: %s", row.sop_instance_uid,
+                             row.destination, error)
+            else:
+                delay = backoff_seconds(row.attempts, settings)
+                row.next_attempt_at = now + dt.timedelta(seconds=delay)
+                row.last_error = str(error)
+                logger.warning("sending %s to %s failed (attempt %d), retry in %.0f s: %s",
+                               row.sop_instance_uid, row.destination, row.attempts, delay,
+                               error)
+    return delivered

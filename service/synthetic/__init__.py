@@ -1,0 +1,53 @@
+"""Synthetic kidney-graft MR studies for tests, the demo command and benchmarks."""
+
+from service.synthetic.phantom import (
+    KIDNEY_SEMI_AXES_MM,
+    T2_SLICE_THICKNESS_MM,
+    TISSUE_SIGNALS,
+    Anatomy,
+    EnhancementCurve,
+    Kidney,
+    Layer,
+    Orientation,
+    RigidMotion,
+    SyntheticMR,
+    Tissue,
+    TissueSignal,
+    VolumeGeometry,
+    default_phase_times,
+    make_anatomy,
+    synthesize_mr,
+)
+from service.synthetic.study import (
+    DCE_SERIES_NUMBER,
+    T2_SERIES_NUMBER,
+    DceLayout,
+    SyntheticStudy,
+    geometry_image,
+    write_mr_study,
+)
+
+__all__ = [
+    "DCE_SERIES_NUMBER",
+    "KIDNEY_SEMI_AXES_MM",
+    "T2_SERIES_NUMBER",
+    "T2_SLICE_THICKNESS_MM",
+    "TISSUE_SIGNALS",
+    "Anatomy",
+    "DceLayout",
+    "EnhancementCurve",
+    "Kidney",
+    "Layer",
+    "Orientation",
+    "RigidMotion",
+    "SyntheticMR",
+    "SyntheticStudy",
+    "Tissue",
+    "TissueSignal",
+    "VolumeGeometry",
+    "default_phase_times",
+    "geometry_image",
+    "make_anatomy",
+    "synthesize_mr",
+    "write_mr_study",
+]

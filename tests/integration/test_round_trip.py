@@ -1,0 +1,114 @@
+"""The acceptance path with real peers: DCMTK storescu → node → DCMTK storescp."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from pathlib import Path
+
+import highdicom as hd
+import pytest
+from pydicom import dcmread
+from pydicom.uid import SegmentationStorage
+
+from tests.conftest import free_port
+from tests.peers import dciodvfy_errors, dcmtk, peer_env, storescp, storescu
+
+pytestmark = pytest.mark.integration
+
+
+def _segs_in(folder: Path) -> list[Path]:
+    out = []
+    for path in folder.glob("*"):
+        if path.is_file() and dcmread(path, stop_before_pixels=True).SOPClassUID == \
+                SegmentationStorage:
+            out.append(path)
+    return out
+
+
+def test_echo_and_called_ae_check(make_node, sqlite_url):
+    node = make_node(sqlite_url)
+    node.start()
+    ok = subprocess.run([dcmtk("echoscu"), "-aec", "KIDNEYNODE", "127.0.0.1",
+                         str(node.dicom_port)], env=peer_env(), capture_output=True, text=True)
+    assert ok.returncode == 0, ok.stderr
+    wrong = subprocess.run([dcmtk("echoscu"), "-aec", "NOTUS", "127.0.0.1",
+                            str(node.dicom_port)], env=peer_env(), capture_output=True, text=True)
+    assert wrong.returncode != 0
+    assert "Called AE Title Not Recognized" in wrong.stderr
+
+
+def test_round_trip_seg_reaches_destination(make_node, database_url, small_study_dir, tmp_path):
+    study = small_study_dir
+    dest_port = free_port()
+    with storescp(dest_port, tmp_path / "dest"):
+        node = make_node(database_url, destinations=[
+            {"name": "dest", "ae_title": "DEST", "host": "127.0.0.1", "port": dest_port}])
+        node.start()
+        t0 = time.perf_counter()
+        sent = storescu(node.dicom_port, list(study.files))
+        t_send = time.perf_counter() - t0
+        assert sent.returncode == 0, sent.stderr
+        segs = node.wait_for(lambda: _segs_in(tmp_path / "dest"), 120, "the SEG at storescp")
+        t_round = time.perf_counter() - t0
+    print(f"\nround trip ({database_url.split(':')[0]}): {len(study.files)} instances sent in "
+          f"{t_send:.2f} s ({len(study.files) / t_send:.0f} instances/s), "
+          f"SEG at destination after {t_round:.1f} s")
+    assert len(segs) == 1
+    assert dciodvfy_errors(segs[0]) == []
+    seg = hd.seg.segread(segs[0])
+    dce_uid = study.dce_series_uids[0]
+    assert [s.SeriesInstanceUID for s in seg.ReferencedSeriesSequence] == [dce_uid]
+    assert all("SourceImageSequence" in f.DerivationImageSequence[0]
+               for f in seg.PerFrameFunctionalGroupsSequence)
+    assert seg.StudyInstanceUID == study.study_instance_uid
+    assert seg.ContentCreatorName == "KIDNEY^NODE"
+
+    rows = json.loads(node.cli("volumes", study.patient_id, "--json").stdout)
+    assert [r["study_instance_uid"] for r in rows] == [study.study_instance_uid]
+    row = rows[0]
+    assert row["structure"] == "kidney" and row["study_date"]
+    assert row["seg_sop_instance_uid"] == seg.SOPInstanceUID
+    print(f"volume {row['volume_ml']:.1f} ml, truth {study.truth_volume_ml:.1f} ml")
+    assert row["volume_ml"] == pytest.approx(study.truth_volume_ml, rel=0.35)
+
+    jobs = json.loads(node.cli("jobs", "--json").stdout)
+    assert [j["state"] for j in jobs] == ["succeeded"]
+    # The same study sent again unchanged makes no second job.
+    assert storescu(node.dicom_port, list(study.files)).returncode == 0
+    time.sleep(3 * node.config["scheduler"]["stable_age_seconds"])
+    assert len(json.loads(node.cli("jobs", "--json").stdout)) == 1
+
+
+def test_unknown_calling_ae_is_rejected(make_node, sqlite_url, small_study_dir):
+    node = make_node(sqlite_url, allowed_calling_aets=["MODALITY"])
+    node.start()
+    refused = storescu(node.dicom_port, list(small_study_dir.files)[:2], calling="INTRUDER")
+    assert refused.returncode != 0
+    assert "Calling AE Title Not Recognized" in refused.stderr
+    assert "association rejected: calling AE 'INTRUDER'" in node.log()
+    accepted = storescu(node.dicom_port, list(small_study_dir.files)[:2], calling="MODALITY")
+    assert accepted.returncode == 0, accepted.stderr
+    assert node.study(small_study_dir.study_instance_uid)["series"] >= 1
+
+
+def test_destination_down_at_first_gets_the_seg_later(make_node, sqlite_url, small_study_dir,
+                                                       tmp_path):
+    dest_port = free_port()
+    node = make_node(sqlite_url, destinations=[
+        {"name": "late", "ae_title": "DEST", "host": "127.0.0.1", "port": dest_port}])
+    node.start()
+    assert storescu(node.dicom_port, list(small_study_dir.files)).returncode == 0
+
+    def failed_attempts():
+        sends = (node.study(small_study_dir.study_instance_uid) or {}).get("sends", [])
+        return [s for s in sends if s["attempts"] >= 2 and s["state"] == "pending"]
+
+    pending = node.wait_for(failed_attempts, 120, "failed send attempts")
+    assert "unreachable" in pending[0]["last_error"]
+    with storescp(dest_port, tmp_path / "dest"):
+        node.wait_for(lambda: _segs_in(tmp_path / "dest"), 60, "the SEG after the destination "
+                      "came up")
+    sends = node.study(small_study_dir.study_instance_uid)["sends"]
+    assert [s["state"] for s in sends] == ["sent"]
