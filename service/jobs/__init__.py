@@ -1,0 +1,1 @@
+"""Job running: device choice, the runner, restart recovery."""
