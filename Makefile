@@ -45,7 +45,7 @@ lint: install-test
 test: install-test lint
 	$(BIN)/python -m pytest
 
-bench: install
+bench: install-test
 	$(BIN)/python -m benchmarks.run
 
 clean:
