@@ -15,6 +15,6 @@ def configure_logging(level: str = "INFO") -> None:
         format="%(asctime)s %(levelname)-7s %(name)s: %(message)s")
     if level.upper() != "DEBUG":
         logging.getLogger("pynetdicom").setLevel(logging.WARNING)
-        logging.getLogger("apscheduler").setLevel(logging.WARNING)
+        logging.getLogger("apscheduler").setLevel(logging.ERROR)  # "skipped: busy" is normal
         logging.getLogger("alembic").setLevel(logging.WARNING)
         logging.getLogger("highdicom").setLevel(logging.WARNING)

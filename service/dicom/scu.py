@@ -85,7 +85,7 @@ def send_files(
             code = int(status.Status)
             if code == 0x0000 or 0xB000 <= code <= 0xBFFF:
                 outcome[path] = None
-                logger.info("sent %s to %s (status 0x%04X)", uid, label, code)
+                logger.debug("sent %s to %s (status 0x%04X)", uid, label, code)
             else:
                 outcome[path] = DestinationError(
                     f"{label} answered 0x{code:04X} to C-STORE of {uid}",

@@ -45,6 +45,7 @@ __all__ = [
     "LoadedVolume",
     "group_by_series",
     "load_series",
+    "tm_seconds",
 ]
 
 logger = logging.getLogger(__name__)
@@ -466,7 +467,7 @@ def _optional_float(value: object) -> float | None:
         return None
 
 
-def _tm_seconds(value: object) -> float | None:
+def tm_seconds(value: object) -> float | None:
     """Seconds since midnight of a TM value (``HHMMSS.FFFFFF``, parts optional)."""
     if value in (None, ""):
         return None
@@ -483,7 +484,7 @@ def _tm_seconds(value: object) -> float | None:
 #: Attributes that order the instances sharing a slice position, in order of preference.
 _TIME_KEYS: tuple[tuple[str, Callable[[object], float | None]], ...] = (
     ("TriggerTime", _optional_float),
-    ("AcquisitionTime", _tm_seconds),
+    ("AcquisitionTime", tm_seconds),
     ("AcquisitionNumber", lambda v: None if (n := _optional_int(v)) is None else float(n)),
 )
 
@@ -607,8 +608,8 @@ def _phase_times(phases: Sequence[Sequence[pydicom.Dataset]]) -> list[float | No
     """Seconds since the first phase, from the first time attribute every phase has."""
     sources: tuple[tuple[str, Callable[[object], float | None], float], ...] = (
         ("TriggerTime", _optional_float, 1e-3),
-        ("AcquisitionTime", _tm_seconds, 1.0),
-        ("ContentTime", _tm_seconds, 1.0),
+        ("AcquisitionTime", tm_seconds, 1.0),
+        ("ContentTime", tm_seconds, 1.0),
     )
     for keyword, parse, scale in sources:
         starts: list[float] = []

@@ -102,6 +102,7 @@ def _record(sessions: sessionmaker[Session], paths: dict[Path, OutboxItem],
             row.attempts += 1
             error = outcome.get(path)
             if error is None:
+                logger.info("sent %s to %s", row.sop_instance_uid, row.destination)
                 row.state = SendState.SENT
                 row.sent_at = now
                 row.last_error = None

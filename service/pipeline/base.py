@@ -12,7 +12,7 @@ from pydicom.sr.coding import Code
 
 from service.db.tables import SeriesRole
 from service.errors import PipelineError
-from service.imaging.series import LoadedSeries, LoadedVolume
+from service.imaging.series import LoadedSeries, LoadedVolume, tm_seconds
 
 __all__ = [
     "KIDNEY",
@@ -76,13 +76,9 @@ def _phase_order(volume: LoadedVolume) -> tuple[float, int]:
     ds = volume.datasets[0]
     series_number = int(ds.get("SeriesNumber", 0) or 0)
     for keyword in ("AcquisitionTime", "SeriesTime", "ContentTime"):
-        raw = str(ds.get(keyword, "") or "")
-        if len(raw) >= 6:
-            try:
-                return (int(raw[:2]) * 3600 + int(raw[2:4]) * 60 + float(raw[4:]),
-                        series_number)
-            except ValueError:
-                continue
+        seconds = tm_seconds(ds.get(keyword))
+        if seconds is not None:
+            return (seconds, series_number)
     return (0.0, series_number)
 
 

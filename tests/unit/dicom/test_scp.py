@@ -1,0 +1,79 @@
+"""The SCP's statuses, with a real pynetdicom SCU over loopback."""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+from pydicom import dcmread
+from pydicom.data import get_testdata_file
+from pynetdicom import AE, evt
+from sqlalchemy import func, select
+
+from service.config import DicomSettings
+from service.db import Instance, make_engine, make_sessionmaker, upgrade
+from service.dicom.scp import STATUS, StorageSCP
+from service.storage import InstanceStore
+
+
+def _scp(tmp_path, url):
+    store = InstanceStore(tmp_path / "archive", make_sessionmaker(make_engine(url)))
+    scp = StorageSCP(DicomSettings(host="127.0.0.1", port=0), store)
+    return scp, scp.start(), store
+
+
+@pytest.fixture
+def running(tmp_path, sqlite_url):
+    upgrade(sqlite_url)
+    scp, port, store = _scp(tmp_path, sqlite_url)
+    yield port, store
+    scp.stop()
+
+
+def _send(port, ds, handlers=()):
+    ae = AE(ae_title="TESTSCU")
+    ae.add_requested_context(ds.SOPClassUID)
+    assoc = ae.associate("127.0.0.1", port, ae_title="KIDNEYNODE", evt_handlers=list(handlers))
+    assert assoc.is_established
+    try:
+        return int(assoc.send_c_store(ds).Status)
+    finally:
+        assoc.release()
+
+
+def test_store_succeeds_and_sets_tcp_nodelay(running):
+    port, store = running
+    seen = []
+
+    def check(event):
+        seen.append(event.assoc.dul.socket.socket.getsockopt(socket.IPPROTO_TCP,
+                                                               socket.TCP_NODELAY))
+
+    ds = dcmread(get_testdata_file("MR_small.dcm"))
+    assert _send(port, ds) == STATUS["success"]
+    with store.sessions() as s:
+        assert s.scalar(select(func.count(Instance.id))) == 1
+    # Our SCU side too: the same handler the node binds, then a check after it.
+    from service.dicom.net import NODELAY_HANDLER
+
+    assert _send(port, ds, [NODELAY_HANDLER, (evt.EVT_CONN_OPEN, check)]) == 0
+    assert seen == [1]
+
+
+def test_missing_study_uid_cannot_be_understood(running, caplog):
+    port, _ = running
+    ds = dcmread(get_testdata_file("MR_small.dcm"))
+    del ds.StudyInstanceUID
+    assert _send(port, ds) == STATUS["cannot_understand"]
+    assert ds.SOPInstanceUID in caplog.text and "StudyInstanceUID" in caplog.text
+
+
+def test_unreachable_database_is_out_of_resources_and_keeps_no_file(tmp_path, caplog):
+    scp, port, store = _scp(tmp_path, "postgresql+psycopg://nobody@127.0.0.1:1/none")
+    try:
+        ds = dcmread(get_testdata_file("MR_small.dcm"))
+        assert _send(port, ds) == STATUS["out_of_resources"]
+    finally:
+        scp.stop()
+    assert "cannot index" in caplog.text and ds.SOPInstanceUID in caplog.text
+    assert not list(store.root.rglob("*.dcm"))  # not acknowledged, not half-stored
