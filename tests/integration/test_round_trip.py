@@ -110,5 +110,6 @@ def test_destination_down_at_first_gets_the_seg_later(make_node, sqlite_url, sma
     with storescp(dest_port, tmp_path / "dest"):
         node.wait_for(lambda: _segs_in(tmp_path / "dest"), 60, "the SEG after the destination "
                       "came up")
-    sends = node.study(small_study_dir.study_instance_uid)["sends"]
-    assert [s["state"] for s in sends] == ["sent"]
+    # The row is marked sent once the association is released, just after the file lands.
+    node.wait_for(lambda: [s["state"] for s in node.study(
+        small_study_dir.study_instance_uid)["sends"]] == ["sent"], 30, "the send marked sent")
