@@ -1,0 +1,493 @@
+"""Unsupervised 3D segmentation by differentiable feature clustering (paper §2.2 and §3).
+
+The method of Kim & Kanezaki (the paper's reference [12]) extended to 3D and to several
+co-registered sequences stacked as input channels (early fusion: DCE, optionally the T2
+warped onto it). A small CNN is fitted to one volume, with no annotation:
+
+* network ``h``: ``N`` blocks of ``Conv3d(3x3x3, stride 1, padding 1) -> ReLU ->
+  BatchNorm3d`` with ``p`` channels, then, as in [12], a ``1x1x1`` ``Conv3d`` to ``p``
+  channels followed by ``BatchNorm3d``, giving the response ``Y`` (``p`` values per voxel);
+* labels ``C = argmax_j Y_j`` per voxel, taken without gradient and used as targets;
+* loss ``L = CE(Y, C) + lambda * L_cont(Y)``: the cross-entropy is mean-reduced over the
+  voxels and ``L_cont`` is, for each of the three axes, the mean absolute difference of
+  ``Y`` between neighbouring voxels (over channels and voxels, as the ``L1Loss`` against
+  zero of [12]), summed over the axes;
+* plain SGD (learning rate 0.01, momentum 0.9), the same volume every iteration, the
+  batch-normalisation layers always in training mode (statistics of this volume).
+
+Each input channel is standardised to zero mean and unit variance over the volume.
+
+Stopping
+--------
+At iteration ``t`` (1-based) the loss ``L_t`` and the number ``K_t`` of distinct labels in
+``C_t`` are recorded. Training stops at the first ``t`` where
+
+1. ``K_t <= min_labels`` (reason ``"min_labels"``, as in [12]; ``min_labels=0`` disables
+   it), or
+2. ``t >= 2`` and ``|L_t - L_{t-1}| < eps`` (reason ``"epsilon"``, the paper's criterion;
+   ``eps=0`` disables it), or
+3. ``t == max_iter`` (reason ``"max_iter"``, a guard the paper does not need to state).
+
+When 1 and 2 hold at the same iteration the reason is ``"min_labels"``. The returned
+labels are ``C_t`` of that stopping iteration (the argmax of the forward pass whose loss
+was ``L_t``), the returned losses are ``L_1 .. L_t``.
+
+Device synchronisation
+----------------------
+Reference [12] copies the label map to the host at every iteration to count the labels,
+which stalls a GPU. Here the losses, the label counts and the stop tests live on the
+device: the label count is a scatter into a ``p``-element presence vector, the epsilon
+test compares the two consecutive losses recorded on the device (``L_t`` against
+``L_{t-1}``, exactly as a per-iteration test would), and the label map of the first
+iteration meeting a stop condition is frozen on the device with ``torch.where``. The host
+reads a handful of scalars back only every ``check_every`` iterations on CUDA, so up to
+``check_every - 1`` further iterations may run before the stop is seen; their results are
+discarded and the returned result does not depend on ``check_every``. On the CPU there is
+nothing to overlap and the stop is read back at every iteration (no wasted iterations).
+The ``progress`` callback is called every ``check_every`` iterations and once at the end.
+
+On CUDA the forward pass runs under ``torch.autocast`` in bfloat16 when the device
+supports it (float16 would need a ``GradScaler``, whose overflow check synchronises at
+every step); losses are computed in float32. The CPU path is float32.
+
+Determinism: the weights are initialised from ``torch.manual_seed(seed)`` inside
+``torch.random.fork_rng``, so the caller's global random state is left untouched and the
+same input and seed give the same result. On the CPU the result is bitwise reproducible;
+on CUDA up to cuDNN's choice of non-deterministic kernels, which this module does not
+override.
+
+CPU profile
+-----------
+``downsample=(fz, fy, fx)`` averages blocks of ``fz x fy x fx`` voxels (the last block of
+an axis covers what is left, the volume being edge-padded to whole blocks), fits and
+predicts on that coarse grid, and brings the labels back to the input grid by nearest
+neighbour: every input voxel takes the label of the block it belongs to.
+:func:`downsample_factors` turns a target voxel size in mm into such factors. The number
+of torch threads is left to the caller (``torch.set_num_threads``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from models.components import _as_spacing
+
+__all__ = [
+    "ClusteringConfig",
+    "ClusteringResult",
+    "StopReason",
+    "cluster_volume",
+    "downsample_factors",
+]
+
+
+class StopReason(StrEnum):
+    """Why :func:`cluster_volume` stopped (compares equal to its string value)."""
+
+    EPSILON = "epsilon"
+    MIN_LABELS = "min_labels"
+    MAX_ITER = "max_iter"
+
+
+# Codes of the on-device stop state.
+_REASONS = {0: StopReason.MAX_ITER, 1: StopReason.EPSILON, 2: StopReason.MIN_LABELS}
+
+
+@dataclass(frozen=True)
+class ClusteringConfig:
+    """Hyper-parameters of :func:`cluster_volume` (defaults: the paper's, §3).
+
+    Attributes
+    ----------
+    n_blocks : int
+        Number ``N`` of 3x3x3 convolution blocks (paper: 2).
+    channels : int
+        Number ``p`` of feature channels, also the maximum number of clusters (paper: 50).
+    lam : float
+        Weight ``lambda`` of the spatial continuity loss (paper: 5).
+    lr : float
+        SGD learning rate (paper: 0.01).
+    momentum : float
+        SGD momentum (paper: 0.9).
+    eps : float
+        Stop when two consecutive losses differ by less than this (paper: 0.005); 0
+        disables the test.
+    max_iter : int
+        Maximum number of iterations, a guard.
+    min_labels : int
+        Stop when the number of distinct labels falls to this value or below ([12]: 3);
+        0 disables the test.
+    check_every : int
+        On CUDA, read the stop state back to the host every this many iterations; the
+        ``progress`` callback is called at the same period on every device.
+    seed : int
+        Seed of the weight initialisation.
+    downsample : tuple of int
+        Block-averaging factors along (z, y, x); ``(1, 1, 1)`` works at full resolution.
+    mixed_precision : bool
+        Use bfloat16 autocast on CUDA devices that support it. Ignored on the CPU.
+    """
+
+    n_blocks: int = 2
+    channels: int = 50
+    lam: float = 5.0
+    lr: float = 0.01
+    momentum: float = 0.9
+    eps: float = 0.005
+    max_iter: int = 200
+    min_labels: int = 3
+    check_every: int = 5
+    seed: int = 0
+    downsample: tuple[int, int, int] = (1, 1, 1)
+    mixed_precision: bool = True
+
+    def __post_init__(self) -> None:
+        checks = (
+            ("n_blocks", self.n_blocks >= 1, ">= 1"),
+            ("channels", self.channels >= 2, ">= 2"),
+            ("max_iter", self.max_iter >= 1, ">= 1"),
+            ("min_labels", self.min_labels >= 0, ">= 0"),
+            ("check_every", self.check_every >= 1, ">= 1"),
+        )
+        for name, ok, expected in checks:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or not ok:
+                raise ValueError(
+                    f"ClusteringConfig.{name} must be an integer {expected}, got {value!r}"
+                )
+        for name, low, high in (
+            ("lam", 0.0, math.inf),
+            ("lr", 0.0, math.inf),
+            ("momentum", 0.0, 1.0),
+            ("eps", 0.0, math.inf),
+        ):
+            value = float(getattr(self, name))
+            if not (math.isfinite(value) and low <= value and (value < high)):
+                raise ValueError(
+                    f"ClusteringConfig.{name} must be finite in [{low}, {high}), "
+                    f"got {getattr(self, name)!r}"
+                )
+        if self.lr == 0:
+            raise ValueError("ClusteringConfig.lr must be > 0, got 0")
+        factors = tuple(self.downsample)
+        if len(factors) != 3 or not all(
+            isinstance(f, int | np.integer) and not isinstance(f, bool) and f >= 1 for f in factors
+        ):
+            raise ValueError(
+                f"ClusteringConfig.downsample must be 3 integers >= 1 along (z, y, x), "
+                f"got {self.downsample!r}"
+            )
+        object.__setattr__(self, "downsample", tuple(int(f) for f in factors))
+
+
+@dataclass(frozen=True)
+class ClusteringResult:
+    """Outcome of :func:`cluster_volume`.
+
+    Attributes
+    ----------
+    labels : numpy.ndarray
+        int32 (z, y, x) cluster map at the input resolution, labels renumbered
+        ``0 .. n_labels - 1`` in the order of the network channels they came from.
+    iterations : int
+        Number of iterations up to and including the stopping one.
+    n_labels : int
+        Number of distinct labels in ``labels``.
+    losses : tuple of float
+        Loss of every iteration, ``len(losses) == iterations``.
+    stopped_by : StopReason
+        ``"epsilon"``, ``"min_labels"`` or ``"max_iter"`` (a ``str`` enum).
+    """
+
+    labels: np.ndarray
+    iterations: int
+    n_labels: int
+    losses: tuple[float, ...]
+    stopped_by: StopReason
+
+
+class _FeatureNet(nn.Module):
+    """``N x (Conv3d 3x3x3 -> ReLU -> BatchNorm3d)`` then ``Conv3d 1x1x1 -> BatchNorm3d``."""
+
+    def __init__(self, in_channels: int, *, n_blocks: int, width: int) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        previous = in_channels
+        for _ in range(n_blocks):
+            layers += [
+                nn.Conv3d(previous, width, kernel_size=3, stride=1, padding=1),
+                nn.ReLU(inplace=True),
+                nn.BatchNorm3d(width),
+            ]
+            previous = width
+        layers += [nn.Conv3d(width, width, kernel_size=1), nn.BatchNorm3d(width)]
+        self.body = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x)
+
+
+def downsample_factors(spacing_zyx: Sequence[float], *, target_mm: float) -> tuple[int, int, int]:
+    """Block-averaging factors that bring a voxel spacing near a target voxel size.
+
+    Parameters
+    ----------
+    spacing_zyx : tuple of float
+        Voxel spacing in mm along (z, y, x).
+    target_mm : float
+        Wanted voxel size in mm along every axis.
+
+    Returns
+    -------
+    tuple of int
+        ``max(1, round(target_mm / spacing))`` per axis, for
+        :attr:`ClusteringConfig.downsample`. An axis already coarser than the target is
+        left alone: on 0.8 x 0.8 x 2.5 mm DCE voxels a 1.6 mm target gives ``(1, 2, 2)``.
+
+    Raises
+    ------
+    ValueError
+        If the spacing or the target is not positive and finite.
+    """
+    spacing = _as_spacing(spacing_zyx)
+    if not (math.isfinite(target_mm) and target_mm > 0):
+        raise ValueError(f"target_mm must be a positive finite number, got {target_mm!r}")
+    z, y, x = (max(1, round(target_mm / s)) for s in spacing)
+    return z, y, x
+
+
+def _as_channels(channels: np.ndarray) -> np.ndarray:
+    arr = np.asarray(channels)
+    if arr.ndim != 4:
+        raise ValueError(
+            f"channels must be a 4D (C, z, y, x) array, got shape {arr.shape}; "
+            "use volume[np.newaxis] for a single sequence"
+        )
+    if arr.size == 0:
+        raise ValueError(f"channels must not be empty, got shape {arr.shape}")
+    if not np.issubdtype(arr.dtype, np.number) or np.iscomplexobj(arr):
+        raise ValueError(f"channels must be real numbers, got dtype {arr.dtype}")
+    arr = arr.astype(np.float64, copy=False)
+    if not np.isfinite(arr).all():
+        raise ValueError("channels hold NaN or infinite values")
+    return arr
+
+
+def _block_mean(arr: np.ndarray, factors: tuple[int, int, int]) -> np.ndarray:
+    """Average (C, z, y, x) over blocks of ``factors`` voxels, edge-padding to whole blocks."""
+    if factors == (1, 1, 1):
+        return arr
+    shape = arr.shape[1:]
+    coarse = tuple(-(-n // f) for n, f in zip(shape, factors, strict=True))
+    pad = [(0, 0)] + [(0, c * f - n) for c, f, n in zip(coarse, factors, shape, strict=True)]
+    padded = np.pad(arr, pad, mode="edge")
+    blocks = padded.reshape(
+        arr.shape[0], coarse[0], factors[0], coarse[1], factors[1], coarse[2], factors[2]
+    )
+    return blocks.mean(axis=(2, 4, 6))
+
+
+def _to_fine_grid(
+    labels: np.ndarray, factors: tuple[int, int, int], shape: tuple[int, ...]
+) -> np.ndarray:
+    """Nearest neighbour back to the input grid: each voxel takes its block's label."""
+    out = labels
+    for axis, factor in enumerate(factors):
+        if factor > 1:
+            out = np.repeat(out, factor, axis=axis)
+    return out[: shape[0], : shape[1], : shape[2]]
+
+
+def _standardise(arr: np.ndarray) -> np.ndarray:
+    mean = arr.mean(axis=(1, 2, 3), keepdims=True)
+    std = arr.std(axis=(1, 2, 3), keepdims=True)
+    constant = np.flatnonzero(std.ravel() <= 1e-12 * np.maximum(1.0, np.abs(mean).ravel()))
+    if constant.size:
+        raise ValueError(
+            f"input channel(s) {constant.tolist()} are constant over the volume: "
+            "nothing to cluster on"
+        )
+    return ((arr - mean) / std).astype(np.float32)
+
+
+def _torch_device(device: str) -> torch.device:
+    try:
+        dev = torch.device(device)
+    except RuntimeError as exc:
+        raise ValueError(f"unknown torch device {device!r}") from exc
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} requested but CUDA is not available")
+    if dev.type not in ("cpu", "cuda"):
+        raise ValueError(f"device must be 'cpu' or 'cuda[:n]', got {device!r}")
+    return dev
+
+
+def _continuity(y: torch.Tensor) -> torch.Tensor:
+    """Sum over the 3 axes of the mean absolute difference between neighbours."""
+    dz = (y[:, :, 1:] - y[:, :, :-1]).abs().mean()
+    dy = (y[:, :, :, 1:] - y[:, :, :, :-1]).abs().mean()
+    dx = (y[..., 1:] - y[..., :-1]).abs().mean()
+    return dz + dy + dx
+
+
+def _autocast(dev: torch.device, enabled: bool) -> contextlib.AbstractContextManager[object]:
+    if dev.type == "cuda" and enabled and torch.cuda.is_bf16_supported():
+        return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def _sync_period(dev: torch.device, config: ClusteringConfig) -> int:
+    """Iterations between two reads of the stop state by the host."""
+    return config.check_every if dev.type == "cuda" else 1
+
+
+@dataclass
+class _Fit:
+    labels: np.ndarray
+    stop_index: int
+    reason: StopReason
+    losses: tuple[float, ...]
+    n_labels: int
+
+
+def _fit(
+    inputs: torch.Tensor,
+    *,
+    config: ClusteringConfig,
+    dev: torch.device,
+    progress: Callable[[int, float, int], None] | None,
+) -> _Fit:
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.seed)
+        net = _FeatureNet(inputs.shape[1], n_blocks=config.n_blocks, width=config.channels)
+    # Channels-last (NDHWC) is about 1.7x faster for these convolutions on the CPU
+    # (oneDNN) and is the layout tensor cores prefer on CUDA.
+    net.to(dev, memory_format=torch.channels_last_3d).train()
+    inputs = inputs.contiguous(memory_format=torch.channels_last_3d)
+    optimiser = torch.optim.SGD(net.parameters(), lr=config.lr, momentum=config.momentum)
+    sync_every = _sync_period(dev, config)
+
+    loss_hist = torch.zeros(config.max_iter, dtype=torch.float32, device=dev)
+    count_hist = torch.zeros(config.max_iter, dtype=torch.int64, device=dev)
+    done = torch.zeros((), dtype=torch.bool, device=dev)
+    stop_index = torch.full((), config.max_iter - 1, dtype=torch.int64, device=dev)
+    reason = torch.zeros((), dtype=torch.int64, device=dev)
+    no_reason = torch.zeros((), dtype=torch.int64, device=dev)
+    frozen: torch.Tensor | None = None
+    reported = 0
+
+    for t in range(config.max_iter):
+        optimiser.zero_grad(set_to_none=True)
+        with _autocast(dev, config.mixed_precision):
+            response = net(inputs)
+        response = response.float()
+        labels = response.detach().argmax(dim=1)
+        loss = F.cross_entropy(response, labels) + config.lam * _continuity(response)
+        loss.backward()
+        optimiser.step()
+
+        # Stop bookkeeping, all on the device: no host synchronisation here.
+        current = loss.detach()
+        loss_hist[t] = current
+        present = torch.zeros(config.channels, dtype=torch.bool, device=dev)
+        n_labels = present.index_fill_(0, labels.reshape(-1), True).sum()
+        count_hist[t] = n_labels
+        code = torch.where(n_labels <= config.min_labels, 2, no_reason)
+        if t > 0:
+            close = (current - loss_hist[t - 1]).abs() < config.eps
+            code = torch.where((code == 0) & close, 1, code)
+        first = (~done) & (code > 0)
+        frozen = labels if frozen is None else torch.where(done, frozen, labels)
+        stop_index = torch.where(first, t, stop_index)
+        reason = torch.where(first, code, reason)
+        done = done | first
+
+        last = t == config.max_iter - 1
+        if (t + 1) % sync_every == 0 or last:
+            state = torch.stack((done.double(), current.double(), n_labels.double())).tolist()
+            if state[0] or last:
+                break
+            if progress is not None and (t + 1) % config.check_every == 0:
+                progress(t + 1, float(state[1]), int(state[2]))
+                reported = t + 1
+
+    assert frozen is not None  # max_iter >= 1
+    index = int(stop_index.item())
+    losses = tuple(float(v) for v in loss_hist[: index + 1].cpu().tolist())
+    n_final = int(count_hist[index].item())
+    if progress is not None and reported != index + 1:
+        progress(index + 1, losses[-1], n_final)
+    return _Fit(
+        labels=frozen[0].cpu().numpy(),
+        stop_index=index,
+        reason=_REASONS[int(reason.item())],
+        losses=losses,
+        n_labels=n_final,
+    )
+
+
+def cluster_volume(
+    channels: np.ndarray,
+    *,
+    config: ClusteringConfig = ClusteringConfig(),
+    device: str = "cpu",
+    progress: Callable[[int, float, int], None] | None = None,
+) -> ClusteringResult:
+    """Cluster a multi-sequence volume with a CNN fitted to it alone (paper §2.2).
+
+    Parameters
+    ----------
+    channels : numpy.ndarray
+        Real (C, z, y, x) array: the co-registered sequences stacked along the first
+        axis (early fusion), e.g. ``np.stack([dce_roi, warped_t2_roi])``. Every axis of
+        the (possibly downsampled) grid must have at least 2 voxels.
+    config : ClusteringConfig
+        Hyper-parameters; the defaults are the paper's.
+    device : str
+        Torch device, ``"cpu"`` or ``"cuda[:n]"``.
+    progress : callable, optional
+        ``progress(iteration, loss, n_labels)``, called every ``config.check_every``
+        iterations and once for the stopping iteration, e.g. to log progress.
+
+    Returns
+    -------
+    ClusteringResult
+        Labels at the input resolution, iteration count, losses and stop reason; see
+        the module notes for the stopping rules.
+
+    Raises
+    ------
+    ValueError
+        If ``channels`` is not a finite real 4D array, a channel is constant, an axis of
+        the working grid is shorter than 2 voxels, or the device is unknown or
+        unavailable.
+    """
+    arr = _as_channels(channels)
+    dev = _torch_device(device)
+    factors = config.downsample
+    coarse = _block_mean(arr, factors)
+    if min(coarse.shape[1:]) < 2:
+        raise ValueError(
+            f"the working grid {coarse.shape[1:]} (input {arr.shape[1:]}, downsample "
+            f"{factors}) needs at least 2 voxels along every axis"
+        )
+    inputs = torch.from_numpy(_standardise(coarse))[None].to(dev)
+    fit = _fit(inputs, config=config, dev=dev, progress=progress)
+    fine = _to_fine_grid(fit.labels, factors, arr.shape[1:])
+    values, renumbered = np.unique(fine, return_inverse=True)
+    return ClusteringResult(
+        labels=renumbered.reshape(fine.shape).astype(np.int32),
+        iterations=fit.stop_index + 1,
+        n_labels=int(values.size),
+        losses=fit.losses,
+        stopped_by=fit.reason,
+    )

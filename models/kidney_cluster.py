@@ -1,0 +1,390 @@
+"""Choosing the kidney among the clusters of :func:`models.feature_clustering.cluster_volume`.
+
+The paper (§2.2) only says that "the kidney class can easily be obtained by selecting the
+first connected component class". The clustering gives an unordered set of labels, so the
+choice is made explicit here, on the region of interest of §2.1 (a box around the graft):
+
+1. **Components.** Every label is split into its 6-connected components. For each
+   component the number of voxel faces it shares with every other component, and with the
+   border of the box, is counted.
+2. **Seeds.** The largest component of each label is a seed. Seeds larger than the
+   maximal expected volume are dropped (growing only adds voxels).
+3. **Growing** (cortex and medulla may fall in different labels). A seed that *enhances*
+   (its mean DCE intensity is at least the median of the box) grows: a component of
+   another label is added to it when it is *mostly enclosed* by it (at least half of its
+   boundary faces are shared with the seed; faces on the border of the box count as not
+   shared), it enhances too and it is not larger than the seed. Repeated until nothing
+   changes, so a pyramid enclosed by cortex and medulla together is added too. A vessel
+   touching the kidney at one end, or the background around it, is not mostly enclosed
+   and is never added; a dark seed such as the background, which encloses everything,
+   does not grow. Then the largest component is kept and its holes are filled: this is
+   the candidate.
+4. **Gates.** A candidate qualifies if its volume lies in ``expected_volume_ml``, the
+   mean DCE intensity of its grown components (before hole filling, which would let the
+   background enclose the kidney) is above the mean of the box (the graft enhances) and
+   its compactness (below) is at least 0.2.
+   A qualifying candidate with at least 90 % of its voxels inside a larger qualifying
+   candidate (the medulla inside the kidney grown from the cortex) is a part of it and
+   is dropped.
+5. **Score** of a qualifying candidate, each term in [0, 1]::
+
+       0.5 * compactness + 0.25 * centrality + 0.25 * enhancement
+
+   * *compactness*: the fraction of the candidate's volume that survives a morphological
+     opening by a ball (in mm) of half the radius of the sphere of the same volume. Scaled
+     to the candidate's own size it does not depend on the anatomy's absolute size: a
+     sphere keeps everything, an ellipsoid with kidney-like axes nearly everything, and a
+     tube longer than about 5 diameters (a vessel) nothing. As in
+     :func:`models.components.binary_erosion`, a candidate cut by the border of the box
+     is not eroded from the cut;
+   * *centrality*: ``1 - d`` where ``d`` is the distance of the centroid from the centre
+     of the box, each axis scaled by the box's half-extent, divided by ``sqrt(3)`` (0 at
+     the centre, 1 at a corner). The box of §2.1 is centred on the graft;
+   * *enhancement*: ``(mean_k - mean_box) / max_c (mean_c - mean_box)`` over the
+     qualifying candidates left: 1 for the brightest. Vessels are often brighter than the
+     kidney, which is why this term weighs less than compactness.
+
+The qualifying candidate with the highest score is the kidney; with none,
+:func:`select_kidney` raises :class:`ValueError` listing why each was rejected.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+
+import numpy as np
+from scipy import sparse
+
+from models.components import (
+    _as_mask,
+    _as_spacing,
+    binary_opening,
+    fill_holes,
+    label_components,
+    largest_component,
+)
+from models.volume import mask_volume_ml
+
+__all__ = ["KidneyCandidate", "rank_candidates", "select_kidney"]
+
+_ENCLOSED_FRACTION = 0.5
+_CONTAINED_FRACTION = 0.9
+_MIN_COMPACTNESS = 0.2
+_OPENING_SCALE = 0.5
+_WEIGHTS = (0.5, 0.25, 0.25)  # compactness, centrality, enhancement
+
+
+@dataclass(frozen=True)
+class KidneyCandidate:
+    """One seed label grown into a kidney candidate, with the terms of its score.
+
+    Attributes
+    ----------
+    label : int
+        Cluster label of the seed component.
+    merged_labels : tuple of int
+        Labels of the components added while growing (sorted, without ``label``).
+    mask : numpy.ndarray
+        Boolean (z, y, x) mask of the candidate: grown, largest component, holes filled.
+    volume_ml : float
+        Volume of ``mask``.
+    mean_dce : float
+        Mean DCE intensity of the grown components, before hole filling.
+    compactness : float
+        Fraction of the volume surviving the scaled opening (see the module notes).
+    centrality : float
+        ``1 -`` the normalised distance of the centroid to the centre of the box.
+    enhancement : float
+        Mean DCE above the box mean, relative to the brightest qualifying candidate;
+        0 for a rejected candidate.
+    score : float
+        Weighted score; 0 for a rejected candidate.
+    rejected : str or None
+        Why the candidate does not qualify, or None when it does.
+    """
+
+    label: int
+    merged_labels: tuple[int, ...]
+    mask: np.ndarray
+    volume_ml: float
+    mean_dce: float
+    compactness: float
+    centrality: float
+    enhancement: float
+    score: float
+    rejected: str | None
+
+
+@dataclass(frozen=True)
+class _Components:
+    """All 6-connected components of all labels, with their face contacts."""
+
+    ids: np.ndarray  # int32 (z, y, x): component id of every voxel
+    label_of: np.ndarray  # (M,) cluster label of each component
+    size: np.ndarray  # (M,) voxels
+    mean_dce: np.ndarray  # (M,)
+    contacts: sparse.csr_matrix  # (M, M) shared faces, symmetric, zero diagonal
+    boundary: np.ndarray  # (M,) faces with other components or the box border
+
+
+def _components(labels: np.ndarray, dce: np.ndarray) -> _Components:
+    ids = np.empty(labels.shape, dtype=np.int32)
+    label_of: list[int] = []
+    for value in np.unique(labels):
+        comp, n = label_components(labels == value)
+        inside = comp > 0
+        ids[inside] = comp[inside] - 1 + len(label_of)
+        label_of += [int(value)] * n
+    m = len(label_of)
+    flat = ids.ravel()
+    size = np.bincount(flat, minlength=m).astype(np.float64)
+    mean_dce = np.bincount(flat, weights=dce.ravel(), minlength=m) / size
+
+    rows: list[np.ndarray] = []
+    cols: list[np.ndarray] = []
+    border = np.zeros(m, dtype=np.float64)
+    for axis in range(3):
+        lo = np.take(ids, np.arange(ids.shape[axis] - 1), axis=axis)
+        hi = np.take(ids, np.arange(1, ids.shape[axis]), axis=axis)
+        differ = lo != hi
+        rows += [lo[differ], hi[differ]]
+        cols += [hi[differ], lo[differ]]
+        for index in (0, ids.shape[axis] - 1):
+            face = np.take(ids, index, axis=axis)
+            border += np.bincount(face.ravel(), minlength=m)
+    i = np.concatenate(rows)
+    j = np.concatenate(cols)
+    contacts = sparse.csr_matrix(
+        (np.ones(i.size, dtype=np.float64), (i, j)), shape=(m, m)
+    )  # duplicates are summed: face counts
+    boundary = np.asarray(contacts.sum(axis=1)).ravel() + border
+    return _Components(
+        ids=ids,
+        label_of=np.asarray(label_of, dtype=np.int64),
+        size=size,
+        mean_dce=mean_dce,
+        contacts=contacts,
+        boundary=boundary,
+    )
+
+
+def _grow(seed: int, comps: _Components, *, enhancing: np.ndarray) -> np.ndarray:
+    """Boolean (M,) selection: the seed plus the enhancing components it mostly encloses."""
+    selected = np.zeros(comps.size.size, dtype=bool)
+    selected[seed] = True
+    while True:
+        shared = comps.contacts @ selected.astype(np.float64)
+        enclosed = shared >= _ENCLOSED_FRACTION * comps.boundary
+        volume = comps.size[selected].sum()
+        add = ~selected & enclosed & enhancing & (comps.size <= volume)
+        if not add.any():
+            return selected
+        selected |= add
+
+
+def _box(mask: np.ndarray) -> tuple[slice, slice, slice]:
+    """Bounding box of a non-empty mask, one voxel wider where the array allows."""
+    index = np.nonzero(mask)
+    bounds = [
+        slice(max(0, int(ix.min()) - 1), min(n, int(ix.max()) + 2))
+        for ix, n in zip(index, mask.shape, strict=True)
+    ]
+    return bounds[0], bounds[1], bounds[2]
+
+
+def _compactness(mask: np.ndarray, spacing: tuple[float, float, float]) -> float:
+    box = _box(mask)
+    crop = mask[box]
+    n = int(np.count_nonzero(crop))
+    voxel_mm3 = spacing[0] * spacing[1] * spacing[2]
+    radius_mm = _OPENING_SCALE * (3.0 * n * voxel_mm3 / (4.0 * math.pi)) ** (1.0 / 3.0)
+    opened = binary_opening(crop, radius_vox=radius_mm / min(spacing), spacing_zyx=spacing)
+    return int(np.count_nonzero(opened)) / n
+
+
+def _centrality(mask: np.ndarray) -> float:
+    shape = np.asarray(mask.shape, dtype=np.float64)
+    centroid = np.array([ix.mean() for ix in np.nonzero(mask)])
+    offset = (centroid - (shape - 1.0) / 2.0) / (shape / 2.0)
+    return max(0.0, 1.0 - float(np.sqrt(np.sum(offset**2) / 3.0)))
+
+
+def _check_inputs(
+    labels: np.ndarray,
+    dce: np.ndarray,
+    spacing_zyx: Sequence[float],
+    expected_volume_ml: tuple[float, float],
+) -> tuple[np.ndarray, np.ndarray, tuple[float, float, float], tuple[float, float]]:
+    lab = np.asarray(labels)
+    if lab.ndim != 3 or lab.size == 0 or not np.issubdtype(lab.dtype, np.integer):
+        raise ValueError(
+            f"labels must be a non-empty 3D (z, y, x) integer array, got shape {lab.shape} "
+            f"and dtype {lab.dtype}"
+        )
+    image = np.asarray(dce)
+    if image.shape != lab.shape:
+        raise ValueError(f"dce shape {image.shape} does not match labels shape {lab.shape}")
+    if not np.issubdtype(image.dtype, np.number) or np.iscomplexobj(image):
+        raise ValueError(f"dce must hold real intensities, got dtype {image.dtype}")
+    image = image.astype(np.float64, copy=False)
+    if not np.isfinite(image).all():
+        raise ValueError("dce holds NaN or infinite intensities")
+    spacing = _as_spacing(spacing_zyx)
+    try:
+        low, high = (float(v) for v in expected_volume_ml)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(
+            f"expected_volume_ml must be (min, max) in ml, got {expected_volume_ml!r}"
+        ) from exc
+    if not (math.isfinite(high) and 0 <= low < high):
+        raise ValueError(
+            f"expected_volume_ml must satisfy 0 <= min < max < inf, got {expected_volume_ml!r}"
+        )
+    return lab, image, spacing, (low, high)
+
+
+def rank_candidates(
+    labels: np.ndarray,
+    *,
+    dce: np.ndarray,
+    spacing_zyx: Sequence[float],
+    expected_volume_ml: tuple[float, float] = (20.0, 600.0),
+) -> list[KidneyCandidate]:
+    """Grow, gate and score a kidney candidate from every label (see the module notes).
+
+    Parameters
+    ----------
+    labels : numpy.ndarray
+        Integer (z, y, x) cluster map of the region of interest.
+    dce : numpy.ndarray
+        DCE intensities of the same region, same shape.
+    spacing_zyx : tuple of float
+        Voxel spacing in mm along (z, y, x).
+    expected_volume_ml : tuple of float
+        Plausible graft volume ``(min, max)`` in ml.
+
+    Returns
+    -------
+    list of KidneyCandidate
+        Qualifying candidates by decreasing score, then the rejected ones by label. Seeds
+        larger than ``max`` are not listed.
+
+    Raises
+    ------
+    ValueError
+        If the inputs are not as described.
+    """
+    lab, image, spacing, (low, high) = _check_inputs(labels, dce, spacing_zyx, expected_volume_ml)
+    comps = _components(lab, image)
+    box_mean = float(image.mean())
+    enhancing = comps.mean_dce >= float(np.median(image))
+    voxel_ml = spacing[0] * spacing[1] * spacing[2] / 1000.0
+
+    candidates: list[KidneyCandidate] = []
+    for value in np.unique(comps.label_of):
+        members = np.flatnonzero(comps.label_of == value)
+        seed = int(members[np.argmax(comps.size[members])])
+        if comps.size[seed] * voxel_ml > high:
+            continue
+        if enhancing[seed]:
+            selected = _grow(seed, comps, enhancing=enhancing)
+        else:  # a dark seed (e.g. the background) would swallow what it surrounds
+            selected = np.arange(comps.size.size) == seed
+        grown = largest_component(selected[comps.ids])
+        mask = fill_holes(grown)
+        volume = mask_volume_ml(mask, spacing)
+        mean = float(image[grown].mean())  # before filling, see the module notes
+        compact = _compactness(mask, spacing)
+        rejected = None
+        if not low <= volume <= high:
+            rejected = f"volume {volume:.1f} ml outside [{low:g}, {high:g}] ml"
+        elif mean <= box_mean:
+            rejected = f"not enhancing: mean DCE {mean:.4g} <= ROI mean {box_mean:.4g}"
+        elif compact < _MIN_COMPACTNESS:
+            rejected = (
+                f"not compact: {compact:.2f} of its volume survives the opening "
+                f"(< {_MIN_COMPACTNESS})"
+            )
+        merged = sorted({int(v) for v in comps.label_of[selected]} - {int(value)})
+        candidates.append(
+            KidneyCandidate(
+                label=int(value),
+                merged_labels=tuple(merged),
+                mask=mask,
+                volume_ml=volume,
+                mean_dce=mean,
+                compactness=compact,
+                centrality=_centrality(mask),
+                enhancement=0.0,
+                score=0.0,
+                rejected=rejected,
+            )
+        )
+
+    # A qualifying candidate lying inside a larger qualifying one (the medulla inside the
+    # kidney grown from the cortex) is a part of it, not a rival.
+    qualifying = [k for k, c in enumerate(candidates) if c.rejected is None]
+    for k in qualifying:
+        inner = candidates[k]
+        for other in (candidates[j] for j in qualifying if j != k):
+            if other.rejected is None and other.volume_ml > inner.volume_ml:
+                overlap = np.count_nonzero(inner.mask & other.mask)
+                if overlap >= _CONTAINED_FRACTION * np.count_nonzero(inner.mask):
+                    rejected = f"inside the candidate of label {other.label}"
+                    candidates[k] = replace(inner, rejected=rejected)
+                    break
+
+    brightest = max((c.mean_dce - box_mean for c in candidates if c.rejected is None), default=0.0)
+    for k, c in enumerate(candidates):
+        if c.rejected is None:
+            enhancement = (c.mean_dce - box_mean) / brightest
+            terms = (c.compactness, c.centrality, enhancement)
+            score = sum(w * t for w, t in zip(_WEIGHTS, terms, strict=True))
+            candidates[k] = replace(c, enhancement=enhancement, score=score)
+    candidates.sort(key=lambda c: (c.rejected is not None, -c.score, c.label))
+    return candidates
+
+
+def select_kidney(
+    labels: np.ndarray,
+    *,
+    dce: np.ndarray,
+    spacing_zyx: Sequence[float],
+    expected_volume_ml: tuple[float, float] = (20.0, 600.0),
+) -> np.ndarray:
+    """The kidney mask: the best-scoring qualifying candidate of :func:`rank_candidates`.
+
+    Parameters
+    ----------
+    labels : numpy.ndarray
+        Integer (z, y, x) cluster map of the region of interest, e.g.
+        ``ClusteringResult.labels``.
+    dce : numpy.ndarray
+        DCE intensities of the same region, same shape.
+    spacing_zyx : tuple of float
+        Voxel spacing in mm along (z, y, x).
+    expected_volume_ml : tuple of float
+        Plausible graft volume ``(min, max)`` in ml.
+
+    Returns
+    -------
+    numpy.ndarray
+        Boolean mask of the shape of ``labels``: one 6-connected component without holes.
+
+    Raises
+    ------
+    ValueError
+        If the inputs are invalid or no candidate qualifies; the message lists each
+        label and why it was rejected.
+    """
+    candidates = rank_candidates(
+        labels, dce=dce, spacing_zyx=spacing_zyx, expected_volume_ml=expected_volume_ml
+    )
+    if candidates and candidates[0].rejected is None:
+        return _as_mask(candidates[0].mask)
+    reasons = "; ".join(f"label {c.label}: {c.rejected}" for c in candidates)
+    if not reasons:
+        reasons = f"the largest component of every label exceeds {expected_volume_ml[1]:g} ml"
+    raise ValueError(f"no cluster qualifies as the kidney: {reasons}")

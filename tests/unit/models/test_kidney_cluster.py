@@ -1,0 +1,115 @@
+"""Tests of models.kidney_cluster: choosing the kidney among the cluster labels."""
+
+import numpy as np
+import pytest
+
+from models.components import fill_holes, label_components
+from models.kidney_cluster import rank_candidates, select_kidney
+from models.metrics import dice
+
+SHAPE = (16, 32, 32)
+SPACING = (3.0, 2.0, 2.0)  # 12 mm3 voxels: the kidney below is about 22 ml
+BACKGROUND, KIDNEY, VESSEL, MEDULLA = 7, 3, 42, 5  # arbitrary, unordered label values
+
+
+def _scene(seed=0):
+    """Ellipsoid kidney (DCE 300), a long thin tube brighter than it (DCE 400) touching
+    it, a large dark background (DCE 100); noise sigma 10."""
+    z, y, x = np.ogrid[: SHAPE[0], : SHAPE[1], : SHAPE[2]]
+    radius = ((z - 8) / 5.5) ** 2 + ((y - 15) / 10) ** 2 + ((x - 13) / 8) ** 2
+    kidney = radius <= 1
+    vessel = np.broadcast_to((z - 8) ** 2 + (x - 23.5) ** 2 <= 6.25, SHAPE) & ~kidney
+    labels = np.full(SHAPE, BACKGROUND, dtype=np.int32)
+    labels[kidney] = KIDNEY
+    labels[vessel] = VESSEL
+    dce = np.full(SHAPE, 100.0)
+    dce[kidney] = 300.0
+    dce[vessel] = 400.0
+    dce += np.random.default_rng(seed).normal(0.0, 10.0, SHAPE)
+    return labels, dce, kidney, vessel, radius
+
+
+def test_the_compact_enhancing_cluster_beats_a_brighter_vessel():
+    labels, dce, kidney, vessel, _ = _scene()
+    assert (np.roll(kidney, 1, axis=2) & vessel).any()  # the vessel touches the kidney
+    assert dce[vessel].mean() > dce[kidney].mean()
+    # The vessel is big enough to pass the volume gate: compactness must reject it.
+    volumes = (2.0, 600.0)
+    mask = select_kidney(labels, dce=dce, spacing_zyx=SPACING, expected_volume_ml=volumes)
+    assert mask.shape == SHAPE and mask.dtype == bool
+    assert dice(mask, kidney) == 1.0
+    ranked = {
+        c.label: c
+        for c in rank_candidates(labels, dce=dce, spacing_zyx=SPACING, expected_volume_ml=volumes)
+    }
+    assert ranked[KIDNEY].rejected is None and ranked[KIDNEY].merged_labels == ()
+    assert ranked[KIDNEY].compactness > 0.8
+    assert ranked[VESSEL].volume_ml > 2.0
+    assert ranked[VESSEL].rejected.startswith("not compact")
+    assert ranked[BACKGROUND].rejected.startswith("not enhancing")
+
+
+def test_cortex_and_medulla_in_two_clusters_are_merged():
+    labels, dce, kidney, _, radius = _scene(seed=1)
+    z, y, x = np.ogrid[: SHAPE[0], : SHAPE[1], : SHAPE[2]]
+    hilum = (((z - 8) / 2) ** 2 + ((y - 15) / 3) ** 2 <= 1) & (x >= 13) & kidney
+    medulla = (radius <= 0.35) | hilum  # open to the outside through the hilum
+    labels[medulla] = MEDULLA
+    dce[medulla] -= 100.0  # darker than the cortex, brighter than the background
+    cortex = labels == KIDNEY
+    assert label_components(medulla)[1] == 1
+    assert not fill_holes(cortex)[medulla].all()  # hole filling alone would not do it
+    mask = select_kidney(labels, dce=dce, spacing_zyx=SPACING)
+    assert dice(mask, kidney) == 1.0
+    best = rank_candidates(labels, dce=dce, spacing_zyx=SPACING)[0]
+    assert (best.label, best.merged_labels) == (KIDNEY, (MEDULLA,))
+
+
+def test_result_is_one_component_without_holes():
+    labels, dce, kidney, _, _ = _scene()
+    labels[8, 15, 13] = BACKGROUND  # a dark voxel inside the kidney
+    dce[8, 15, 13] = 100.0
+    mask = select_kidney(labels, dce=dce, spacing_zyx=SPACING)
+    assert mask[8, 15, 13]
+    assert label_components(mask)[1] == 1
+    assert (fill_holes(mask) == mask).all()
+
+
+def test_no_candidate_raises_with_reasons():
+    labels, dce, _, _, _ = _scene()
+    with pytest.raises(ValueError, match=r"no cluster qualifies.*label 3: volume 2\d\.\d ml"):
+        select_kidney(labels, dce=dce, spacing_zyx=SPACING, expected_volume_ml=(100.0, 150.0))
+    with pytest.raises(ValueError, match="every label exceeds 1 ml"):
+        select_kidney(labels, dce=dce, spacing_zyx=SPACING, expected_volume_ml=(0.5, 1.0))
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"labels": np.zeros((2, 2), dtype=int)}, "3D"),
+        ({"labels": np.zeros(SHAPE)}, "integer"),
+        ({"dce": np.zeros((2, 2, 2))}, "does not match"),
+        ({"spacing_zyx": (1.0, 0.0, 1.0)}, "spacing_zyx"),
+        ({"expected_volume_ml": (10.0, 5.0)}, "expected_volume_ml"),
+    ],
+)
+def test_bad_input_raises(kwargs, match):
+    labels, dce, _, _, _ = _scene()
+    args = {"labels": labels, "dce": dce, "spacing_zyx": SPACING, **kwargs}
+    with pytest.raises(ValueError, match=match):
+        select_kidney(**args)
+
+
+def test_a_bright_core_inside_the_kidney_is_not_a_rival():
+    labels, dce, kidney, _, radius = _scene(seed=2)
+    core = radius <= 0.5  # its own label, as bright, compact and central as the kidney
+    labels[core] = MEDULLA
+    volumes = (2.0, 600.0)
+    ranked = {
+        c.label: c
+        for c in rank_candidates(labels, dce=dce, spacing_zyx=SPACING, expected_volume_ml=volumes)
+    }
+    assert ranked[MEDULLA].rejected == f"inside the candidate of label {KIDNEY}"
+    assert ranked[MEDULLA].compactness > 0.8 and ranked[MEDULLA].volume_ml > 2.0
+    mask = select_kidney(labels, dce=dce, spacing_zyx=SPACING, expected_volume_ml=volumes)
+    assert dice(mask, kidney) == 1.0
