@@ -1,5 +1,6 @@
 """Benchmarks of the spine: ingest rate and round trip through the node, and accuracy of
 the classical MRI baselines on synthetic studies. Results go to benchmarks/results/.
+The ``mri-graft`` method has its own evaluation: :mod:`benchmarks.graft_eval`.
 
 Run: ``make bench`` (or ``.venv/bin/python -m benchmarks.run [--seeds N]``).
 """
@@ -32,7 +33,8 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 def accuracy(seeds: int, work: Path) -> dict[str, dict[str, float]]:
     """Dice, precision, recall, PKVD and time per pipeline, mean ± std over seeds."""
-    scores: dict[str, list[dict[str, float]]] = {name: [] for name in PIPELINES}
+    baselines = {name: PIPELINES[name] for name in ("mri-otsu", "mri-watershed")}
+    scores: dict[str, list[dict[str, float]]] = {name: [] for name in baselines}
     for seed in range(seeds):
         study = write_mr_study(work / f"acc{seed}", seed=100 + seed)
         groups = group_by_series(study.files)
@@ -40,7 +42,7 @@ def accuracy(seeds: int, work: Path) -> dict[str, dict[str, float]]:
         inputs = StudyInput(study.study_instance_uid, {SeriesRole.DCE: (dce,)})
         truth = sitk.GetArrayFromImage(study.truth_mask).astype(bool)
         sx, sy, sz = study.truth_mask.GetSpacing()
-        for name, pipeline in PIPELINES.items():
+        for name, pipeline in baselines.items():
             t0 = time.perf_counter()
             out = pipeline.run(inputs, device="cpu")
             elapsed = time.perf_counter() - t0

@@ -135,6 +135,10 @@ class ClusteringConfig:
         Block-averaging factors along (z, y, x); ``(1, 1, 1)`` works at full resolution.
     mixed_precision : bool
         Use bfloat16 autocast on CUDA devices that support it. Ignored on the CPU.
+    spatial_dims : int
+        3 (the paper's method) or 2: the slice-wise variant of Table 1, the 2D network of
+        [12] applied to every (y, x) slice: ``1x3x3`` kernels and the continuity term
+        along y and x only. One network serves all slices, so labels agree across them.
     """
 
     n_blocks: int = 2
@@ -149,6 +153,7 @@ class ClusteringConfig:
     seed: int = 0
     downsample: tuple[int, int, int] = (1, 1, 1)
     mixed_precision: bool = True
+    spatial_dims: int = 3
 
     def __post_init__(self) -> None:
         checks = (
@@ -157,6 +162,7 @@ class ClusteringConfig:
             ("max_iter", self.max_iter >= 1, ">= 1"),
             ("min_labels", self.min_labels >= 0, ">= 0"),
             ("check_every", self.check_every >= 1, ">= 1"),
+            ("spatial_dims", self.spatial_dims in (2, 3), "2 or 3"),
         )
         for name, ok, expected in checks:
             value = getattr(self, name)
@@ -218,13 +224,16 @@ class ClusteringResult:
 class _FeatureNet(nn.Module):
     """``N x (Conv3d 3x3x3 -> ReLU -> BatchNorm3d)`` then ``Conv3d 1x1x1 -> BatchNorm3d``."""
 
-    def __init__(self, in_channels: int, *, n_blocks: int, width: int) -> None:
+    def __init__(
+        self, in_channels: int, *, n_blocks: int, width: int, spatial_dims: int
+    ) -> None:
         super().__init__()
         layers: list[nn.Module] = []
         previous = in_channels
+        kernel, padding = ((3, 3, 3), (1, 1, 1)) if spatial_dims == 3 else ((1, 3, 3), (0, 1, 1))
         for _ in range(n_blocks):
             layers += [
-                nn.Conv3d(previous, width, kernel_size=3, stride=1, padding=1),
+                nn.Conv3d(previous, width, kernel_size=kernel, stride=1, padding=padding),
                 nn.ReLU(inplace=True),
                 nn.BatchNorm3d(width),
             ]
@@ -331,12 +340,13 @@ def _torch_device(device: str) -> torch.device:
     return dev
 
 
-def _continuity(y: torch.Tensor) -> torch.Tensor:
-    """Sum over the 3 axes of the mean absolute difference between neighbours."""
-    dz = (y[:, :, 1:] - y[:, :, :-1]).abs().mean()
+def _continuity(y: torch.Tensor, spatial_dims: int) -> torch.Tensor:
+    """Sum over the axes (z only in 3D) of the mean absolute difference between neighbours."""
     dy = (y[:, :, :, 1:] - y[:, :, :, :-1]).abs().mean()
     dx = (y[..., 1:] - y[..., :-1]).abs().mean()
-    return dz + dy + dx
+    if spatial_dims == 2:
+        return dy + dx
+    return (y[:, :, 1:] - y[:, :, :-1]).abs().mean() + dy + dx
 
 
 def _autocast(dev: torch.device, enabled: bool) -> contextlib.AbstractContextManager[object]:
@@ -368,7 +378,8 @@ def _fit(
 ) -> _Fit:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
-        net = _FeatureNet(inputs.shape[1], n_blocks=config.n_blocks, width=config.channels)
+        net = _FeatureNet(inputs.shape[1], n_blocks=config.n_blocks, width=config.channels,
+                          spatial_dims=config.spatial_dims)
     # Channels-last (NDHWC) is about 1.7x faster for these convolutions on the CPU
     # (oneDNN) and is the layout tensor cores prefer on CUDA.
     net.to(dev, memory_format=torch.channels_last_3d).train()
@@ -391,7 +402,8 @@ def _fit(
             response = net(inputs)
         response = response.float()
         labels = response.detach().argmax(dim=1)
-        loss = F.cross_entropy(response, labels) + config.lam * _continuity(response)
+        continuity = _continuity(response, config.spatial_dims)
+        loss = F.cross_entropy(response, labels) + config.lam * continuity
         loss.backward()
         optimiser.step()
 

@@ -13,7 +13,10 @@ choice is made explicit here, on the region of interest of §2.1 (a box around t
    (its mean DCE intensity is at least the median of the box) grows: a component of
    another label is added to it when it is *mostly enclosed* by it (at least half of its
    boundary faces are shared with the seed; faces on the border of the box count as not
-   shared), it enhances too and it is not larger than the seed. Repeated until nothing
+   shared), it enhances too, it is not larger than the seed, and it is not much brighter
+   than the seed (its mean DCE above the box median at most 1.5 times the seed's): a dim
+   partial-volume rim around the kidney encloses it but must not swallow it, while the
+   cortex takes in the medulla whichever is brighter in the phase. Repeated until nothing
    changes, so a pyramid enclosed by cortex and medulla together is added too. A vessel
    touching the kidney at one end, or the background around it, is not mostly enclosed
    and is never added; a dark seed such as the background, which encloses everything,
@@ -24,8 +27,9 @@ choice is made explicit here, on the region of interest of §2.1 (a box around t
    background enclose the kidney) is above the mean of the box (the graft enhances) and
    its compactness (below) is at least 0.2.
    A qualifying candidate with at least 90 % of its voxels inside a larger qualifying
-   candidate (the medulla inside the kidney grown from the cortex) is a part of it and
-   is dropped.
+   candidate that grew over its label (the medulla inside the kidney grown from the
+   cortex) is a part of it and is dropped; one that is only inside another's filled
+   holes (the kidney inside a rim of partial-volume voxels) stays a rival.
 5. **Score** of a qualifying candidate, each term in [0, 1]::
 
        0.5 * compactness + 0.25 * centrality + 0.25 * enhancement
@@ -46,6 +50,16 @@ choice is made explicit here, on the region of interest of §2.1 (a box around t
 
 The qualifying candidate with the highest score is the kidney; with none,
 :func:`select_kidney` raises :class:`ValueError` listing why each was rejected.
+
+Vessels attached to the kidney
+------------------------------
+The renal artery and vein at the hilum often enhance like the parenchyma and fall in the
+kidney's cluster. :func:`prune_tubes` cuts them off the chosen mask: an opening by a
+ball of ``radius_mm`` (default 6 mm, wider than a renal vein) removes every part thinner
+than the ball, the largest component of what is left is the kidney body, and the voxels
+of the mask within ``radius_mm`` of that body are given back (a geodesic reconstruction
+limited to one ball), so the kidney's own border is kept and only a stub of each vessel,
+at most one radius long, remains.
 """
 
 from __future__ import annotations
@@ -60,6 +74,7 @@ from scipy import sparse
 from models.components import (
     _as_mask,
     _as_spacing,
+    binary_dilation,
     binary_opening,
     fill_holes,
     label_components,
@@ -67,9 +82,11 @@ from models.components import (
 )
 from models.volume import mask_volume_ml
 
-__all__ = ["KidneyCandidate", "rank_candidates", "select_kidney"]
+__all__ = ["KidneyCandidate", "prune_tubes", "rank_candidates", "select_kidney"]
 
 _ENCLOSED_FRACTION = 0.5
+#: A grown component may be at most this many times as far above the box median as the seed.
+_MAX_BRIGHTER = 1.5
 _CONTAINED_FRACTION = 0.9
 _MIN_COMPACTNESS = 0.2
 _OPENING_SCALE = 0.5
@@ -170,10 +187,13 @@ def _components(labels: np.ndarray, dce: np.ndarray) -> _Components:
     )
 
 
-def _grow(seed: int, comps: _Components, *, enhancing: np.ndarray) -> np.ndarray:
+def _grow(seed: int, comps: _Components, *, enhancing: np.ndarray, median: float) -> np.ndarray:
     """Boolean (M,) selection: the seed plus the enhancing components it mostly encloses."""
     selected = np.zeros(comps.size.size, dtype=bool)
     selected[seed] = True
+    enhancing = enhancing & (
+        comps.mean_dce - median <= _MAX_BRIGHTER * (comps.mean_dce[seed] - median)
+    )
     while True:
         shared = comps.contacts @ selected.astype(np.float64)
         enclosed = shared >= _ENCLOSED_FRACTION * comps.boundary
@@ -279,7 +299,8 @@ def rank_candidates(
     lab, image, spacing, (low, high) = _check_inputs(labels, dce, spacing_zyx, expected_volume_ml)
     comps = _components(lab, image)
     box_mean = float(image.mean())
-    enhancing = comps.mean_dce >= float(np.median(image))
+    median = float(np.median(image))
+    enhancing = comps.mean_dce >= median
     voxel_ml = spacing[0] * spacing[1] * spacing[2] / 1000.0
 
     candidates: list[KidneyCandidate] = []
@@ -289,7 +310,7 @@ def rank_candidates(
         if comps.size[seed] * voxel_ml > high:
             continue
         if enhancing[seed]:
-            selected = _grow(seed, comps, enhancing=enhancing)
+            selected = _grow(seed, comps, enhancing=enhancing, median=median)
         else:  # a dark seed (e.g. the background) would swallow what it surrounds
             selected = np.arange(comps.size.size) == seed
         grown = largest_component(selected[comps.ids])
@@ -329,7 +350,8 @@ def rank_candidates(
     for k in qualifying:
         inner = candidates[k]
         for other in (candidates[j] for j in qualifying if j != k):
-            if other.rejected is None and other.volume_ml > inner.volume_ml:
+            if (other.rejected is None and other.volume_ml > inner.volume_ml
+                    and inner.label in other.merged_labels):
                 overlap = np.count_nonzero(inner.mask & other.mask)
                 if overlap >= _CONTAINED_FRACTION * np.count_nonzero(inner.mask):
                     rejected = f"inside the candidate of label {other.label}"
@@ -345,6 +367,26 @@ def rank_candidates(
             candidates[k] = replace(c, enhancement=enhancement, score=score)
     candidates.sort(key=lambda c: (c.rejected is not None, -c.score, c.label))
     return candidates
+
+
+def prune_tubes(
+    mask: np.ndarray, *, spacing_zyx: Sequence[float], radius_mm: float = 6.0
+) -> np.ndarray:
+    """Cut tubes thinner than ``radius_mm`` (vessels at the hilum) off a kidney mask.
+
+    Returns the mask unchanged when the opening would leave nothing (a structure thinner
+    than the ball everywhere, which then is not a kidney-sized organ anyway).
+    """
+    arr = _as_mask(mask)
+    spacing = tuple(float(s) for s in spacing_zyx)
+    if not (np.isfinite(radius_mm) and radius_mm > 0):
+        raise ValueError(f"radius_mm must be a positive number, got {radius_mm!r}")
+    radius_vox = radius_mm / min(spacing)
+    body = binary_opening(arr, radius_vox=radius_vox, spacing_zyx=spacing)
+    if not body.any():
+        return arr
+    body = largest_component(body)
+    return arr & binary_dilation(body, radius_vox=radius_vox, spacing_zyx=spacing)
 
 
 def select_kidney(

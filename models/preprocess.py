@@ -63,13 +63,20 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from functools import partial
+from typing import Any
 
 import numpy as np
 import SimpleITK as sitk
 
 from models.roi import RegionOfInterest
 
-__all__ = ["Initialisation", "RegistrationResult", "n4_correct", "register_t2_to_dce"]
+__all__ = [
+    "Initialisation",
+    "RegistrationResult",
+    "n4_bias_field",
+    "n4_correct",
+    "register_t2_to_dce",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -196,7 +203,7 @@ def _fitting_mask(image: sitk.Image, mask: sitk.Image | None) -> sitk.Image:
     return fit
 
 
-def n4_correct(
+def n4_bias_field(
     image: sitk.Image,
     *,
     iterations: int = 2,
@@ -204,7 +211,10 @@ def n4_correct(
     shrink: int = 4,
     mask: sitk.Image | None = None,
 ) -> sitk.Image:
-    """Correct the intensity bias field of an MR volume with N4 (paper §3).
+    """Estimate the multiplicative bias field of an MR volume with N4 (paper §3).
+
+    The field is the receive coil's sensitivity: the phases of one dynamic series share
+    it, so one estimate corrects them all (divide each by it).
 
     Parameters
     ----------
@@ -226,7 +236,8 @@ def n4_correct(
     Returns
     -------
     SimpleITK.Image
-        Float32 ``image / exp(log bias field)`` on the grid of ``image``.
+        Float32 ``exp(log bias field)`` on the grid of ``image`` (corrected image =
+        ``image / field``).
 
     Raises
     ------
@@ -261,7 +272,13 @@ def n4_correct(
     corrector.SetMaximumNumberOfIterations([iterations] * levels)
     corrector.Execute(small, small_mask)
     log_bias = sitk.Cast(corrector.GetLogBiasFieldAsImage(full), sitk.sitkFloat32)
-    return sitk.Divide(full, sitk.Exp(log_bias))
+    return sitk.Exp(log_bias)
+
+
+def n4_correct(image: sitk.Image, **kwargs: Any) -> sitk.Image:
+    """``image`` divided by its :func:`n4_bias_field` (same parameters), float32."""
+    field = n4_bias_field(image, **kwargs)  # checks the input first
+    return sitk.Divide(sitk.Cast(image, sitk.sitkFloat32), field)
 
 
 # --------------------------------------------------------------------------- registration

@@ -78,7 +78,7 @@ def segment_folder(
     name = pipeline_name or chosen
     if name is None:
         raise PipelineError(f"{input_dir}: {reason}")
-    pipeline = get_pipeline(name)
+    pipeline = get_pipeline(name, processing)
     study_uid = study_uids.pop()
     output = pipeline.run(StudyInput(study_uid, {r: tuple(s) for r, s in by_role.items()}),
                           device=device)

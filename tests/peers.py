@@ -115,8 +115,13 @@ class NodeProcess:
 
 def node_config(*, workdir: Path, database_url: str, dicom_port: int, http_port: int,
                 destinations: list[dict[str, Any]] | None = None,
-                allowed_calling_aets: list[str] | None = None) -> dict[str, Any]:
-    """A config for a test node: quick trigger and retries, tiny back-off."""
+                allowed_calling_aets: list[str] | None = None,
+                mr_pipeline: str = "mri-watershed") -> dict[str, Any]:
+    """A config for a test node: quick trigger and retries, tiny back-off.
+
+    The MR pipeline is the fast watershed baseline unless a test asks for another: the
+    tests of the node's plumbing do not need the slower default ``mri-graft``.
+    """
     return {
         "dicom": {"ae_title": "KIDNEYNODE", "host": "127.0.0.1", "port": dicom_port,
                   "allowed_calling_aets": allowed_calling_aets or []},
@@ -125,7 +130,7 @@ def node_config(*, workdir: Path, database_url: str, dicom_port: int, http_port:
         "scheduler": {"stable_age_seconds": 1.5, "sweep_interval_seconds": 0.5},
         "sender": {"retry_initial_seconds": 0.5, "retry_max_seconds": 2,
                    "poll_interval_seconds": 0.5, "timeout_seconds": 10},
-        "processing": {"device": "cpu"},
+        "processing": {"device": "cpu", "mr_pipeline": mr_pipeline},
         "destinations": destinations or [],
         "http": {"host": "127.0.0.1", "port": http_port},
         "log_level": "INFO",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -79,10 +80,26 @@ class SchedulerSettings(_Frozen):
     max_attempts: int = Field(default=3, ge=1)
 
 
+class GraftSettings(_Frozen):
+    """Settings of the ``mri-graft`` pipelines (see models/graft.py and models/dce.py)."""
+
+    #: DCE input of the method: "last" phase (the paper's single DCE volume), "mean-post"
+    #: or "max-post" of the phases after the first (pre-contrast) one, or "phases": the
+    #: last phase plus every other post-contrast phase as extra network channels.
+    dce_volume: Literal["last", "mean-post", "max-post", "phases"] = "phases"
+    #: Iteration guard on CUDA; the paper's stop (|loss change| < 0.005) usually ends first.
+    max_iterations: int = Field(default=500, ge=1)
+    #: CPU profile: the ROI is resampled to at most this many voxels for the clustering.
+    cpu_working_voxels: int = Field(default=80_000, ge=1000)
+    #: CPU profile: iteration guard.
+    cpu_max_iterations: int = Field(default=80, ge=1)
+
+
 class ProcessingSettings(_Frozen):
     #: "auto" picks CUDA when torch sees it, else CPU; or "cpu", "cuda", "cuda:1".
     device: str = "auto"
-    mr_pipeline: str = "mri-watershed"
+    mr_pipeline: str = "mri-graft"
+    graft: GraftSettings = GraftSettings()
     #: Leave frames without any segmented pixel out of the SEG (highdicom default).
     omit_empty_frames: bool = True
     series_number: int = Field(default=9901, ge=1)

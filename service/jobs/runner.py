@@ -125,7 +125,7 @@ class JobRunner:
             t0 = time.perf_counter()
             study = self._load(work)
             timings["load_s"] = time.perf_counter() - t0
-            pipeline = get_pipeline(work.pipeline)
+            pipeline = get_pipeline(work.pipeline, self.settings.processing)
             t0 = time.perf_counter()
             output = pipeline.run(study, device=self.device)
             timings["segment_s"] = time.perf_counter() - t0

@@ -1,33 +1,38 @@
 """The MRI paper's method (``../shared/seeds/000_…``) as the ``mri-graft`` pipelines.
 
-N4 bias correction of each sequence (§3), T2 registered onto the DCE grid (T2 moves, DCE
-is fixed), region of interest on the DCE volume (§2.1), per-volume training of a 3D CNN
-by differentiable feature clustering on the stacked ROI (§2.2, early fusion), the kidney
-chosen among the clusters (:mod:`models.kidney_cluster`), largest component, holes
-filled, mask put back on the full DCE grid. ``mri-graft-dce`` is the DCE-only variant.
+The image maths is :func:`models.graft.segment_graft`; this module picks the inputs from
+the study's series, applies the device profile, logs progress and wraps the result:
+
+* ``mri-graft``: 3D network, DCE + T2 (early fusion); without a T2 series in the study it
+  runs the DCE-only variant and flags the result ``dce-only``;
+* ``mri-graft-dce``: 3D network, DCE only, even when a T2 series is there;
+* ``mri-graft-2d`` and ``mri-graft-2d-dce``: the slice-wise variants of Table 1.
+
+Device profiles: on CUDA the clustering runs on the ROI at native resolution with the
+paper's stopping rule; on the CPU the ROI is resampled to at most
+``GraftSettings.cpu_working_voxels`` voxels and the iteration guard is
+``GraftSettings.cpu_max_iterations`` (see :mod:`models.graft`).
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import SimpleITK as sitk
 from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
 
-from models import detect_roi, mask_volume_ml
-from models.feature_clustering import ClusteringConfig, cluster_volume
-from models.kidney_cluster import select_kidney
-from models.preprocess import n4_correct, register_t2_to_dce
+from models import mask_volume_ml
+from models.dce import DceVolume, combine_phases, network_inputs
+from models.graft import GraftConfig, segment_graft
+from service.config import GraftSettings
 from service.db.tables import SeriesRole
 from service.errors import PipelineError
-from service.imaging.series import LoadedVolume
 from service.pipeline.base import KIDNEY, PipelineOutput, StudyInput
-from service.pipeline.mri_baselines import choose_dce_phase
 
-__all__ = ["GraftPipeline"]
+__all__ = ["GRAFT_PIPELINES", "GraftPipeline", "device_profile"]
 
 logger = logging.getLogger(__name__)
 
@@ -37,69 +42,88 @@ def _spacing_zyx(image: sitk.Image) -> tuple[float, float, float]:
     return (sz, sy, sx)
 
 
-def _zscore(values: np.ndarray) -> np.ndarray:
-    std = float(values.std())
-    return (values - float(values.mean())) / (std if std > 0 else 1.0)
+def device_profile(settings: GraftSettings, *, cpu: bool, spatial_dims: int = 3) -> GraftConfig:
+    """The method's settings: the paper's, with the CPU profile's grid cap and guard."""
+    base = GraftConfig()
+    clustering = replace(
+        base.clustering, spatial_dims=spatial_dims,
+        max_iter=settings.cpu_max_iterations if cpu else settings.max_iterations)
+    return replace(base, clustering=clustering,
+                   working_voxels=settings.cpu_working_voxels if cpu else None)
 
 
 @dataclass(frozen=True)
 class GraftPipeline:
-    """Unsupervised 3D kidney-graft segmentation from DCE (+ T2) MRI."""
+    """Unsupervised kidney-graft segmentation from DCE (+ T2) MRI."""
 
     name: str = "mri-graft"
-    version: str = "0.1.0"
+    version: str = "0.2.0"
     family: Code = codes.cid7162.ArtificialIntelligence
     use_t2: bool = True
-    clustering: ClusteringConfig = field(default_factory=ClusteringConfig)
-    #: Coarser clustering grid on the CPU (z, y, x factors); the mask comes back at full size.
-    cpu_downsample: tuple[int, int, int] = (1, 2, 2)
+    spatial_dims: int = 3
+    settings: GraftSettings = field(default_factory=GraftSettings)
+
+    def configured(self, settings: GraftSettings) -> GraftPipeline:
+        """This pipeline with the node's settings."""
+        return replace(self, settings=settings)
+
+    def method_config(self, device: str) -> GraftConfig:
+        """The method's settings for ``device`` (the CPU profile on ``"cpu"``)."""
+        return device_profile(self.settings, cpu=device == "cpu", spatial_dims=self.spatial_dims)
 
     def run(self, study: StudyInput, *, device: str) -> PipelineOutput:
         uid = study.study_instance_uid
-        phase = choose_dce_phase(study.dce_phases())
-        dce = n4_correct(sitk.Cast(phase.image, sitk.sitkFloat32))
-        dce_arr = sitk.GetArrayFromImage(dce)
-        spacing = _spacing_zyx(dce)
-        try:
-            roi = detect_roi(dce_arr, spacing_zyx=spacing)
-        except ValueError as exc:
-            raise PipelineError(f"study {uid}: no region of interest: {exc}") from exc
-        channels = [_zscore(roi.crop(dce_arr))]
-        t2 = self._t2_on_dce(study, dce, roi) if self.use_t2 else None
-        if t2 is not None:
-            channels.append(_zscore(roi.crop(sitk.GetArrayFromImage(t2))))
-        config = self.clustering
-        if device == "cpu" and config.downsample == (1, 1, 1):
-            config = ClusteringConfig(**{**config.__dict__, "downsample": self.cpu_downsample})
+        phases = study.dce_phases()
+        reference = phases[-1]
+        arrays = [sitk.GetArrayViewFromImage(p.image) for p in phases]
+        how = DceVolume(self.settings.dce_volume)
+        dce = sitk.GetImageFromArray(combine_phases(arrays, how=how))
+        dce.CopyInformation(reference.image)
+        extra = [phases[i].image for i in network_inputs(len(phases), how=how)]
+        t2 = self._t2(study) if self.use_t2 else None
+        if self.use_t2 and t2 is None:
+            logger.info("study %s: no T2 series: DCE-only variant", uid)
+        config = self.method_config(device)
 
         def progress(iteration: int, loss: float, n_labels: int) -> None:
             logger.info("study %s: %s iteration %d, loss %.4f, %d labels", uid, self.name,
                         iteration, loss, n_labels)
 
-        result = cluster_volume(np.stack(channels).astype(np.float32), config=config,
-                                device=device, progress=progress)
-        logger.info("study %s: clustering stopped by %s after %d iterations, %d labels", uid,
-                    result.stopped_by, result.iterations, result.n_labels)
         try:
-            kidney = select_kidney(result.labels, dce=roi.crop(dce_arr), spacing_zyx=spacing)
+            result = segment_graft(dce, t2, extra_phases=extra, config=config, device=device,
+                                   progress=progress)
         except ValueError as exc:
-            raise PipelineError(f"study {uid}: no kidney among the clusters: {exc}") from exc
-        mask = roi.embed(kidney, shape=dce_arr.shape)
-        flags = tuple(f for f, on in (("roi-touches-edge", roi.touches_edge),
-                                      ("dce-only", t2 is None)) if on)
+            raise PipelineError(f"study {uid}: {self.name}: {exc}") from exc
+        c = result.clustering
+        logger.info(
+            "study %s: %s ROI %s voxels, clustered on %s at %.2f mm, stopped by %s after %d "
+            "iterations with %d labels; %s", uid, self.name, "x".join(map(str, result.roi.shape)),
+            "x".join(map(str, result.working_shape)), max(result.working_spacing_zyx),
+            c.stopped_by, c.iterations, c.n_labels,
+            ", ".join(f"{k} {v:.1f} s" for k, v in result.timings_s.items()))
+        flags = tuple(f for f, on in (("roi-touches-edge", result.roi.touches_edge),
+                                      ("dce-only", t2 is None),
+                                      ("not-converged", c.stopped_by == "max_iter")) if on)
+        spacing = _spacing_zyx(reference.image)
         return PipelineOutput(
-            reference=phase, labels=mask.astype(np.uint8) * KIDNEY.label, segments=(KIDNEY,),
-            volumes_ml={KIDNEY.structure: mask_volume_ml(mask, spacing)}, flags=flags)
+            reference=reference, labels=result.mask.astype(np.uint8) * KIDNEY.label,
+            segments=(KIDNEY,), volumes_ml={KIDNEY.structure: mask_volume_ml(result.mask,
+                                                                             spacing)},
+            flags=flags)
 
-    def _t2_on_dce(self, study: StudyInput, dce: sitk.Image, roi) -> sitk.Image | None:  # noqa: ANN001
-        """The first loadable T2 volume, N4-corrected and registered onto the DCE grid."""
-        series = study.series.get(SeriesRole.T2, ())
-        if not series:
-            logger.info("study %s: no T2 series: DCE-only variant", study.study_instance_uid)
+    @staticmethod
+    def _t2(study: StudyInput) -> sitk.Image | None:
+        """The T2 volume with the most slices, or None."""
+        volumes = [s.volumes[0] for s in study.series.get(SeriesRole.T2, ())]
+        if not volumes:
             return None
-        volume: LoadedVolume = series[0].volumes[0]
-        t2 = n4_correct(sitk.Cast(volume.image, sitk.sitkFloat32))
-        reg = register_t2_to_dce(dce, t2, roi=roi)
-        logger.info("study %s: T2 registered in %.1f s (MI %.3f -> %.3f)",
-                    study.study_instance_uid, reg.seconds, reg.metric_before, reg.metric_after)
-        return reg.t2_on_dce
+        return max(volumes, key=lambda v: len(v.datasets)).image
+
+
+GRAFT_PIPELINES: tuple[GraftPipeline, ...] = (
+    GraftPipeline(),
+    GraftPipeline(name="mri-graft-dce", use_t2=False),
+    GraftPipeline(name="mri-graft-2d", spatial_dims=2),
+    GraftPipeline(name="mri-graft-2d-dce", use_t2=False, spatial_dims=2),
+)
+

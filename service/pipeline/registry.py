@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+from service.config import ProcessingSettings
 from service.errors import PipelineError
 from service.pipeline.base import Pipeline
 from service.pipeline.mri_baselines import OtsuPipeline, WatershedPipeline
+from service.pipeline.mri_graft import GRAFT_PIPELINES, GraftPipeline
 
 __all__ = ["PIPELINES", "get_pipeline"]
 
-PIPELINES: dict[str, Pipeline] = {p.name: p for p in (OtsuPipeline(), WatershedPipeline())}
+PIPELINES: dict[str, Pipeline] = {
+    p.name: p for p in (*GRAFT_PIPELINES, OtsuPipeline(), WatershedPipeline())
+}
 
 
-def get_pipeline(name: str) -> Pipeline:
-    """The pipeline called ``name``.
+def get_pipeline(name: str, processing: ProcessingSettings | None = None) -> Pipeline:
+    """The pipeline called ``name``, configured by ``processing`` when given.
 
     Raises
     ------
@@ -20,7 +24,10 @@ def get_pipeline(name: str) -> Pipeline:
         When no such pipeline exists; the message lists the known ones.
     """
     try:
-        return PIPELINES[name]
+        pipeline = PIPELINES[name]
     except KeyError:
         raise PipelineError(
             f"unknown pipeline {name!r}; known: {', '.join(sorted(PIPELINES))}") from None
+    if processing is not None and isinstance(pipeline, GraftPipeline):
+        return pipeline.configured(processing.graft)
+    return pipeline

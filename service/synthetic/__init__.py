@@ -1,21 +1,29 @@
 """Synthetic kidney-graft MR studies for tests, the demo command and benchmarks."""
 
 from service.synthetic.phantom import (
+    BODY_CENTRE_XY,
     KIDNEY_SEMI_AXES_MM,
+    PAPER_RANGES,
     T2_SLICE_THICKNESS_MM,
     TISSUE_SIGNALS,
+    AcquisitionProtocol,
     Anatomy,
     EnhancementCurve,
+    GridCentre,
     Kidney,
     Layer,
     Orientation,
+    ProtocolRanges,
+    RenderSettings,
     RigidMotion,
+    SmoothDeformation,
     SyntheticMR,
     Tissue,
     TissueSignal,
     VolumeGeometry,
     default_phase_times,
     make_anatomy,
+    paper_protocol,
     synthesize_mr,
 )
 from service.synthetic.study import (
@@ -28,18 +36,25 @@ from service.synthetic.study import (
 )
 
 __all__ = [
+    "BODY_CENTRE_XY",
     "DCE_SERIES_NUMBER",
     "KIDNEY_SEMI_AXES_MM",
+    "PAPER_RANGES",
     "T2_SERIES_NUMBER",
     "T2_SLICE_THICKNESS_MM",
     "TISSUE_SIGNALS",
+    "AcquisitionProtocol",
     "Anatomy",
     "DceLayout",
     "EnhancementCurve",
+    "GridCentre",
     "Kidney",
     "Layer",
     "Orientation",
+    "ProtocolRanges",
+    "RenderSettings",
     "RigidMotion",
+    "SmoothDeformation",
     "SyntheticMR",
     "SyntheticStudy",
     "Tissue",
@@ -48,6 +63,7 @@ __all__ = [
     "default_phase_times",
     "geometry_image",
     "make_anatomy",
+    "paper_protocol",
     "synthesize_mr",
     "write_mr_study",
 ]

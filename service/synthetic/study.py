@@ -27,8 +27,12 @@ from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage
 
 from service.dicom.uids import new_uid
 from service.synthetic.phantom import (
+    AcquisitionProtocol,
+    GridCentre,
     Orientation,
+    RenderSettings,
     RigidMotion,
+    SmoothDeformation,
     SyntheticMR,
     VolumeGeometry,
     synthesize_mr,
@@ -89,7 +93,10 @@ class SyntheticStudy:
     phase_times_s : tuple of float
         Seconds after injection of each DCE phase.
     t2_motion : RigidMotion or None
-        Patient motion of the T2 series relative to the DCE.
+        Rigid patient motion of the T2 series relative to the DCE.
+    t2_deformation : SmoothDeformation or None
+        Smooth non-rigid part of the T2 misalignment (see
+        :meth:`~service.synthetic.phantom.SyntheticMR.t2_source_points`).
     """
 
     root: Path
@@ -103,6 +110,7 @@ class SyntheticStudy:
     analytic_volume_ml: float
     phase_times_s: tuple[float, ...]
     t2_motion: RigidMotion | None
+    t2_deformation: SmoothDeformation | None = None
 
 
 #: MR Image module and acquisition attributes of the DCE series (3D spoiled gradient echo).
@@ -196,14 +204,19 @@ def write_mr_study(
     patient_id: str = "SYNTH0001",
     study_date: datetime.date = datetime.date(2024, 3, 14),
     seed: int = 0,
-    shape: tuple[int, int, int] = (24, 96, 96),
-    spacing_mm: tuple[float, float, float] = (2.5, 1.5, 1.5),
+    shape: tuple[int, int, int] | None = None,
+    spacing_mm: tuple[float, float, float] | None = None,
     orientation: Orientation | str = "axial",
     dce_layout: DceLayout | str = "single-series",
     include_t2: bool = True,
-    kidney_scale: float = 1.0,
+    kidney_scale: float | None = None,
     study_instance_uid: str | None = None,
     phases: int = 4,
+    protocol: AcquisitionProtocol | None = None,
+    t2_shape: tuple[int, int, int] | None = None,
+    t2_spacing_mm: tuple[float, float, float] | None = None,
+    grid_centre: GridCentre | str | None = None,
+    settings: RenderSettings | None = None,
 ) -> SyntheticStudy:
     """Write a synthetic kidney-graft MR study (DCE, optionally T2) as DICOM files.
 
@@ -217,23 +230,35 @@ def write_mr_study(
         Study, series, acquisition and content date.
     seed : int
         Seeds the phantom (see :func:`~service.synthetic.phantom.synthesize_mr`).
-    shape : tuple of int
-        DCE (slices, rows, columns).
-    spacing_mm : tuple of float
-        DCE (slice step, row spacing, column spacing), mm.
+    shape : tuple of int, optional
+        DCE (slices, rows, columns); default (24, 96, 96).
+    spacing_mm : tuple of float, optional
+        DCE (slice step, row spacing, column spacing), mm; default (2.5, 1.5, 1.5).
     orientation : Orientation or str
         ``"axial"``, ``"axial-flipped"`` (column direction (0, -1, 0)), ``"coronal"``,
         ``"sagittal"`` or ``"oblique"``.
     dce_layout : DceLayout or str
         ``"single-series"`` (Temporal Position Identifier 1..n) or ``"per-phase"``.
     include_t2 : bool
-        Also write the T2 series (5 mm slices, same Frame of Reference, patient moved).
-    kidney_scale : float
-        Factor on the kidney's semi-axes.
+        Also write the T2 series (5 mm slices by default, same Frame of Reference, patient
+        moved and deformed).
+    kidney_scale : float, optional
+        Factor on the kidney's semi-axes; default 1.
     study_instance_uid : str, optional
         Study Instance UID; a new one by default.
     phases : int
         Number of DCE phases.
+    protocol : AcquisitionProtocol, optional
+        Grids and kidney scale, e.g. :func:`~service.synthetic.phantom.paper_protocol`;
+        excludes ``shape``, ``spacing_mm``, ``kidney_scale``, ``t2_shape`` and
+        ``t2_spacing_mm``.
+    t2_shape, t2_spacing_mm : tuple, optional
+        T2 (slices, rows, columns) and (slice thickness, row, column spacing); default:
+        the DCE's in-plane grid and 5 mm slices covering the DCE slab.
+    grid_centre : GridCentre or str, optional
+        ``"kidney"`` or ``"body"``; default ``"body"`` with a protocol, else ``"kidney"``.
+    settings : RenderSettings, optional
+        Image formation (texture, point-spread function, bias, noise, deformation).
 
     Returns
     -------
@@ -243,7 +268,8 @@ def write_mr_study(
     Raises
     ------
     ValueError
-        For an unknown orientation or layout, or fewer than one phase.
+        For an unknown orientation, layout or grid centre, fewer than one phase, or grid
+        arguments given together with a protocol.
     """
     orientation = Orientation(orientation)
     layout = DceLayout(dce_layout)
@@ -255,6 +281,11 @@ def write_mr_study(
         phases=phases,
         include_t2=include_t2,
         kidney_scale=kidney_scale,
+        protocol=protocol,
+        t2_shape=t2_shape,
+        t2_spacing_mm=t2_spacing_mm,
+        grid_centre=grid_centre,
+        settings=settings,
     )
     study_uid = study_instance_uid or new_uid()
     study = {
@@ -307,6 +338,7 @@ def write_mr_study(
         analytic_volume_ml=mr.analytic_volume_ml,
         phase_times_s=mr.phase_times_s,
         t2_motion=mr.t2_motion,
+        t2_deformation=mr.t2_deformation,
     )
 
 

@@ -113,3 +113,35 @@ def test_a_bright_core_inside_the_kidney_is_not_a_rival():
     assert ranked[MEDULLA].compactness > 0.8 and ranked[MEDULLA].volume_ml > 2.0
     mask = select_kidney(labels, dce=dce, spacing_zyx=SPACING, expected_volume_ml=volumes)
     assert dice(mask, kidney) == 1.0
+
+
+def _ball(shape, centre, radius):
+    z, y, x = np.ogrid[: shape[0], : shape[1], : shape[2]]
+    return (z - centre[0]) ** 2 + (y - centre[1]) ** 2 + (x - centre[2]) ** 2 <= radius ** 2
+
+
+def test_prune_tubes_cuts_a_vessel_off_and_keeps_the_organ():
+    from models.kidney_cluster import prune_tubes
+
+    shape = (40, 40, 80)
+    organ = _ball(shape, (20, 20, 20), 12)
+    vessel = np.zeros(shape, dtype=bool)
+    vessel[18:22, 18:22, 20:78] = True  # 4 mm thick, 58 mm long at 1 mm voxels
+    pruned = prune_tubes(organ | vessel, spacing_zyx=(1.0, 1.0, 1.0), radius_mm=6.0)
+    assert np.array_equal(pruned & organ, organ)  # the organ is untouched
+    assert not pruned[:, :, 40:].any()  # the vessel beyond a stub of one radius is gone
+    assert (pruned & ~organ).sum() <= 4 * 4 * 7
+
+
+def test_a_dim_rim_enclosing_the_kidney_does_not_swallow_it():
+    """Partial-volume rim cluster around a bright kidney: the kidney is chosen, alone."""
+    shape = (40, 48, 48)
+    kidney = _ball(shape, (20, 24, 24), 10)
+    rim = _ball(shape, (20, 24, 24), 12) & ~kidney
+    labels = np.zeros(shape, dtype=np.int32)
+    labels[rim] = 1
+    labels[kidney] = 2
+    dce = np.where(kidney, 1000.0, np.where(rim, 400.0, 100.0))
+    mask = select_kidney(labels, dce=dce, spacing_zyx=(1.0, 1.0, 1.0),
+                         expected_volume_ml=(1.0, 600.0))
+    assert np.array_equal(mask, kidney)
