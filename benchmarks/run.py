@@ -20,6 +20,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from models import dice, precision, recall, volume_difference_pct
+from models.volume import image_spacing_zyx
 from service.db.tables import SeriesRole
 from service.imaging.series import group_by_series, load_series
 from service.pipeline.base import StudyInput
@@ -41,7 +42,7 @@ def accuracy(seeds: int, work: Path) -> dict[str, dict[str, float]]:
         dce = load_series(groups[study.dce_series_uids[0]])
         inputs = StudyInput(study.study_instance_uid, {SeriesRole.DCE: (dce,)})
         truth = sitk.GetArrayFromImage(study.truth_mask).astype(bool)
-        sx, sy, sz = study.truth_mask.GetSpacing()
+        spacing = image_spacing_zyx(study.truth_mask)
         for name, pipeline in baselines.items():
             t0 = time.perf_counter()
             out = pipeline.run(inputs, device="cpu")
@@ -50,7 +51,7 @@ def accuracy(seeds: int, work: Path) -> dict[str, dict[str, float]]:
             scores[name].append({
                 "dice": dice(pred, truth), "precision": precision(pred, truth),
                 "recall": recall(pred, truth),
-                "pkvd": volume_difference_pct(pred, truth, spacing_zyx=(sz, sy, sx)),
+                "pkvd": volume_difference_pct(pred, truth, spacing_zyx=spacing),
                 "seconds": elapsed})
     summary = {}
     for name, rows in scores.items():

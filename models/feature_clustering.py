@@ -56,21 +56,16 @@ same input and seed give the same result. On the CPU the result is bitwise repro
 on CUDA up to cuDNN's choice of non-deterministic kernels, which this module does not
 override.
 
-CPU profile
------------
-``downsample=(fz, fy, fx)`` averages blocks of ``fz x fy x fx`` voxels (the last block of
-an axis covers what is left, the volume being edge-padded to whole blocks), fits and
-predicts on that coarse grid, and brings the labels back to the input grid by nearest
-neighbour: every input voxel takes the label of the block it belongs to.
-:func:`downsample_factors` turns a target voxel size in mm into such factors. The number
-of torch threads is left to the caller (``torch.set_num_threads``).
+The clustering runs on the grid it is given; the CPU profile's coarser grid and the
+return to full resolution are :mod:`models.graft`'s. The number of torch threads is left
+to the caller (``torch.set_num_threads``).
 """
 
 from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -79,14 +74,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.components import _as_spacing
-
 __all__ = [
     "ClusteringConfig",
     "ClusteringResult",
     "StopReason",
     "cluster_volume",
-    "downsample_factors",
 ]
 
 
@@ -131,8 +123,6 @@ class ClusteringConfig:
         ``progress`` callback is called at the same period on every device.
     seed : int
         Seed of the weight initialisation.
-    downsample : tuple of int
-        Block-averaging factors along (z, y, x); ``(1, 1, 1)`` works at full resolution.
     mixed_precision : bool
         Use bfloat16 autocast on CUDA devices that support it. Ignored on the CPU.
     spatial_dims : int
@@ -151,7 +141,6 @@ class ClusteringConfig:
     min_labels: int = 3
     check_every: int = 5
     seed: int = 0
-    downsample: tuple[int, int, int] = (1, 1, 1)
     mixed_precision: bool = True
     spatial_dims: int = 3
 
@@ -184,15 +173,6 @@ class ClusteringConfig:
                 )
         if self.lr == 0:
             raise ValueError("ClusteringConfig.lr must be > 0, got 0")
-        factors = tuple(self.downsample)
-        if len(factors) != 3 or not all(
-            isinstance(f, int | np.integer) and not isinstance(f, bool) and f >= 1 for f in factors
-        ):
-            raise ValueError(
-                f"ClusteringConfig.downsample must be 3 integers >= 1 along (z, y, x), "
-                f"got {self.downsample!r}"
-            )
-        object.__setattr__(self, "downsample", tuple(int(f) for f in factors))
 
 
 @dataclass(frozen=True)
@@ -245,35 +225,6 @@ class _FeatureNet(nn.Module):
         return self.body(x)
 
 
-def downsample_factors(spacing_zyx: Sequence[float], *, target_mm: float) -> tuple[int, int, int]:
-    """Block-averaging factors that bring a voxel spacing near a target voxel size.
-
-    Parameters
-    ----------
-    spacing_zyx : tuple of float
-        Voxel spacing in mm along (z, y, x).
-    target_mm : float
-        Wanted voxel size in mm along every axis.
-
-    Returns
-    -------
-    tuple of int
-        ``max(1, round(target_mm / spacing))`` per axis, for
-        :attr:`ClusteringConfig.downsample`. An axis already coarser than the target is
-        left alone: on 0.8 x 0.8 x 2.5 mm DCE voxels a 1.6 mm target gives ``(1, 2, 2)``.
-
-    Raises
-    ------
-    ValueError
-        If the spacing or the target is not positive and finite.
-    """
-    spacing = _as_spacing(spacing_zyx)
-    if not (math.isfinite(target_mm) and target_mm > 0):
-        raise ValueError(f"target_mm must be a positive finite number, got {target_mm!r}")
-    z, y, x = (max(1, round(target_mm / s)) for s in spacing)
-    return z, y, x
-
-
 def _as_channels(channels: np.ndarray) -> np.ndarray:
     arr = np.asarray(channels)
     if arr.ndim != 4:
@@ -289,31 +240,6 @@ def _as_channels(channels: np.ndarray) -> np.ndarray:
     if not np.isfinite(arr).all():
         raise ValueError("channels hold NaN or infinite values")
     return arr
-
-
-def _block_mean(arr: np.ndarray, factors: tuple[int, int, int]) -> np.ndarray:
-    """Average (C, z, y, x) over blocks of ``factors`` voxels, edge-padding to whole blocks."""
-    if factors == (1, 1, 1):
-        return arr
-    shape = arr.shape[1:]
-    coarse = tuple(-(-n // f) for n, f in zip(shape, factors, strict=True))
-    pad = [(0, 0)] + [(0, c * f - n) for c, f, n in zip(coarse, factors, shape, strict=True)]
-    padded = np.pad(arr, pad, mode="edge")
-    blocks = padded.reshape(
-        arr.shape[0], coarse[0], factors[0], coarse[1], factors[1], coarse[2], factors[2]
-    )
-    return blocks.mean(axis=(2, 4, 6))
-
-
-def _to_fine_grid(
-    labels: np.ndarray, factors: tuple[int, int, int], shape: tuple[int, ...]
-) -> np.ndarray:
-    """Nearest neighbour back to the input grid: each voxel takes its block's label."""
-    out = labels
-    for axis, factor in enumerate(factors):
-        if factor > 1:
-            out = np.repeat(out, factor, axis=axis)
-    return out[: shape[0], : shape[1], : shape[2]]
 
 
 def _standardise(arr: np.ndarray) -> np.ndarray:
@@ -460,8 +386,8 @@ def cluster_volume(
     ----------
     channels : numpy.ndarray
         Real (C, z, y, x) array: the co-registered sequences stacked along the first
-        axis (early fusion), e.g. ``np.stack([dce_roi, warped_t2_roi])``. Every axis of
-        the (possibly downsampled) grid must have at least 2 voxels.
+        axis (early fusion), e.g. ``np.stack([dce_roi, warped_t2_roi])``. Every axis
+        must have at least 2 voxels.
     config : ClusteringConfig
         Hyper-parameters; the defaults are the paper's.
     device : str
@@ -479,25 +405,21 @@ def cluster_volume(
     Raises
     ------
     ValueError
-        If ``channels`` is not a finite real 4D array, a channel is constant, an axis of
-        the working grid is shorter than 2 voxels, or the device is unknown or
+        If ``channels`` is not a finite real 4D array, a channel is constant, an axis is
+        shorter than 2 voxels, or the device is unknown or
         unavailable.
     """
     arr = _as_channels(channels)
     dev = _torch_device(device)
-    factors = config.downsample
-    coarse = _block_mean(arr, factors)
-    if min(coarse.shape[1:]) < 2:
+    if min(arr.shape[1:]) < 2:
         raise ValueError(
-            f"the working grid {coarse.shape[1:]} (input {arr.shape[1:]}, downsample "
-            f"{factors}) needs at least 2 voxels along every axis"
+            f"the grid {arr.shape[1:]} needs at least 2 voxels along every axis"
         )
-    inputs = torch.from_numpy(_standardise(coarse))[None].to(dev)
+    inputs = torch.from_numpy(_standardise(arr))[None].to(dev)
     fit = _fit(inputs, config=config, dev=dev, progress=progress)
-    fine = _to_fine_grid(fit.labels, factors, arr.shape[1:])
-    values, renumbered = np.unique(fine, return_inverse=True)
+    values, renumbered = np.unique(fit.labels, return_inverse=True)
     return ClusteringResult(
-        labels=renumbered.reshape(fine.shape).astype(np.int32),
+        labels=renumbered.reshape(fit.labels.shape).astype(np.int32),
         iterations=fit.stop_index + 1,
         n_labels=int(values.size),
         losses=fit.losses,

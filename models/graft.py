@@ -49,6 +49,7 @@ from models.preprocess import (
     register_t2_to_dce,
 )
 from models.roi import RegionOfInterest, detect_roi
+from models.volume import image_spacing_zyx
 
 __all__ = ["GraftConfig", "GraftResult", "refine_boundary", "segment_graft", "working_spacing"]
 
@@ -131,10 +132,6 @@ class GraftResult:
     registration: RegistrationResult | None
     timings_s: Mapping[str, float]
 
-
-def _spacing_zyx(image: sitk.Image) -> tuple[float, float, float]:
-    sx, sy, sz = image.GetSpacing()
-    return (float(sz), float(sy), float(sx))
 
 
 def working_spacing(
@@ -296,7 +293,7 @@ def segment_graft(
     if field is not None:
         fixed = sitk.Divide(fixed, field)
     lap("n4")
-    spacing = _spacing_zyx(fixed)
+    spacing = image_spacing_zyx(fixed)
     dce_arr = sitk.GetArrayViewFromImage(fixed)
     roi = detect_roi(dce_arr, spacing_zyx=spacing, margin_mm=config.roi_margin_mm)
     lap("roi")

@@ -378,7 +378,7 @@ def prune_tubes(
     than the ball everywhere, which then is not a kidney-sized organ anyway).
     """
     arr = _as_mask(mask)
-    spacing = tuple(float(s) for s in spacing_zyx)
+    spacing = _as_spacing(spacing_zyx)
     if not (np.isfinite(radius_mm) and radius_mm > 0):
         raise ValueError(f"radius_mm must be a positive number, got {radius_mm!r}")
     radius_vox = radius_mm / min(spacing)

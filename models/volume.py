@@ -3,10 +3,17 @@
 from __future__ import annotations
 
 import numpy as np
+import SimpleITK as sitk
 
 from models.components import _as_mask, _as_spacing
 
-__all__ = ["mask_volume_ml"]
+__all__ = ["image_spacing_zyx", "mask_volume_ml"]
+
+
+def image_spacing_zyx(image: sitk.Image) -> tuple[float, float, float]:
+    """Voxel spacing of a 3D SimpleITK image in (z, y, x) order, the order of its array."""
+    sx, sy, sz = image.GetSpacing()
+    return (float(sz), float(sy), float(sx))
 
 
 def mask_volume_ml(mask: np.ndarray, spacing_zyx: tuple[float, float, float]) -> float:

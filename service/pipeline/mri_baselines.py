@@ -16,6 +16,7 @@ from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
 
 from models import detect_roi, mask_volume_ml, segment_otsu, segment_watershed
+from models.volume import image_spacing_zyx
 from service.errors import PipelineError
 from service.imaging.series import LoadedVolume
 from service.pipeline.base import KIDNEY, PipelineOutput, StudyInput
@@ -31,10 +32,6 @@ def choose_dce_phase(phases: tuple[LoadedVolume, ...]) -> LoadedVolume:
     return phases[-1]
 
 
-def _spacing_zyx(image: sitk.Image) -> tuple[float, float, float]:
-    sx, sy, sz = image.GetSpacing()
-    return (sz, sy, sx)
-
 
 @dataclass(frozen=True)
 class _RoiBaseline:
@@ -48,7 +45,7 @@ class _RoiBaseline:
     def run(self, study: StudyInput, *, device: str) -> PipelineOutput:
         phase = choose_dce_phase(study.dce_phases())
         volume = sitk.GetArrayFromImage(phase.image).astype(np.float32)
-        spacing = _spacing_zyx(phase.image)
+        spacing = image_spacing_zyx(phase.image)
         try:
             roi = detect_roi(volume, spacing_zyx=spacing)
         except ValueError as exc:

@@ -24,9 +24,9 @@ import SimpleITK as sitk
 from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
 
-from models import mask_volume_ml
 from models.dce import DceVolume, combine_phases, network_inputs
 from models.graft import GraftConfig, segment_graft
+from models.volume import image_spacing_zyx, mask_volume_ml
 from service.config import GraftSettings
 from service.db.tables import SeriesRole
 from service.errors import PipelineError
@@ -36,10 +36,6 @@ __all__ = ["GRAFT_PIPELINES", "GraftPipeline", "device_profile"]
 
 logger = logging.getLogger(__name__)
 
-
-def _spacing_zyx(image: sitk.Image) -> tuple[float, float, float]:
-    sx, sy, sz = image.GetSpacing()
-    return (sz, sy, sx)
 
 
 def device_profile(settings: GraftSettings, *, cpu: bool, spatial_dims: int = 3) -> GraftConfig:
@@ -104,7 +100,7 @@ class GraftPipeline:
         flags = tuple(f for f, on in (("roi-touches-edge", result.roi.touches_edge),
                                       ("dce-only", t2 is None),
                                       ("not-converged", c.stopped_by == "max_iter")) if on)
-        spacing = _spacing_zyx(reference.image)
+        spacing = image_spacing_zyx(reference.image)
         return PipelineOutput(
             reference=reference, labels=result.mask.astype(np.uint8) * KIDNEY.label,
             segments=(KIDNEY,), volumes_ml={KIDNEY.structure: mask_volume_ml(result.mask,

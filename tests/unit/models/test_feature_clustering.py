@@ -12,7 +12,6 @@ from models.feature_clustering import (
     ClusteringConfig,
     StopReason,
     cluster_volume,
-    downsample_factors,
 )
 from models.metrics import dice
 
@@ -146,37 +145,17 @@ def test_result_does_not_depend_on_the_sync_period(monkeypatch):
     assert [c[0] for c in calls] == sorted(c[0] for c in calls)
 
 
-def test_downsample_returns_full_resolution_labels():
-    volume, _ = _phantom(shape=(15, 30, 31))
-    t2 = -volume + np.random.default_rng(5).normal(0.0, 10.0, volume.shape)
-    config = ClusteringConfig(channels=6, downsample=(2, 2, 2), max_iter=4)
-    result = cluster_volume(np.stack([volume, t2]), config=config)
-    assert result.labels.shape == volume.shape
-    assert result.n_labels == np.unique(result.labels).size
-    # Nearest neighbour: each 2x2x2 block (cut at the far edges) holds one label.
-    padded = np.pad(result.labels, [(0, 1), (0, 2), (0, 1)], mode="edge")
-    blocks = padded.reshape(8, 2, 16, 2, 16, 2)
-    assert (blocks == blocks[:, :1, :, :1, :, :1]).all()
-
-
-def test_downsample_factors():
-    assert downsample_factors((2.5, 0.8, 0.8), target_mm=1.6) == (1, 2, 2)
-    assert downsample_factors((1.0, 1.0, 1.0), target_mm=0.4) == (1, 1, 1)
-    with pytest.raises(ValueError, match="target_mm"):
-        downsample_factors((1.0, 1.0, 1.0), target_mm=0.0)
-
-
 @pytest.mark.parametrize(
     ("channels", "match"),
     [
         (np.zeros((8, 8, 8)), r"4D \(C, z, y, x\)"),
         (np.stack([np.ones((4, 4, 4)), np.arange(64.0).reshape(4, 4, 4)]), r"\[0\] are constant"),
         (np.full((1, 4, 4, 4), np.nan), "NaN"),
-        (np.random.default_rng(0).normal(size=(1, 2, 8, 8)), "at least 2 voxels"),
+        (np.random.default_rng(0).normal(size=(1, 1, 8, 8)), "at least 2 voxels"),
     ],
 )
 def test_bad_input_raises(channels, match):
-    config = ClusteringConfig(max_iter=1, downsample=(2, 1, 1))
+    config = ClusteringConfig(max_iter=1)
     with pytest.raises(ValueError, match=match):
         cluster_volume(channels, config=config)
 
@@ -189,8 +168,6 @@ def test_bad_input_raises(channels, match):
         {"lr": 0.0},
         {"momentum": 1.0},
         {"eps": -1.0},
-        {"downsample": (1, 0, 1)},
-        {"downsample": (1, 2)},
         {"spatial_dims": 1},
     ],
 )
