@@ -66,7 +66,7 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import StrEnum
 
 import numpy as np
@@ -78,6 +78,7 @@ __all__ = [
     "ClusteringConfig",
     "ClusteringResult",
     "StopReason",
+    "cluster_slices",
     "cluster_volume",
 ]
 
@@ -126,9 +127,10 @@ class ClusteringConfig:
     mixed_precision : bool
         Use bfloat16 autocast on CUDA devices that support it. Ignored on the CPU.
     spatial_dims : int
-        3 (the paper's method) or 2: the slice-wise variant of Table 1, the 2D network of
-        [12] applied to every (y, x) slice: ``1x3x3`` kernels and the continuity term
-        along y and x only. One network serves all slices, so labels agree across them.
+        3 (the paper's method) or 2: the 2D network of [12], ``1x3x3`` kernels and the
+        continuity term along y and x only. :func:`cluster_volume` then fits one network
+        to all the slices at once (labels agree across slices);
+        :func:`cluster_slices` fits one network per slice, as [12] does per image.
     """
 
     n_blocks: int = 2
@@ -242,15 +244,17 @@ def _as_channels(channels: np.ndarray) -> np.ndarray:
     return arr
 
 
-def _standardise(arr: np.ndarray) -> np.ndarray:
+def _standardise(arr: np.ndarray, *, allow_constant: bool = False) -> np.ndarray:
+    """Zero mean, unit variance per channel; a constant channel raises, or is zeroed."""
     mean = arr.mean(axis=(1, 2, 3), keepdims=True)
     std = arr.std(axis=(1, 2, 3), keepdims=True)
-    constant = np.flatnonzero(std.ravel() <= 1e-12 * np.maximum(1.0, np.abs(mean).ravel()))
-    if constant.size:
+    constant = std.ravel() <= 1e-12 * np.maximum(1.0, np.abs(mean).ravel())
+    if constant.all() or (constant.any() and not allow_constant):
         raise ValueError(
-            f"input channel(s) {constant.tolist()} are constant over the volume: "
-            "nothing to cluster on"
+            f"input channel(s) {np.flatnonzero(constant).tolist()} are constant over the "
+            "volume: nothing to cluster on"
         )
+    std[constant.reshape(std.shape)] = np.inf  # a constant channel carries nothing: zeros
     return ((arr - mean) / std).astype(np.float32)
 
 
@@ -425,3 +429,60 @@ def cluster_volume(
         losses=fit.losses,
         stopped_by=fit.reason,
     )
+
+
+def cluster_slices(
+    channels: np.ndarray,
+    *,
+    config: ClusteringConfig = ClusteringConfig(),
+    device: str = "cpu",
+    progress: Callable[[int, float, int], None] | None = None,
+) -> ClusteringResult:
+    """The 2D method of [12] on every (y, x) slice: one network fitted to each slice alone.
+
+    The slice-wise variant of the paper's Table 1 ("2D implementation [12]"). Each slice
+    is standardised on its own (a channel constant on a slice, e.g. a T2 that does not
+    cover it, becomes zeros) and clustered with ``config`` and ``spatial_dims=2``.
+
+    Returns
+    -------
+    ClusteringResult
+        ``labels`` numbered ``0 .. k - 1`` within each slice: one number on two slices
+        need not be one cluster. ``iterations`` and ``losses`` are summed and
+        concatenated over the slices, ``n_labels`` is the most any slice kept, and
+        ``stopped_by`` is ``"max_iter"`` when any slice hit the guard, otherwise the
+        commonest reason. ``progress(iterations so far, loss, n_labels)`` is called after
+        each slice.
+
+    Raises
+    ------
+    ValueError
+        As :func:`cluster_volume`; every channel constant on one slice also raises.
+    """
+    arr = _as_channels(channels)
+    dev = _torch_device(device)
+    if min(arr.shape[2:]) < 2:
+        raise ValueError(f"slices of {arr.shape[2:]} need at least 2 voxels along y and x")
+    slice_config = replace(config, spatial_dims=2)
+    labels = np.empty(arr.shape[1:], dtype=np.int32)
+    losses: list[float] = []
+    reasons: list[StopReason] = []
+    most = 0
+    for k in range(arr.shape[1]):
+        try:
+            standard = _standardise(arr[:, k:k + 1], allow_constant=True)
+        except ValueError as exc:
+            raise ValueError(f"slice {k}: {exc}") from exc
+        fit = _fit(torch.from_numpy(standard)[None].to(dev), config=slice_config, dev=dev,
+                   progress=None)
+        _, renumbered = np.unique(fit.labels, return_inverse=True)
+        labels[k] = renumbered.reshape(fit.labels.shape)
+        losses += fit.losses
+        reasons.append(fit.reason)
+        most = max(most, int(renumbered.max()) + 1)
+        if progress is not None:
+            progress(len(losses), fit.losses[-1], int(renumbered.max()) + 1)
+    reason = (StopReason.MAX_ITER if StopReason.MAX_ITER in reasons
+              else max(set(reasons), key=reasons.count))
+    return ClusteringResult(labels=labels, iterations=len(losses), n_labels=most,
+                            losses=tuple(losses), stopped_by=reason)

@@ -10,7 +10,8 @@
    to the *working grid* (below), clustered by the per-volume CNN (§2.2,
    :func:`models.feature_clustering.cluster_volume`);
 5. the kidney cluster chosen (:func:`models.kidney_cluster.select_kidney`), vessels
-   attached at the hilum cut off (:func:`models.kidney_cluster.prune_tubes`), brought back
+   attached at the hilum cut off (:func:`models.kidney_cluster.prune_tubes`), and darker
+   lobes lying on it (a bowel loop: :mod:`models.kidney_trim`), brought back
    to the ROI's full resolution, largest component, holes filled, its border refined
    (:func:`refine_boundary`, our addition: the cluster of the kidney leaves out the
    partial-volume edge voxels, which fall in a rim cluster with the outside), put back
@@ -40,8 +41,14 @@ import numpy as np
 import SimpleITK as sitk
 
 from models.components import binary_dilation, fill_holes, largest_component
-from models.feature_clustering import ClusteringConfig, ClusteringResult, cluster_volume
-from models.kidney_cluster import prune_tubes, select_kidney
+from models.feature_clustering import (
+    ClusteringConfig,
+    ClusteringResult,
+    cluster_slices,
+    cluster_volume,
+)
+from models.kidney_cluster import prune_tubes, select_kidney, select_kidney_slices
+from models.kidney_trim import drop_foreign_lobes
 from models.preprocess import (
     RegistrationResult,
     n4_bias_field,
@@ -64,6 +71,12 @@ class GraftConfig:
     ----------
     clustering : ClusteringConfig
         The network and its stopping rules; ``spatial_dims=2`` gives the 2D variant.
+    slice_networks : bool
+        In the 2D variant, fit one network per slice and choose the kidney on every slice
+        (:func:`~models.feature_clustering.cluster_slices`,
+        :func:`~models.kidney_cluster.select_kidney_slices`): the 2D method of [12] as
+        the paper compares it. ``False`` fits one 2D network to all the slices at once and
+        chooses in 3D. Ignored in 3D.
     working_voxels : int or None
         Cap on the voxels of the clustering grid (see the module notes); ``None`` keeps
         the ROI's native resolution.
@@ -78,18 +91,23 @@ class GraftConfig:
     vessel_radius_mm : float
         Tubes thinner than this are cut off the chosen cluster
         (:func:`models.kidney_cluster.prune_tubes`); 0 disables it.
+    drop_foreign : bool
+        Cut off darker lobes lying on the chosen kidney (a bowel loop in the kidney's
+        cluster), :func:`models.kidney_trim.drop_foreign_lobes`.
     refine_boundary_mm : float
         Width of the band outside the kidney cluster where :func:`refine_boundary` adds
         edge voxels (at least one working voxel); 0 disables it.
     """
 
     clustering: ClusteringConfig = field(default_factory=ClusteringConfig)
+    slice_networks: bool = True
     working_voxels: int | None = None
     n4: bool = True
     deformable: bool = True
     roi_margin_mm: float = 10.0
     expected_volume_ml: tuple[float, float] = (20.0, 600.0)
     vessel_radius_mm: float = 6.0
+    drop_foreign: bool = True
     refine_boundary_mm: float = 2.0
 
     def __post_init__(self) -> None:
@@ -313,13 +331,19 @@ def segment_graft(
     grid = working_spacing(roi.shape, spacing, config.working_voxels)
     coarse = [_to_grid(image, grid) for image in crops]
     channels = np.stack([sitk.GetArrayFromImage(image) for image in coarse])
-    clustering = cluster_volume(channels, config=config.clustering, device=device,
-                                progress=progress)
+    slice_wise = config.clustering.spatial_dims == 2 and config.slice_networks
+    clustering = (cluster_slices if slice_wise else cluster_volume)(
+        channels, config=config.clustering, device=device, progress=progress)
     lap("clustering")
-    kidney = select_kidney(clustering.labels, dce=channels[0], spacing_zyx=grid,
-                           expected_volume_ml=config.expected_volume_ml)
+    if slice_wise:
+        kidney = select_kidney_slices(clustering.labels, dce=channels[0], spacing_zyx=grid)
+    else:
+        kidney = select_kidney(clustering.labels, dce=channels[0], spacing_zyx=grid,
+                               expected_volume_ml=config.expected_volume_ml)
     if config.vessel_radius_mm > 0:
         kidney = prune_tubes(kidney, spacing_zyx=grid, radius_mm=config.vessel_radius_mm)
+    if config.drop_foreign:
+        kidney = drop_foreign_lobes(kidney, channels[: 1 + len(extra_phases)], spacing_zyx=grid)
     full = _back_to(kidney, coarse[0], crops[0])
     full = fill_holes(largest_component(full)) if full.any() else full
     if config.refine_boundary_mm > 0:

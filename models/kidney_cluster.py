@@ -38,7 +38,8 @@ choice is made explicit here, on the region of interest of §2.1 (a box around t
      opening by a ball (in mm) of half the radius of the sphere of the same volume. Scaled
      to the candidate's own size it does not depend on the anatomy's absolute size: a
      sphere keeps everything, an ellipsoid with kidney-like axes nearly everything, and a
-     tube longer than about 5 diameters (a vessel) nothing. As in
+     tube longer than about 5 diameters (a vessel) nothing. On a single slice (the 2D
+     variant, :func:`select_kidney_slices`) the disc of the same area replaces the sphere. As in
      :func:`models.components.binary_erosion`, a candidate cut by the border of the box
      is not eroded from the cut;
    * *centrality*: ``1 - d`` where ``d`` is the distance of the centroid from the centre
@@ -82,7 +83,13 @@ from models.components import (
 )
 from models.volume import mask_volume_ml
 
-__all__ = ["KidneyCandidate", "prune_tubes", "rank_candidates", "select_kidney"]
+__all__ = [
+    "KidneyCandidate",
+    "prune_tubes",
+    "rank_candidates",
+    "select_kidney",
+    "select_kidney_slices",
+]
 
 _ENCLOSED_FRACTION = 0.5
 #: A grown component may be at most this many times as far above the box median as the seed.
@@ -218,8 +225,11 @@ def _compactness(mask: np.ndarray, spacing: tuple[float, float, float]) -> float
     box = _box(mask)
     crop = mask[box]
     n = int(np.count_nonzero(crop))
-    voxel_mm3 = spacing[0] * spacing[1] * spacing[2]
-    radius_mm = _OPENING_SCALE * (3.0 * n * voxel_mm3 / (4.0 * math.pi)) ** (1.0 / 3.0)
+    if mask.shape[0] == 1:  # a single slice (the 2D variant): the disc of the same area
+        radius_mm = _OPENING_SCALE * math.sqrt(n * spacing[1] * spacing[2] / math.pi)
+    else:
+        voxel_mm3 = spacing[0] * spacing[1] * spacing[2]
+        radius_mm = _OPENING_SCALE * (3.0 * n * voxel_mm3 / (4.0 * math.pi)) ** (1.0 / 3.0)
     opened = binary_opening(crop, radius_vox=radius_mm / min(spacing), spacing_zyx=spacing)
     return int(np.count_nonzero(opened)) / n
 
@@ -430,3 +440,45 @@ def select_kidney(
     if not reasons:
         reasons = f"the largest component of every label exceeds {expected_volume_ml[1]:g} ml"
     raise ValueError(f"no cluster qualifies as the kidney: {reasons}")
+
+
+def select_kidney_slices(
+    labels: np.ndarray,
+    *,
+    dce: np.ndarray,
+    spacing_zyx: Sequence[float],
+    min_area_mm2: float = 100.0,
+) -> np.ndarray:
+    """The kidney of the slice-wise 2D variant: one choice per slice, then in 3D.
+
+    The labels of :func:`models.feature_clustering.cluster_slices` mean something only
+    within their slice, so the choice of :func:`rank_candidates` is made on every slice
+    alone (its components, growing, gates and score, in the plane of the slice; the
+    volume gate becomes an area of at least ``min_area_mm2``). The chosen regions of all
+    slices are stacked; the largest 3D component, holes filled, is the kidney.
+
+    Raises
+    ------
+    ValueError
+        If the inputs are invalid or no slice has a qualifying candidate.
+    """
+    lab = np.asarray(labels)
+    spacing = _as_spacing(spacing_zyx)
+    if lab.ndim != 3:
+        raise ValueError(f"labels must be a 3D (z, y, x) array, got shape {lab.shape}")
+    slab_ml = min_area_mm2 * spacing[0] / 1000.0
+    image = np.asarray(dce)
+    if image.shape != lab.shape:
+        raise ValueError(f"dce shape {image.shape} does not match labels shape {lab.shape}")
+    whole_slice_ml = lab.shape[1] * lab.shape[2] * math.prod(spacing) / 1000.0
+    chosen = np.zeros(lab.shape, dtype=bool)
+    for k in range(lab.shape[0]):
+        if np.ptp(image[k]) == 0:
+            continue  # nothing on this slice
+        ranked = rank_candidates(lab[k:k + 1], dce=image[k:k + 1], spacing_zyx=spacing,
+                                 expected_volume_ml=(slab_ml, 2.0 * whole_slice_ml))
+        if ranked and ranked[0].rejected is None:
+            chosen[k] = ranked[0].mask[0]
+    if not chosen.any():
+        raise ValueError("no slice has a cluster that qualifies as the kidney")
+    return fill_holes(largest_component(chosen))

@@ -6,7 +6,8 @@ the study's series, applies the device profile, logs progress and wraps the resu
 * ``mri-graft``: 3D network, DCE + T2 (early fusion); without a T2 series in the study it
   runs the DCE-only variant and flags the result ``dce-only``;
 * ``mri-graft-dce``: 3D network, DCE only, even when a T2 series is there;
-* ``mri-graft-2d`` and ``mri-graft-2d-dce``: the slice-wise variants of Table 1.
+* ``mri-graft-2d`` and ``mri-graft-2d-dce``: the slice-wise variants of Table 1 (the 2D
+  method of [12]: one network fitted per slice, the kidney chosen on every slice).
 
 Device profiles: on CUDA the clustering runs on the ROI at native resolution with the
 paper's stopping rule; on the CPU the ROI is resampled to at most

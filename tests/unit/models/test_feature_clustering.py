@@ -11,6 +11,7 @@ import models.feature_clustering as fc
 from models.feature_clustering import (
     ClusteringConfig,
     StopReason,
+    cluster_slices,
     cluster_volume,
 )
 from models.metrics import dice
@@ -217,3 +218,45 @@ def test_2d_variant_separates_the_bright_ellipsoid():
     result = cluster_volume(volume[np.newaxis], config=replace(SMALL, spatial_dims=2))
     best = max(dice(result.labels == k, inside) for k in range(result.n_labels))
     assert best > 0.85
+
+
+def test_slice_networks_find_the_ellipsoid_on_every_slice():
+    """One network per slice: labels mean something only within a slice, and on each
+    slice crossing the ellipsoid one of them is its cross-section."""
+    volume, inside = _phantom(seed=4)
+    calls = []
+    config = replace(SMALL, max_iter=40)
+    result = cluster_slices(volume[np.newaxis], config=config,
+                            progress=lambda *a: calls.append(a))
+    assert result.labels.shape == SHAPE and result.labels.dtype == np.int32
+    assert len(result.losses) == result.iterations == calls[-1][0]
+    assert len(calls) == SHAPE[0]
+    assert result.n_labels == max(int(lab.max()) + 1 for lab in result.labels)
+    for k in range(SHAPE[0]):
+        if inside[k].sum() >= 100:  # the noisy polar caps (about 50 voxels) excepted
+            best = max(dice(result.labels[k] == v, inside[k])
+                       for v in np.unique(result.labels[k]))
+            assert best > 0.85, f"slice {k}: {best:.2f}"
+
+
+def test_slice_networks_are_independent_of_the_other_slices():
+    volume, _ = _phantom(seed=5)
+    config = replace(SMALL, max_iter=5, eps=0.0, min_labels=0)
+    whole = cluster_slices(volume[np.newaxis], config=config)
+    alone = cluster_slices(volume[np.newaxis, 7:8], config=config)
+    assert np.array_equal(whole.labels[7], alone.labels[0])
+    assert whole.stopped_by == StopReason.MAX_ITER and whole.iterations == 5 * SHAPE[0]
+
+
+def test_slice_networks_zero_a_channel_constant_on_a_slice():
+    volume, _ = _phantom(seed=6)
+    second = volume.copy()
+    second[3] = 0.0  # e.g. a T2 slab that does not cover this slice
+    config = replace(SMALL, max_iter=3, eps=0.0, min_labels=0)
+    result = cluster_slices(np.stack([volume, second]), config=config)
+    assert result.labels.shape == SHAPE
+    empty = volume.copy()
+    empty[5] = 1.0
+    with pytest.raises(ValueError, match="slice 5"):
+        cluster_slices(np.stack([empty, np.where(np.arange(16)[:, None, None] == 5, 2.0,
+                                                 volume)]), config=config)

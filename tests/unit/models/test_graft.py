@@ -58,6 +58,16 @@ def test_segments_the_synthetic_graft(small_study, use_t2):
     assert set(result.timings_s) >= {"n4", "roi", "clustering", "selection"}
 
 
+def test_slice_wise_variant_runs_one_network_per_slice(small_study):
+    dce, t2, truth, extra = small_study
+    config = replace(FAST, clustering=replace(FAST.clustering, spatial_dims=2, max_iter=20))
+    result = segment_graft(dce, t2, extra_phases=extra, config=config)
+    slices = result.working_shape[0]
+    # Every slice trained its own network: at least one iteration per slice.
+    assert result.clustering.iterations >= slices > 1
+    assert dice(result.mask, truth) > 0.6
+
+
 def test_working_grid_cap_is_applied_and_mask_comes_back_full_size(small_study):
     dce, _, truth, extra = small_study
     result = segment_graft(dce, None, extra_phases=extra,

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from models.components import fill_holes, label_components
-from models.kidney_cluster import rank_candidates, select_kidney
+from models.kidney_cluster import rank_candidates, select_kidney, select_kidney_slices
 from models.metrics import dice
 
 SHAPE = (16, 32, 32)
@@ -145,3 +145,26 @@ def test_a_dim_rim_enclosing_the_kidney_does_not_swallow_it():
     mask = select_kidney(labels, dce=dce, spacing_zyx=(1.0, 1.0, 1.0),
                          expected_volume_ml=(1.0, 600.0))
     assert np.array_equal(mask, kidney)
+
+
+def test_slice_wise_choice_with_labels_that_differ_between_slices():
+    """Per-slice cluster numbers (as one network per slice gives them) are permuted on
+    every slice; the kidney is chosen on each slice and the result is one 3D component."""
+    labels, dce, kidney, vessel, _ = _scene(seed=2)
+    rng = np.random.default_rng(0)
+    shuffled = np.empty_like(labels)
+    for k in range(SHAPE[0]):
+        values = np.array([BACKGROUND, KIDNEY, VESSEL])
+        table = dict(zip(values, rng.permutation(3), strict=True))
+        shuffled[k] = np.vectorize(table.get)(labels[k])
+    mask = select_kidney_slices(shuffled, dce=dce, spacing_zyx=SPACING, min_area_mm2=20.0)
+    assert label_components(mask)[1] == 1
+    assert not (mask & vessel).any()
+    assert dice(mask, kidney) > 0.95
+
+
+def test_slice_wise_choice_without_a_kidney_raises():
+    labels = np.zeros(SHAPE, dtype=np.int32)
+    dce = np.random.default_rng(1).normal(100.0, 5.0, SHAPE)
+    with pytest.raises(ValueError, match="no slice"):
+        select_kidney_slices(labels, dce=dce, spacing_zyx=SPACING)
