@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import logging
 import signal
@@ -39,7 +40,14 @@ def _parser() -> argparse.ArgumentParser:
     seg.add_argument("--pipeline", help="pipeline name (default: by series classification)")
     vol = sub.add_parser("volumes", help="kidney volumes of a patient over time")
     vol.add_argument("patient_id")
-    vol.add_argument("--json", action="store_true")
+    vol.add_argument("--structure", help="only this structure (e.g. kidney)")
+    vol.add_argument("--format", choices=("table", "csv", "json"), default="table")
+    vol.add_argument("--json", action="store_true", help="same as --format json")
+    patients = sub.add_parser("patients", help="patients with their latest volumes")
+    patients.add_argument("--alerts", action="store_true",
+                          help="only patients whose latest study raised an alert")
+    patients.add_argument("--json", action="store_true")
+    patients.add_argument("--limit", type=int, default=1000)
     jobs = sub.add_parser("jobs", help="recent jobs")
     jobs.add_argument("--json", action="store_true")
     jobs.add_argument("--limit", type=int, default=50)
@@ -92,17 +100,57 @@ def _cmd_segment(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _cmd_volumes(settings: Settings, args: argparse.Namespace) -> int:
-    from service.db.queries import patient_volumes
+    from service.db.queries import patient_exists, patient_trend
+
+    rules = _alert_rules(settings)
+    with _sessions(settings)() as session:
+        known = patient_exists(session, args.patient_id)
+        rows = patient_trend(session, args.patient_id, structure=args.structure, rules=rules)
+    fmt = "json" if args.json else args.format
+    if fmt == "json":
+        print(json.dumps(rows, indent=2))
+    elif fmt == "csv":
+        columns = [c for c in rows[0] if c != "alert_reasons"] if rows else []
+        writer = csv.DictWriter(sys.stdout, fieldnames=columns, extrasaction="ignore",
+                                lineterminator="\n")
+        if rows:
+            writer.writeheader()
+            writer.writerows(rows)
+    elif not rows:
+        print(f"no volumes for patient {args.patient_id}"
+              + ("" if known else " (no study of this patient on this node)"))
+    else:
+        table = [{**r, "vs_previous_pct": r["change_from_previous_pct"],
+                  "vs_baseline_pct": r["change_from_baseline_pct"],
+                  "alert": "ALERT" if r["alert"] else ""} for r in rows]
+        _print_table(table, ["study_date", "structure", "volume_ml", "vs_previous_pct",
+                             "vs_baseline_pct", "alert", "pipeline", "study_instance_uid"])
+    return 0 if known else 1
+
+
+def _alert_rules(settings: Settings):  # noqa: ANN202
+    from service.trends import AlertRules
+
+    return AlertRules(settings.trends.alert_fall_from_previous_pct,
+                      settings.trends.alert_fall_from_baseline_pct)
+
+
+def _cmd_patients(settings: Settings, args: argparse.Namespace) -> int:
+    from service.db.queries import list_patients
 
     with _sessions(settings)() as session:
-        rows = [r.as_dict() for r in patient_volumes(session, args.patient_id)]
+        rows = list_patients(session, alerts_only=args.alerts, rules=_alert_rules(settings),
+                             limit=args.limit)
     if args.json:
         print(json.dumps(rows, indent=2))
     elif not rows:
-        print(f"no volumes for patient {args.patient_id}")
+        print("no patient with an alert" if args.alerts else "no patient")
     else:
-        _print_table(rows, ["study_date", "structure", "volume_ml", "pipeline",
-                            "study_instance_uid"])
+        table = [{**r, "latest_volumes_ml": ", ".join(f"{k} {v:g}" for k, v in
+                                                      r["latest_volumes_ml"].items()),
+                  "alert": "ALERT" if r["alert"] else ""} for r in rows]
+        _print_table(table, ["patient_id", "studies", "last_study_date", "latest_volumes_ml",
+                             "alert"])
     return 0
 
 
@@ -192,7 +240,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             upgrade(settings.database.url)
             print("database is at the latest revision")
             return 0
-        handler = {"segment": _cmd_segment, "volumes": _cmd_volumes, "jobs": _cmd_jobs,
+        handler = {"segment": _cmd_segment, "volumes": _cmd_volumes, "patients": _cmd_patients,
+                   "jobs": _cmd_jobs,
                    "outbox": _cmd_outbox, "demo": _cmd_demo}[args.command]
         return handler(settings, args)
     except KidneyNodeError as exc:

@@ -18,6 +18,7 @@ from service.jobs.runner import JobRunner, recover_interrupted_jobs
 from service.outbox.sender import drain_outbox
 from service.scheduler.sweep import sweep
 from service.storage import InstanceStore
+from service.trends import AlertRules
 
 __all__ = ["Node"]
 
@@ -80,9 +81,11 @@ class Node:
                             or self.settings.dicom.ae_title)
 
     def _start_http(self) -> None:
-        config = uvicorn.Config(create_app(self.sessions), host=self.settings.http.host,
-                                port=self.settings.http.port, log_config=None,
-                                access_log=False)
+        trends = self.settings.trends
+        rules = AlertRules(trends.alert_fall_from_previous_pct, trends.alert_fall_from_baseline_pct)
+        config = uvicorn.Config(create_app(self.sessions, rules=rules),
+                                host=self.settings.http.host, port=self.settings.http.port,
+                                log_config=None, access_log=False)
         self._http = uvicorn.Server(config)
         threading.Thread(target=self._http.run, name="http", daemon=True).start()
 

@@ -81,3 +81,53 @@ def migrated_sessions(database_url: str):  # noqa: ANN201
     engine = make_engine(database_url)
     yield make_sessionmaker(engine)
     engine.dispose()
+
+
+def add_study(session, patient, uid, date, volumes, *, pipeline="mri-graft", time=None):  # noqa: ANN001, ANN201, PLR0913
+    """Index a study with one succeeded job and a result per structure; returns the job."""
+    from service.db import Job, JobState, Result, Study
+
+    study = Study(patient=patient, study_instance_uid=uid, study_date=date, study_time=time)
+    job = Job(study=study, pipeline=pipeline, state=JobState.SUCCEEDED, fingerprint=uid)
+    session.add_all([study, job])
+    session.flush()
+    for structure, ml in volumes.items():
+        session.add(Result(job_pk=job.id, study_pk=study.id, structure=structure, volume_ml=ml,
+                           pipeline_name=pipeline, pipeline_version="1",
+                           seg_sop_instance_uid=f"{uid}.9.{job.id}",
+                           seg_series_instance_uid=f"{uid}.8",
+                           source_series_instance_uid=f"{uid}.1"))
+    return job
+
+
+@pytest.fixture
+def populated_index(migrated_sessions):  # noqa: ANN001, ANN201
+    """Two patients: P1 with 3 studies indexed out of date order (one processed twice,
+    the last a fall of 10.5 %), P2 with 2 stable studies."""
+    import datetime as dt
+
+    from service.db import Job, JobState, Patient, Result, Study
+
+    with migrated_sessions() as session, session.begin():
+        p = Patient(patient_id="P1", issuer="")
+        q = Patient(patient_id="P2", issuer="")
+        session.add_all([p, q])
+        # Inserted out of date order.
+        add_study(session, p, "1.3", dt.date(2025, 6, 1), {"kidney": 170.0})
+        add_study(session, p, "1.1", dt.date(2025, 1, 1), {"kidney": 200.0})
+        add_study(session, p, "1.2", dt.date(2025, 3, 1), {"kidney": 195.0})
+        # Processed again with another pipeline: the newer result is reported.
+        study = session.query(Study).filter_by(study_instance_uid="1.2").one()
+        job = Job(study=study, pipeline="mri-graft-dce", state=JobState.SUCCEEDED,
+                  fingerprint="again")
+        session.add(job)
+        session.flush()
+        session.add(Result(job_pk=job.id, study_pk=study.id, structure="kidney",
+                           volume_ml=190.0, pipeline_name="mri-graft-dce", pipeline_version="1",
+                           seg_sop_instance_uid="1.2.9.again", seg_series_instance_uid="x",
+                           source_series_instance_uid="y"))
+        add_study(session, q, "2.1", dt.date(2025, 2, 1), {"kidney": 150.0})
+        add_study(session, q, "2.2", dt.date(2025, 4, 1), {"kidney": 149.0})
+    return migrated_sessions
+
+

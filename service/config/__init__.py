@@ -13,6 +13,7 @@ from service.config.settings import (
     SenderSettings,
     Settings,
     StorageSettings,
+    TrendSettings,
 )
 
 __all__ = [
@@ -28,5 +29,6 @@ __all__ = [
     "SenderSettings",
     "Settings",
     "StorageSettings",
+    "TrendSettings",
     "load_settings",
 ]

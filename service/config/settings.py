@@ -19,6 +19,7 @@ __all__ = [
     "SenderSettings",
     "Settings",
     "StorageSettings",
+    "TrendSettings",
 ]
 
 _AE_RE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # PS3.5 AE VR: no backslash, <= 16 chars
@@ -129,6 +130,15 @@ class HttpSettings(_Frozen):
     enabled: bool = True
 
 
+class TrendSettings(_Frozen):
+    """Alert thresholds of the volume trend (see service/trends.py)."""
+
+    #: A fall of more than this % from the previous study raises an alert.
+    alert_fall_from_previous_pct: float = Field(default=10.0, gt=0)
+    #: A fall of more than this % from the baseline study raises an alert.
+    alert_fall_from_baseline_pct: float = Field(default=15.0, gt=0)
+
+
 class Settings(_Frozen):
     dicom: DicomSettings = DicomSettings()
     storage: StorageSettings = StorageSettings()
@@ -139,6 +149,7 @@ class Settings(_Frozen):
     destinations: tuple[Destination, ...] = ()
     classification: ClassificationRules = ClassificationRules()
     http: HttpSettings = HttpSettings()
+    trends: TrendSettings = TrendSettings()
     log_level: str = "INFO"
 
     @field_validator("destinations")

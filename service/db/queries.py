@@ -11,8 +11,19 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from service.db.tables import Job, OutboxItem, Patient, Result, Study
+from service.trends import AlertRules, Measurement, TrendPoint, volume_trend
 
-__all__ = ["JobRow", "VolumeRow", "list_jobs", "list_outbox", "patient_volumes", "study_summary"]
+__all__ = [
+    "JobRow",
+    "VolumeRow",
+    "list_jobs",
+    "list_outbox",
+    "list_patients",
+    "patient_exists",
+    "patient_trend",
+    "patient_volumes",
+    "study_summary",
+]
 
 
 @dataclass(frozen=True)
@@ -66,6 +77,72 @@ def patient_volumes(session: Session, patient_id: str) -> list[VolumeRow]:
     return [VolumeRow(uid, _iso(date), r.structure, round(r.volume_ml, 3), r.pipeline_name,
                       r.pipeline_version, r.seg_sop_instance_uid, r.job_pk)
             for uid, date, _time, r in rows]
+
+
+def patient_exists(session: Session, patient_id: str) -> bool:
+    """Whether the node holds any study of ``patient_id``."""
+    return session.scalar(select(Patient.id).where(Patient.patient_id == patient_id)
+                          .limit(1)) is not None
+
+
+def patient_trend(session: Session, patient_id: str, *, structure: str | None = None,
+                  rules: AlertRules = AlertRules()) -> list[dict[str, Any]]:
+    """The patient's reported volumes with their changes and alerts (service.trends).
+
+    One row per study and structure: the latest result of that study (a study processed
+    again keeps its history; the newest result is the one reported), with the pipeline,
+    SEG and job of that result.
+    """
+    latest = {(r.study_instance_uid, r.structure): r
+              for r in patient_volumes(session, patient_id)
+              if structure is None or r.structure == structure}
+    times = dict(session.execute(
+        select(Study.study_instance_uid, Study.study_time)
+        .join(Patient, Patient.id == Study.patient_pk)
+        .where(Patient.patient_id == patient_id)).all())
+    points = volume_trend(
+        (Measurement(uid, dt.date.fromisoformat(r.study_date) if r.study_date else None,
+                     times.get(uid), name, r.volume_ml)
+         for (uid, name), r in latest.items()), rules)
+    return [_trend_row(p, latest[(p.study_instance_uid, p.structure)]) for p in points]
+
+
+def list_patients(session: Session, *, alerts_only: bool = False,
+                  rules: AlertRules = AlertRules(), limit: int = 1000) -> list[dict[str, Any]]:
+    """Patients with their number of studies, last study date and latest volumes.
+
+    ``alert`` is true when the latest study of any structure raised an alert;
+    ``alerts_only`` keeps those patients only. Ordered by last study date, newest first.
+    """
+    rows = session.execute(
+        select(Patient.patient_id, Patient.issuer, func.count(Study.id),
+               func.max(Study.study_date))
+        .join(Study, Study.patient_pk == Patient.id)
+        .group_by(Patient.id, Patient.patient_id, Patient.issuer)
+        .order_by(func.max(Study.study_date).desc(), Patient.patient_id)
+        .limit(None if alerts_only else limit)).all()
+    out = []
+    for patient_id, issuer, studies, last in rows:
+        trend = patient_trend(session, patient_id, rules=rules)
+        latest: dict[str, dict[str, Any]] = {}
+        for point in trend:  # ordered by structure then time: the last one wins
+            latest[point["structure"]] = point
+        alert = any(p["alert"] for p in latest.values())
+        if alerts_only and not alert:
+            continue
+        out.append({"patient_id": patient_id, "issuer": issuer, "studies": studies,
+                    "last_study_date": _iso(last),
+                    "latest_volumes_ml": {k: p["volume_ml"] for k, p in latest.items()},
+                    "alert": alert})
+        if len(out) >= limit:
+            break
+    return out
+
+
+def _trend_row(point: TrendPoint, row: VolumeRow) -> dict[str, Any]:
+    return {**point.as_dict(), "pipeline": row.pipeline,
+            "pipeline_version": row.pipeline_version,
+            "seg_sop_instance_uid": row.seg_sop_instance_uid, "job_id": row.job_id}
 
 
 def _job_row(job: Job, study_uid: str) -> JobRow:

@@ -1,0 +1,57 @@
+"""`kidney-node volumes` and `kidney-node patients` on a populated index (SQLite)."""
+
+import csv
+import io
+import json
+
+import pytest
+
+from service.cli import main
+
+
+@pytest.fixture
+def database_url(sqlite_url):
+    """SQLite only: the output formats do not depend on the engine (the trend queries
+    are tested on both in tests/unit/db)."""
+    return sqlite_url
+
+
+@pytest.fixture
+def index_env(monkeypatch, populated_index, database_url):
+    monkeypatch.setenv("KIDNEY_NODE_DATABASE__URL", database_url)
+    monkeypatch.delenv("KIDNEY_NODE_CONFIG", raising=False)
+
+
+def test_volumes_json_keeps_the_fields_and_adds_the_trend(index_env, capsys):
+    assert main(["volumes", "P1", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [r["study_date"] for r in rows] == ["2025-01-01", "2025-03-01", "2025-06-01"]
+    for key in ("study_instance_uid", "study_date", "structure", "volume_ml",
+                "change_from_previous_pct", "change_from_baseline_pct", "alert"):
+        assert key in rows[0]
+    assert [r["alert"] for r in rows] == [False, False, True]
+    assert main(["volumes", "P1", "--format", "json"]) == 0
+    assert json.loads(capsys.readouterr().out) == rows
+
+
+def test_volumes_csv_and_table(index_env, capsys):
+    assert main(["volumes", "P1", "--format", "csv", "--structure", "kidney"]) == 0
+    rows = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
+    assert [r["volume_ml"] for r in rows] == ["200.0", "190.0", "170.0"]
+    assert rows[2]["alert"] == "True"
+    assert main(["volumes", "P1"]) == 0
+    table = capsys.readouterr().out.splitlines()
+    assert "vs_previous_pct" in table[0] and "ALERT" in table[3] and "ALERT" not in table[2]
+
+
+def test_unknown_patient_says_so_and_fails(index_env, capsys):
+    assert main(["volumes", "nobody"]) == 1
+    assert "no study of this patient" in capsys.readouterr().out
+
+
+def test_patients_with_alerts(index_env, capsys):
+    assert main(["patients", "--json"]) == 0
+    assert [p["patient_id"] for p in json.loads(capsys.readouterr().out)] == ["P1", "P2"]
+    assert main(["patients", "--alerts"]) == 0
+    out = capsys.readouterr().out
+    assert "P1" in out and "P2" not in out and "ALERT" in out
