@@ -48,6 +48,10 @@ def _parser() -> argparse.ArgumentParser:
                           help="only patients whose latest study raised an alert")
     patients.add_argument("--json", action="store_true")
     patients.add_argument("--limit", type=int, default=1000)
+    base = sub.add_parser("baseline", help="mark a study as its patient's baseline")
+    base.add_argument("study_instance_uid")
+    base.add_argument("--clear", action="store_true",
+                      help="remove the mark (the first study is the baseline again)")
     jobs = sub.add_parser("jobs", help="recent jobs")
     jobs.add_argument("--json", action="store_true")
     jobs.add_argument("--limit", type=int, default=50)
@@ -154,6 +158,16 @@ def _cmd_patients(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_baseline(settings: Settings, args: argparse.Namespace) -> int:
+    from service.db.baseline import set_baseline
+
+    with _sessions(settings).begin() as session:
+        patient = set_baseline(session, args.study_instance_uid, baseline=not args.clear)
+    state = "no longer the baseline" if args.clear else "the baseline"
+    print(f"study {args.study_instance_uid} is {state} of patient {patient}")
+    return 0
+
+
 def _cmd_jobs(settings: Settings, args: argparse.Namespace) -> int:
     from service.db.queries import list_jobs
 
@@ -241,7 +255,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print("database is at the latest revision")
             return 0
         handler = {"segment": _cmd_segment, "volumes": _cmd_volumes, "patients": _cmd_patients,
-                   "jobs": _cmd_jobs,
+                   "baseline": _cmd_baseline, "jobs": _cmd_jobs,
                    "outbox": _cmd_outbox, "demo": _cmd_demo}[args.command]
         return handler(settings, args)
     except KidneyNodeError as exc:

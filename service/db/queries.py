@@ -36,9 +36,13 @@ class VolumeRow:
     pipeline_version: str
     seg_sop_instance_uid: str
     job_id: int
+    flags: tuple[str, ...] = ()
+    baseline: bool = False
 
     def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        row = asdict(self)
+        row["flags"] = list(self.flags)
+        return row
 
 
 @dataclass(frozen=True)
@@ -68,15 +72,16 @@ def patient_volumes(session: Session, patient_id: str) -> list[VolumeRow]:
         select(Result.study_pk, Result.structure, func.max(Result.id).label("rid"))
         .group_by(Result.study_pk, Result.structure).subquery())
     rows = session.execute(
-        select(Study.study_instance_uid, Study.study_date, Study.study_time, Result)
+        select(Study.study_instance_uid, Study.study_date, Study.is_baseline, Result)
         .join(latest, latest.c.study_pk == Study.id)
         .join(Result, Result.id == latest.c.rid)
         .join(Patient, Patient.id == Study.patient_pk)
         .where(Patient.patient_id == patient_id)
         .order_by(Study.study_date, Study.study_time, Study.id, Result.structure)).all()
     return [VolumeRow(uid, _iso(date), r.structure, round(r.volume_ml, 3), r.pipeline_name,
-                      r.pipeline_version, r.seg_sop_instance_uid, r.job_pk)
-            for uid, date, _time, r in rows]
+                      r.pipeline_version, r.seg_sop_instance_uid, r.job_pk,
+                      tuple(json.loads(r.flags or "[]")), bool(baseline))
+            for uid, date, baseline, r in rows]
 
 
 def patient_exists(session: Session, patient_id: str) -> bool:
@@ -102,7 +107,7 @@ def patient_trend(session: Session, patient_id: str, *, structure: str | None = 
         .where(Patient.patient_id == patient_id)).all())
     points = volume_trend(
         (Measurement(uid, dt.date.fromisoformat(r.study_date) if r.study_date else None,
-                     times.get(uid), name, r.volume_ml)
+                     times.get(uid), name, r.volume_ml, r.baseline)
          for (uid, name), r in latest.items()), rules)
     return [_trend_row(p, latest[(p.study_instance_uid, p.structure)]) for p in points]
 
@@ -142,7 +147,8 @@ def list_patients(session: Session, *, alerts_only: bool = False,
 def _trend_row(point: TrendPoint, row: VolumeRow) -> dict[str, Any]:
     return {**point.as_dict(), "pipeline": row.pipeline,
             "pipeline_version": row.pipeline_version,
-            "seg_sop_instance_uid": row.seg_sop_instance_uid, "job_id": row.job_id}
+            "seg_sop_instance_uid": row.seg_sop_instance_uid, "job_id": row.job_id,
+            "flags": list(row.flags)}
 
 
 def _job_row(job: Job, study_uid: str) -> JobRow:
@@ -176,9 +182,11 @@ def study_summary(session: Session, study_instance_uid: str) -> dict[str, Any] |
         "study_date": _iso(study.study_date),
         "series": len(study.series),
         "jobs": [_job_row(j, study.study_instance_uid).as_dict() for j in jobs],
+        "baseline": study.is_baseline,
         "results": [{"structure": r.structure, "volume_ml": round(r.volume_ml, 3),
                      "pipeline": r.pipeline_name, "pipeline_version": r.pipeline_version,
-                     "seg_sop_instance_uid": r.seg_sop_instance_uid, "job_id": r.job_pk}
+                     "seg_sop_instance_uid": r.seg_sop_instance_uid, "job_id": r.job_pk,
+                     "flags": json.loads(r.flags or "[]")}
                     for r in results],
         "sends": [_send_dict(s) for s in sends],
     }

@@ -7,6 +7,7 @@ import enum
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     Date,
     DateTime,
     Enum,
@@ -20,6 +21,7 @@ from sqlalchemy import (
     UniqueConstraint,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+from sqlalchemy.sql import false
 
 __all__ = [
     "Base",
@@ -118,6 +120,8 @@ class Study(Base):
     #: The ``last_received_at`` the trigger last looked at: a study is looked at again
     #: only when new instances arrived since (a resend changes nothing).
     checked_at: Mapped[dt.datetime | None] = mapped_column(_TS)
+    #: The patient's baseline for volume changes (at most one per patient; else the first).
+    is_baseline: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 
     patient: Mapped[Patient] = relationship(back_populates="studies")
     series: Mapped[list[Series]] = relationship(back_populates="study")
@@ -200,6 +204,8 @@ class Result(Base):
     seg_sop_instance_uid: Mapped[str] = mapped_column(String(64))
     seg_series_instance_uid: Mapped[str] = mapped_column(String(64))
     source_series_instance_uid: Mapped[str] = mapped_column(String(64))
+    #: JSON list of quality flags of the result (e.g. "roi-touches-edge", "dce-only").
+    flags: Mapped[str] = mapped_column(Text, default="[]", server_default="[]")
     created_at: Mapped[dt.datetime] = mapped_column(_TS, default=utcnow)
 
     job: Mapped[Job] = relationship(back_populates="results")

@@ -158,7 +158,8 @@ class JobRunner:
                     seg_sop_instance_uid=str(seg.SOPInstanceUID),
                     seg_series_instance_uid=str(seg.SeriesInstanceUID),
                     source_series_instance_uid=str(
-                        output.reference.datasets[0].SeriesInstanceUID)))
+                        output.reference.datasets[0].SeriesInstanceUID),
+                    flags=json.dumps(list(output.flags))))
             enqueue(session, sop_instance_uid=str(seg.SOPInstanceUID),
                     relpath=stored.path.relative_to(self.store.root).as_posix(),
                     destinations=self.settings.destinations, job_pk=job.id)

@@ -70,6 +70,9 @@ def test_round_trip_seg_reaches_destination(make_node, database_url, small_study
     row = rows[0]
     assert row["structure"] == "kidney" and row["study_date"]
     assert row["seg_sop_instance_uid"] == seg.SOPInstanceUID
+    # The job stored the result's quality flags (a JSON list in the index).
+    assert isinstance(row["flags"], list) and all(isinstance(f, str) for f in row["flags"])
+    assert row["baseline"] is True and row["change_from_previous_pct"] is None
     print(f"volume {row['volume_ml']:.1f} ml, truth {study.truth_volume_ml:.1f} ml")
     # A sanity range only: this test runs the fast watershed baseline, which leaks into the
     # bowel touching the graft; accuracy is checked on mri-graft (test_graft_round_trip).

@@ -55,3 +55,23 @@ def test_patients_with_alerts(index_env, capsys):
     assert main(["patients", "--alerts"]) == 0
     out = capsys.readouterr().out
     assert "P1" in out and "P2" not in out and "ALERT" in out
+
+
+def test_marked_baseline_moves_the_reference(index_env, capsys):
+    assert main(["baseline", "1.2"]) == 0
+    assert "is the baseline of patient P1" in capsys.readouterr().out
+    assert main(["volumes", "P1", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [r["baseline"] for r in rows] == [False, True, False]
+    assert rows[0]["change_from_baseline_pct"] == pytest.approx(5.26)  # 200 vs 190
+    assert rows[2]["change_from_baseline_pct"] == pytest.approx(-10.53)
+    assert main(["baseline", "1.3"]) == 0  # one baseline per patient
+    capsys.readouterr()
+    assert main(["volumes", "P1", "--json"]) == 0
+    assert [r["baseline"] for r in json.loads(capsys.readouterr().out)] == [False, False, True]
+    assert main(["baseline", "1.3", "--clear"]) == 0
+    assert "no longer the baseline" in capsys.readouterr().out
+    assert main(["volumes", "P1", "--json"]) == 0
+    assert [r["baseline"] for r in json.loads(capsys.readouterr().out)] == [True, False, False]
+    assert main(["baseline", "9.9"]) == 2
+    assert "9.9 is not known" in capsys.readouterr().err
