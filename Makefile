@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 CONFIG ?= config/kidney-node.yaml
 # Extra pip options, e.g. PIP_OPTS="--extra-index-url https://download.pytorch.org/whl/cu124"
 PIP_OPTS ?=
-DEBIAN_PEERS := dcmtk dicom3tools orthanc
+DEBIAN_PEERS := dcmtk dicom3tools orthanc chromium
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: install install-test peers run test lint bench clean
@@ -26,10 +26,10 @@ install: $(VENV)/.installed
 
 install-test: $(VENV)/.installed-test peers
 
-# DICOM peers the integration tests run against (Debian packages).
+# Debian packages the tests run against: DICOM peers and a headless browser (chromium).
 peers:
 	@if ! command -v /usr/bin/storescu >/dev/null || ! command -v /usr/bin/dciodvfy >/dev/null \
-	    || ! command -v /usr/sbin/Orthanc >/dev/null; then \
+	    || ! command -v /usr/sbin/Orthanc >/dev/null || ! command -v /usr/bin/chromium >/dev/null; then \
 	  echo "installing Debian packages: $(DEBIAN_PEERS)"; \
 	  $(SUDO) apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends \

@@ -289,7 +289,9 @@ def summarise(path: Path) -> str:
     head = ("| method | DCE volume | n | Dice | HD95 (mm) | PKVD (%) | precision | recall "
             "| seconds | failures |")
     lines = [head, "|" + "---|" * 10]
-    for (method, volume), rs in groups.items():
+    order = {name: k for k, name in enumerate(TABLE1)}
+    for (method, volume), rs in sorted(groups.items(),
+                                       key=lambda g: order.get(g[0][0], len(order))):
         cells = []
         for key in METRICS:
             values = [r[key] for r in rs if r[key] == r[key]]  # NaN (empty mask) left out

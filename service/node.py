@@ -83,7 +83,9 @@ class Node:
     def _start_http(self) -> None:
         trends = self.settings.trends
         rules = AlertRules(trends.alert_fall_from_previous_pct, trends.alert_fall_from_baseline_pct)
-        config = uvicorn.Config(create_app(self.sessions, rules=rules),
+        app = create_app(self.sessions, rules=rules, storage_root=self.store.root,
+                         token=self.settings.http.token)
+        config = uvicorn.Config(app,
                                 host=self.settings.http.host, port=self.settings.http.port,
                                 log_config=None, access_log=False)
         self._http = uvicorn.Server(config)

@@ -7,7 +7,6 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from service import __version__
 from service.config import ClassificationRules, ProcessingSettings
 from service.db.tables import SeriesRole
 from service.dicom.uids import new_uid
@@ -16,7 +15,7 @@ from service.imaging.series import LoadedSeries, group_by_series, load_series
 from service.pipeline.base import StudyInput
 from service.pipeline.registry import get_pipeline
 from service.scheduler.classify import SeriesFacts, choose_pipeline, classify_series
-from service.writers.seg import SegOptions, build_segmentation
+from service.writers.result import ResultUids, build_result_objects
 
 __all__ = ["OfflineResult", "segment_folder"]
 
@@ -82,17 +81,14 @@ def segment_folder(
     study_uid = study_uids.pop()
     output = pipeline.run(StudyInput(study_uid, {r: tuple(s) for r, s in by_role.items()}),
                           device=device)
-    seg = build_segmentation(
-        output, pipeline_name=pipeline.name, pipeline_version=pipeline.version,
-        family=pipeline.family,
-        options=SegOptions(series_instance_uid=new_uid(), sop_instance_uid=new_uid(),
-                           series_number=processing.series_number,
-                           content_creator=processing.content_creator,
-                           software_version=__version__,
-                           omit_empty_frames=processing.omit_empty_frames))
+    seg, sr = build_result_objects(output, pipeline, processing, ResultUids(
+        seg_series=new_uid(), seg=new_uid(), sr_series=new_uid(), sr=new_uid(),
+        device=new_uid()))
     out_dir.mkdir(parents=True, exist_ok=True)
     seg_path = out_dir / "seg.dcm"
     seg.save_as(seg_path, enforce_file_format=True)
+    sr_path = out_dir / "sr.dcm"
+    sr.save_as(sr_path, enforce_file_format=True)
     result = {
         "study_instance_uid": study_uid,
         "pipeline": pipeline.name,
@@ -101,6 +97,8 @@ def segment_folder(
         "source_series_instance_uid": str(output.reference.datasets[0].SeriesInstanceUID),
         "seg_sop_instance_uid": str(seg.SOPInstanceUID),
         "seg_file": seg_path.name,
+        "sr_sop_instance_uid": str(sr.SOPInstanceUID),
+        "sr_file": sr_path.name,
         "volumes_ml": {k: round(v, 3) for k, v in output.volumes_ml.items()},
         "flags": list(output.flags),
         "series_roles": {uid: role.value for uid, role in roles.items()},

@@ -177,3 +177,72 @@ def dciodvfy_errors(path: Path) -> list[str]:
     tool = shutil.which("dciodvfy") or "/usr/bin/dciodvfy"
     out = subprocess.run([tool, str(path)], capture_output=True, text=True, timeout=60)
     return [line for line in (out.stdout + out.stderr).splitlines() if line.startswith("Error")]
+
+
+def chromium_dom(url: str, *, budget_ms: int = 5000) -> str:
+    """The DOM of ``url`` after Debian's headless chromium loaded it and ran its scripts."""
+    tool = shutil.which("chromium") or "/usr/bin/chromium"
+    if not Path(tool).exists():
+        pytest.fail(f"{tool} missing: `make test` installs Debian's chromium")
+    out = subprocess.run(
+        [tool, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+         f"--virtual-time-budget={budget_ms}", "--dump-dom", url],
+        capture_output=True, text=True, timeout=120)
+    if out.returncode != 0 or "<html" not in out.stdout:
+        raise AssertionError(f"chromium failed on {url} ({out.returncode}):\n{out.stderr[-3000:]}")
+    return out.stdout
+
+
+@dataclass
+class OrthancPeer:
+    """A running Orthanc (Debian package): its DICOM AE and its REST API."""
+
+    aet: str
+    dicom_port: int
+    http_port: int
+
+    def rest(self, path: str, body: Any = None) -> Any:
+        data = None if body is None else json.dumps(body).encode()
+        request = urllib.request.Request(f"http://127.0.0.1:{self.http_port}{path}",
+                                         data=data, method="POST" if data else "GET")
+        with urllib.request.urlopen(request, timeout=10) as resp:  # noqa: S310
+            return json.load(resp)
+
+
+@contextmanager
+def orthanc(workdir: Path, *, dicom_port: int, http_port: int, aet: str = "ORTHANC"):  # noqa: ANN201
+    """Debian's Orthanc with its own storage and index under ``workdir``, default settings
+    otherwise (any calling AE may store), no plugins, REST on loopback."""
+    tool = Path("/usr/sbin/Orthanc")
+    if not tool.exists():
+        pytest.fail(f"{tool} missing: `make test` installs Debian's orthanc")
+    workdir.mkdir(parents=True, exist_ok=True)
+    config = {"Name": "kidney-node-test", "StorageDirectory": str(workdir / "db"),
+              "IndexDirectory": str(workdir / "db"), "HttpPort": http_port,
+              "DicomPort": dicom_port, "DicomAet": aet, "RemoteAccessAllowed": False,
+              "AuthenticationEnabled": False, "Plugins": [], "DicomModalities": {},
+              "StableAge": 2}
+    (workdir / "orthanc.json").write_text(json.dumps(config))
+    log = open(workdir / "orthanc.log", "wb")  # noqa: SIM115 - closed below
+    proc = subprocess.Popen([str(tool), str(workdir / "orthanc.json")], env=peer_env(),
+                            stdout=log, stderr=subprocess.STDOUT)
+    peer = OrthancPeer(aet, dicom_port, http_port)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                peer.rest("/system")
+                break
+            except OSError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError("Orthanc did not start:\n" + (
+                        workdir / "orthanc.log").read_text(errors="replace")[-3000:]) from None
+                time.sleep(0.2)
+        yield peer
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()

@@ -1,23 +1,57 @@
-"""Read-only HTTP API (FastAPI); it reads the index, it never writes."""
+"""Read-only HTTP API (FastAPI) and the clinicians' pages; it reads the index, never writes.
+
+When a bearer token is configured, every route but ``/health`` needs it, as an
+``Authorization: Bearer`` header or a ``kidney_node_token`` cookie (for the pages in a
+browser). The node refuses to bind the API off the loopback interface without a token.
+"""
 
 from __future__ import annotations
 
+import secrets
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
-from fastapi import FastAPI, HTTPException, Query
+from fastapi import Depends, FastAPI, HTTPException, Query, Request
+from fastapi.responses import HTMLResponse, Response
 from sqlalchemy import text
 from sqlalchemy.orm import Session, sessionmaker
 
 from service import __version__
+from service.api.pages import patient_list_page, patient_page
 from service.db import queries
+from service.errors import KidneyNodeError
+from service.reports.mask_preview import preview_png
+from service.reports.trend_plot import trend_png
 from service.trends import AlertRules
 
-__all__ = ["create_app"]
+__all__ = ["TOKEN_COOKIE", "create_app"]
+
+TOKEN_COOKIE = "kidney_node_token"
+_PNG = {"content-type": "image/png"}
 
 
-def create_app(sessions: sessionmaker[Session], *, rules: AlertRules = AlertRules()) -> FastAPI:
-    """The API over ``sessions``; OpenAPI schema at ``/openapi.json``."""
+def _token_check(token: str | None) -> Callable[[Request], None]:
+    def check(request: Request) -> None:
+        if token is None:
+            return
+        header = request.headers.get("authorization", "")
+        given = header[7:] if header.lower().startswith("bearer ") else \
+            request.cookies.get(TOKEN_COOKIE, "")
+        if not secrets.compare_digest(given.encode(), token.encode()):
+            raise HTTPException(401, "a valid bearer token is required",
+                                headers={"WWW-Authenticate": "Bearer"})
+    return check
+
+
+def create_app(sessions: sessionmaker[Session], *, rules: AlertRules = AlertRules(),
+               storage_root: Path | None = None, token: str | None = None) -> FastAPI:
+    """The API over ``sessions``; OpenAPI schema at ``/openapi.json``.
+
+    ``storage_root`` (the archive) serves the mask previews; without it they answer 404.
+    """
     app = FastAPI(title="kidney-node", version=__version__)
+    guarded = [Depends(_token_check(token))]
 
     @app.get("/health")
     def health() -> dict[str, Any]:
@@ -25,17 +59,17 @@ def create_app(sessions: sessionmaker[Session], *, rules: AlertRules = AlertRule
             session.execute(text("SELECT 1"))
         return {"status": "ok", "version": __version__}
 
-    @app.get("/api/jobs")
-    def jobs(limit: int = 100) -> list[dict[str, Any]]:
+    @app.get("/api/jobs", dependencies=guarded)
+    def jobs(limit: int = Query(100, ge=1, le=10_000)) -> list[dict[str, Any]]:
         with sessions() as session:
             return [row.as_dict() for row in queries.list_jobs(session, limit=limit)]
 
-    @app.get("/api/outbox")
-    def outbox(limit: int = 200) -> list[dict[str, Any]]:
+    @app.get("/api/outbox", dependencies=guarded)
+    def outbox(limit: int = Query(200, ge=1, le=10_000)) -> list[dict[str, Any]]:
         with sessions() as session:
             return queries.list_outbox(session, limit=limit)
 
-    @app.get("/api/studies/{study_instance_uid}")
+    @app.get("/api/studies/{study_instance_uid}", dependencies=guarded)
     def study(study_instance_uid: str) -> dict[str, Any]:
         with sessions() as session:
             summary = queries.study_summary(session, study_instance_uid)
@@ -43,17 +77,52 @@ def create_app(sessions: sessionmaker[Session], *, rules: AlertRules = AlertRule
             raise HTTPException(404, f"study {study_instance_uid} is not known to this node")
         return summary
 
-    @app.get("/api/patients")
+    @app.get("/api/studies/{study_instance_uid}/preview.png", dependencies=guarded,
+             response_class=Response, responses={200: {"content": {"image/png": {}}}})
+    def preview(study_instance_uid: str) -> Response:
+        with sessions() as session:
+            files = queries.result_files(session, study_instance_uid)
+        if files is None or storage_root is None:
+            raise HTTPException(404, f"study {study_instance_uid} has no stored result")
+        try:
+            png = preview_png([storage_root / p for p in files.source_paths],
+                              storage_root / files.seg_path,
+                              title=f"{files.pipeline}: study {study_instance_uid}")
+        except (KidneyNodeError, OSError, ValueError) as exc:
+            raise HTTPException(500, f"study {study_instance_uid}: no preview: {exc}") \
+                from exc
+        return Response(png, headers=_PNG)
+
+    @app.get("/api/patients", dependencies=guarded)
     def patients(alerts: bool = False, limit: int = Query(1000, ge=1, le=100_000)
                  ) -> list[dict[str, Any]]:
         with sessions() as session:
             return queries.list_patients(session, alerts_only=alerts, rules=rules, limit=limit)
 
-    @app.get("/api/patients/{patient_id}/volumes")
-    def volumes(patient_id: str, structure: str | None = None) -> list[dict[str, Any]]:
+    def _trend(patient_id: str, structure: str | None) -> list[dict[str, Any]]:
         with sessions() as session:
             if not queries.patient_exists(session, patient_id):
                 raise HTTPException(404, f"patient {patient_id} is not known to this node")
             return queries.patient_trend(session, patient_id, structure=structure, rules=rules)
+
+    @app.get("/api/patients/{patient_id}/volumes", dependencies=guarded)
+    def volumes(patient_id: str, structure: str | None = None) -> list[dict[str, Any]]:
+        return _trend(patient_id, structure)
+
+    @app.get("/api/patients/{patient_id}/volumes.png", dependencies=guarded,
+             response_class=Response, responses={200: {"content": {"image/png": {}}}})
+    def volumes_png(patient_id: str, structure: str | None = None) -> Response:
+        rows = _trend(patient_id, structure)
+        return Response(trend_png(rows, title=f"Patient {patient_id}: volume"), headers=_PNG)
+
+    @app.get("/", dependencies=guarded, response_class=HTMLResponse)
+    def index(alerts: bool = False) -> HTMLResponse:
+        with sessions() as session:
+            rows = queries.list_patients(session, alerts_only=alerts, rules=rules)
+        return HTMLResponse(patient_list_page(rows))
+
+    @app.get("/patients/{patient_id}", dependencies=guarded, response_class=HTMLResponse)
+    def patient(patient_id: str) -> HTMLResponse:
+        return HTMLResponse(patient_page(patient_id, _trend(patient_id, None)))
 
     return app

@@ -6,7 +6,7 @@ import re
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 __all__ = [
     "ClassificationRules",
@@ -104,6 +104,8 @@ class ProcessingSettings(_Frozen):
     #: Leave frames without any segmented pixel out of the SEG (highdicom default).
     omit_empty_frames: bool = True
     series_number: int = Field(default=9901, ge=1)
+    #: Series Number of the volume report (DICOM SR) sent with each SEG.
+    sr_series_number: int = Field(default=9902, ge=1)
     content_creator: str = "KIDNEY^NODE"
 
 
@@ -124,10 +126,23 @@ class Destination(_Frozen):
     _ae = field_validator("ae_title")(classmethod(lambda cls, v: _check_ae(v)))
 
 
+_LOOPBACK = re.compile(r"^(127\.\d+\.\d+\.\d+|::1|localhost)$")
+
+
 class HttpSettings(_Frozen):
     host: str = "127.0.0.1"
     port: int = Field(default=8080, ge=0, le=65535)
     enabled: bool = True
+    #: Bearer token of the API and pages; required when ``host`` is not a loopback address
+    #: (set it with KIDNEY_NODE_HTTP__TOKEN rather than in a file others can read).
+    token: str | None = Field(default=None, min_length=16)
+
+    @model_validator(mode="after")
+    def _token_off_loopback(self) -> HttpSettings:
+        if self.enabled and self.token is None and not _LOOPBACK.match(self.host):
+            raise ValueError(f"http.host {self.host!r} is not a loopback address: set "
+                             "http.token (at least 16 characters) to serve the API there")
+        return self
 
 
 class TrendSettings(_Frozen):

@@ -10,11 +10,21 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from service.db.tables import Job, OutboxItem, Patient, Result, Study
+from service.db.tables import (
+    Instance,
+    InstanceOrigin,
+    Job,
+    OutboxItem,
+    Patient,
+    Result,
+    Series,
+    Study,
+)
 from service.trends import AlertRules, Measurement, TrendPoint, volume_trend
 
 __all__ = [
     "JobRow",
+    "ResultFiles",
     "VolumeRow",
     "list_jobs",
     "list_outbox",
@@ -22,6 +32,7 @@ __all__ = [
     "patient_exists",
     "patient_trend",
     "patient_volumes",
+    "result_files",
     "study_summary",
 ]
 
@@ -38,6 +49,7 @@ class VolumeRow:
     job_id: int
     flags: tuple[str, ...] = ()
     baseline: bool = False
+    study_time: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         row = asdict(self)
@@ -67,21 +79,34 @@ def _iso(value: dt.datetime | dt.date | None) -> str | None:
 
 
 def patient_volumes(session: Session, patient_id: str) -> list[VolumeRow]:
-    """Latest result per study and structure for a patient, in study date order."""
-    latest = (
-        select(Result.study_pk, Result.structure, func.max(Result.id).label("rid"))
-        .group_by(Result.study_pk, Result.structure).subquery())
+    """Latest result per study and structure for a patient, in study date order.
+
+    One indexed pass: patient by ``uq_patients_id_issuer`` (its leading column), studies by
+    ``ix_studies_patient_pk``, results by ``ix_results_study_pk``; the latest result per
+    study and structure is picked here, among the patient's few rows.
+    """
     rows = session.execute(
-        select(Study.study_instance_uid, Study.study_date, Study.is_baseline, Result)
-        .join(latest, latest.c.study_pk == Study.id)
-        .join(Result, Result.id == latest.c.rid)
-        .join(Patient, Patient.id == Study.patient_pk)
-        .where(Patient.patient_id == patient_id)
-        .order_by(Study.study_date, Study.study_time, Study.id, Result.structure)).all()
-    return [VolumeRow(uid, _iso(date), r.structure, round(r.volume_ml, 3), r.pipeline_name,
-                      r.pipeline_version, r.seg_sop_instance_uid, r.job_pk,
-                      tuple(json.loads(r.flags or "[]")), bool(baseline))
-            for uid, date, baseline, r in rows]
+        select(Study.study_instance_uid, Study.study_date, Study.study_time, Study.is_baseline,
+               Result.id, Result.structure, Result.volume_ml, Result.pipeline_name,
+               Result.pipeline_version, Result.seg_sop_instance_uid, Result.job_pk,
+               Result.flags)
+        .select_from(Patient)
+        .join(Study, Study.patient_pk == Patient.id)
+        .join(Result, Result.study_pk == Study.id)
+        .where(Patient.patient_id == patient_id)).all()
+    latest: dict[tuple[str, str], Any] = {}
+    for row in rows:
+        key = (row.study_instance_uid, row.structure)
+        if key not in latest or row.id > latest[key].id:
+            latest[key] = row
+    ordered = sorted(latest.values(), key=lambda r: (
+        r.study_date is None, r.study_date or dt.date.min, r.study_time or "",
+        r.study_instance_uid, r.structure))
+    return [VolumeRow(r.study_instance_uid, _iso(r.study_date), r.structure,
+                      round(r.volume_ml, 3), r.pipeline_name, r.pipeline_version,
+                      r.seg_sop_instance_uid, r.job_pk, tuple(json.loads(r.flags or "[]")),
+                      bool(r.is_baseline), r.study_time)
+            for r in ordered]
 
 
 def patient_exists(session: Session, patient_id: str) -> bool:
@@ -101,13 +126,9 @@ def patient_trend(session: Session, patient_id: str, *, structure: str | None = 
     latest = {(r.study_instance_uid, r.structure): r
               for r in patient_volumes(session, patient_id)
               if structure is None or r.structure == structure}
-    times = dict(session.execute(
-        select(Study.study_instance_uid, Study.study_time)
-        .join(Patient, Patient.id == Study.patient_pk)
-        .where(Patient.patient_id == patient_id)).all())
     points = volume_trend(
         (Measurement(uid, dt.date.fromisoformat(r.study_date) if r.study_date else None,
-                     times.get(uid), name, r.volume_ml, r.baseline)
+                     r.study_time, name, r.volume_ml, r.baseline)
          for (uid, name), r in latest.items()), rules)
     return [_trend_row(p, latest[(p.study_instance_uid, p.structure)]) for p in points]
 
@@ -203,3 +224,39 @@ def list_outbox(session: Session, *, limit: int = 200) -> list[dict[str, Any]]:
     """Outbox items, newest first."""
     items = session.scalars(select(OutboxItem).order_by(OutboxItem.id.desc()).limit(limit))
     return [_send_dict(i) for i in items]
+
+
+@dataclass(frozen=True)
+class ResultFiles:
+    """Where the latest result of a study lies (paths relative to ``storage.root``)."""
+
+    study_instance_uid: str
+    patient_id: str
+    pipeline: str
+    seg_path: str
+    source_paths: tuple[str, ...]
+
+
+def result_files(session: Session, study_instance_uid: str) -> ResultFiles | None:
+    """The stored SEG of the study's latest result and its source series; None when the
+    study has no result or either is no longer indexed."""
+    found = session.execute(
+        select(Result, Patient.patient_id)
+        .join(Study, Study.id == Result.study_pk)
+        .join(Patient, Patient.id == Study.patient_pk)
+        .where(Study.study_instance_uid == study_instance_uid)
+        .order_by(Result.id.desc()).limit(1)).first()
+    if found is None:
+        return None
+    result, patient_id = found
+    seg_path = session.scalar(select(Instance.path).where(
+        Instance.sop_instance_uid == result.seg_sop_instance_uid))
+    sources = session.scalars(
+        select(Instance.path).join(Series, Series.id == Instance.series_pk)
+        .where(Series.series_instance_uid == result.source_series_instance_uid,
+               Instance.origin == InstanceOrigin.RECEIVED)
+        .order_by(Instance.id)).all()
+    if seg_path is None or not sources:
+        return None
+    return ResultFiles(study_instance_uid, patient_id, result.pipeline_name, seg_path,
+                       tuple(sources))

@@ -12,7 +12,6 @@ from pathlib import Path
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from service import __version__
 from service.config import Settings
 from service.db.tables import (
     Instance,
@@ -32,7 +31,7 @@ from service.outbox.sender import enqueue
 from service.pipeline.base import StudyInput
 from service.pipeline.registry import get_pipeline
 from service.storage import InstanceStore
-from service.writers.seg import SegOptions, build_segmentation
+from service.writers.result import ResultUids, build_result_objects
 
 __all__ = ["JobRunner", "recover_interrupted_jobs"]
 
@@ -131,17 +130,13 @@ class JobRunner:
             timings["segment_s"] = time.perf_counter() - t0
             t0 = time.perf_counter()
             key = (work.study_uid, work.fingerprint, pipeline.name, pipeline.version)
-            seg = build_segmentation(
-                output, pipeline_name=pipeline.name, pipeline_version=pipeline.version,
-                family=pipeline.family,
-                options=SegOptions(
-                    series_instance_uid=derived_uid(*key, "seg-series"),
-                    sop_instance_uid=derived_uid(*key, "seg"),
-                    series_number=self.settings.processing.series_number,
-                    content_creator=self.settings.processing.content_creator,
-                    software_version=__version__,
-                    omit_empty_frames=self.settings.processing.omit_empty_frames))
-            stored = self.store.store_dataset(seg, origin=InstanceOrigin.GENERATED)
+            seg, sr = build_result_objects(output, pipeline, self.settings.processing, ResultUids(
+                seg_series=derived_uid(*key, "seg-series"), seg=derived_uid(*key, "seg"),
+                sr_series=derived_uid(*key, "sr-series"), sr=derived_uid(*key, "sr"),
+                device=derived_uid(self.settings.dicom.ae_title, "device")))
+            # SEG first: the report references it, and the outbox sends in queue order.
+            stored = [self.store.store_dataset(obj, origin=InstanceOrigin.GENERATED)
+                      for obj in (seg, sr)]
             timings["write_s"] = time.perf_counter() - t0
         except (KidneyNodeError, ValueError, RuntimeError, OSError) as exc:
             # RuntimeError covers SimpleITK and torch failures; all end in the job record.
@@ -160,9 +155,10 @@ class JobRunner:
                     source_series_instance_uid=str(
                         output.reference.datasets[0].SeriesInstanceUID),
                     flags=json.dumps(list(output.flags))))
-            enqueue(session, sop_instance_uid=str(seg.SOPInstanceUID),
-                    relpath=stored.path.relative_to(self.store.root).as_posix(),
-                    destinations=self.settings.destinations, job_pk=job.id)
+            for obj, where in zip((seg, sr), stored, strict=True):
+                enqueue(session, sop_instance_uid=str(obj.SOPInstanceUID),
+                        relpath=where.path.relative_to(self.store.root).as_posix(),
+                        destinations=self.settings.destinations, job_pk=job.id)
             self._set_done(job, JobState.SUCCEEDED, None, timings)
         logger.info("job %d succeeded on study %s: %s in %.1f s", work.job_id, work.study_uid,
                     ", ".join(f"{k} {v:.1f} ml" for k, v in output.volumes_ml.items()),

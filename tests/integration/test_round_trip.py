@@ -5,26 +5,31 @@ from __future__ import annotations
 import json
 import subprocess
 import time
+import urllib.request
 from pathlib import Path
 
 import highdicom as hd
 import pytest
 from pydicom import dcmread
-from pydicom.uid import SegmentationStorage
+from pydicom.uid import Comprehensive3DSRStorage, SegmentationStorage
 
 from tests.conftest import free_port
-from tests.peers import dciodvfy_errors, dcmtk, peer_env, storescp, storescu
+from tests.peers import chromium_dom, dciodvfy_errors, dcmtk, peer_env, storescp, storescu
 
 pytestmark = pytest.mark.integration
 
 
+def _objects_in(folder: Path, sop_class_uid: str) -> list[Path]:
+    return [path for path in folder.glob("*") if path.is_file()
+            and dcmread(path, stop_before_pixels=True).SOPClassUID == sop_class_uid]
+
+
 def _segs_in(folder: Path) -> list[Path]:
-    out = []
-    for path in folder.glob("*"):
-        if path.is_file() and dcmread(path, stop_before_pixels=True).SOPClassUID == \
-                SegmentationStorage:
-            out.append(path)
-    return out
+    return _objects_in(folder, SegmentationStorage)
+
+
+def _reports_in(folder: Path) -> list[Path]:
+    return _objects_in(folder, Comprehensive3DSRStorage)
 
 
 def test_echo_and_called_ae_check(make_node, sqlite_url):
@@ -52,6 +57,8 @@ def test_round_trip_seg_reaches_destination(make_node, database_url, small_study
         assert sent.returncode == 0, sent.stderr
         segs = node.wait_for(lambda: _segs_in(tmp_path / "dest"), 120, "the SEG at storescp")
         t_round = time.perf_counter() - t0
+        reports = node.wait_for(lambda: _reports_in(tmp_path / "dest"), 30,
+                                "the volume report (SR) at storescp")
     print(f"\nround trip ({database_url.split(':')[0]}): {len(study.files)} instances sent in "
           f"{t_send:.2f} s ({len(study.files) / t_send:.0f} instances/s), "
           f"SEG at destination after {t_round:.1f} s")
@@ -77,6 +84,28 @@ def test_round_trip_seg_reaches_destination(make_node, database_url, small_study
     # A sanity range only: this test runs the fast watershed baseline, which leaks into the
     # bowel touching the graft; accuracy is checked on mri-graft (test_graft_round_trip).
     assert 0.5 * study.truth_volume_ml < row["volume_ml"] < 2.0 * study.truth_volume_ml
+
+    # The SR sent with the SEG: valid, same study, its volume the one in the index.
+    assert len(reports) == 1
+    assert dciodvfy_errors(reports[0]) == []
+    sr = hd.sr.srread(reports[0])
+    assert sr.StudyInstanceUID == study.study_instance_uid
+    (group,) = sr.content.get_volumetric_roi_measurement_groups()
+    assert group.referenced_segment.referenced_sop_instance_uid == seg.SOPInstanceUID
+    (volume,) = group.get_measurements()
+    assert volume.value == pytest.approx(row["volume_ml"], abs=1e-3)
+
+    # The clinician's page, in a real browser: the trend chart loads, the study is listed
+    # with its volume, and its mask preview is a picture.
+    dom = chromium_dom(f"{node.api}/patients/{study.patient_id}")
+    assert 'data-chart="loaded"' in dom
+    assert f'data-study="{study.study_instance_uid}"' in dom
+    assert f"{row['volume_ml']:.1f}" in dom
+    preview_url = f"{node.api}/api/studies/{study.study_instance_uid}/preview.png"
+    assert f'href="{preview_url[len(node.api):]}"' in dom
+    with urllib.request.urlopen(preview_url, timeout=60) as resp:  # noqa: S310
+        assert resp.headers["content-type"] == "image/png"
+        assert resp.read(8) == b"\x89PNG\r\n\x1a\n"
 
     jobs = json.loads(node.cli("jobs", "--json").stdout)
     assert [j["state"] for j in jobs] == ["succeeded"]
@@ -117,4 +146,5 @@ def test_destination_down_at_first_gets_the_seg_later(make_node, sqlite_url, sma
                       "came up")
     # The row is marked sent once the association is released, just after the file lands.
     node.wait_for(lambda: [s["state"] for s in node.study(
-        small_study_dir.study_instance_uid)["sends"]] == ["sent"], 30, "the send marked sent")
+        small_study_dir.study_instance_uid)["sends"]] == ["sent", "sent"], 30,
+                    "the SEG and SR sends marked sent")

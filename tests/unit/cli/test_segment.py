@@ -19,6 +19,12 @@ def test_segment_writes_seg_and_result(tmp_path, pipeline, capsys):
     seg = hd.seg.segread(out / result["seg_file"])
     assert seg.SOPInstanceUID == result["seg_sop_instance_uid"]
     assert result["source_series_instance_uid"] in study.dce_series_uids
+    sr = hd.sr.srread(out / result["sr_file"])
+    assert sr.SOPInstanceUID == result["sr_sop_instance_uid"]
+    (group,) = sr.content.get_volumetric_roi_measurement_groups()
+    assert group.referenced_segment.referenced_sop_instance_uid == seg.SOPInstanceUID
+    assert group.get_measurements()[0].value == pytest.approx(result["volumes_ml"]["kidney"],
+                                                              abs=1e-3)
     assert "kidney:" in capsys.readouterr().out
 
 

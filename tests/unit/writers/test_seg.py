@@ -5,48 +5,22 @@ from __future__ import annotations
 import io
 import shutil
 
-import highdicom as hd
 import numpy as np
 import pytest
-import SimpleITK as sitk
 from pydicom import dcmread
 from pydicom.sr.codedict import codes
 
-from service.imaging.series import group_by_series, load_series
 from service.pipeline.base import KIDNEY, PipelineOutput
-from service.synthetic import write_mr_study
 from service.writers.seg import SegOptions, build_segmentation
 from tests.peers import dciodvfy_errors
 
 ORIENTATIONS = ["axial", "axial-flipped", "coronal", "sagittal", "oblique"]
 
 
-def _seg_for(tmp_path, orientation, *, omit_empty_frames):
-    study = write_mr_study(tmp_path / orientation, orientation=orientation, seed=1,
-                           include_t2=False, shape=(16, 64, 64))
-    (dce_paths,) = group_by_series(study.files).values()
-    phase = load_series(dce_paths).volumes[-1]
-    truth = sitk.Resample(study.truth_mask, phase.image, sitk.Transform(),
-                          sitk.sitkNearestNeighbor)
-    labels = sitk.GetArrayFromImage(truth).astype(np.uint8)
-    assert labels.any()
-    output = PipelineOutput(reference=phase, labels=labels, segments=(KIDNEY,),
-                            volumes_ml={"kidney": 1.0})
-    seg = build_segmentation(
-        output, pipeline_name="test-pipeline", pipeline_version="9.9",
-        family=codes.cid7162.MorphologicalOperations,
-        options=SegOptions(series_instance_uid="1.2.3.4", sop_instance_uid="1.2.3.4.5",
-                           series_number=9901, content_creator="KIDNEY^NODE",
-                           software_version="0.1.0", omit_empty_frames=omit_empty_frames))
-    buffer = io.BytesIO()
-    seg.save_as(buffer, enforce_file_format=True)
-    return phase, labels, hd.seg.segread(io.BytesIO(buffer.getvalue())), buffer.getvalue()
-
-
 @pytest.mark.parametrize("orientation", ORIENTATIONS)
 @pytest.mark.parametrize("omit_empty_frames", [True, False])
-def test_frames_lie_on_their_source_slices(tmp_path, orientation, omit_empty_frames):
-    phase, labels, seg, _ = _seg_for(tmp_path, orientation, omit_empty_frames=omit_empty_frames)
+def test_frames_lie_on_their_source_slices(seg_case, orientation, omit_empty_frames):
+    phase, labels, seg, _ = seg_case(orientation, omit_empty_frames=omit_empty_frames)
     by_uid = {ds.SOPInstanceUID: (z, ds) for z, ds in enumerate(phase.datasets)}
     pixel = seg.pixel_array
     if pixel.ndim == 2:
@@ -67,8 +41,8 @@ def test_frames_lie_on_their_source_slices(tmp_path, orientation, omit_empty_fra
         phase.datasets[0].SeriesInstanceUID]
 
 
-def test_segment_codes_algorithm_and_creator(tmp_path):
-    _, _, seg, data = _seg_for(tmp_path, "axial", omit_empty_frames=True)
+def test_segment_codes_algorithm_and_creator(seg_case):
+    _, _, seg, data = seg_case("axial")
     segment = seg.SegmentSequence[0]
     assert segment.SegmentLabel == "Kidney"
     assert segment.SegmentedPropertyTypeCodeSequence[0].CodeValue == "64033007"
@@ -84,15 +58,15 @@ def test_segment_codes_algorithm_and_creator(tmp_path):
 
 @pytest.mark.skipif(not shutil.which("dciodvfy"), reason="dicom3tools' dciodvfy not installed")
 @pytest.mark.parametrize("orientation", ["axial-flipped", "oblique"])
-def test_dciodvfy_finds_no_error(tmp_path, orientation):
-    *_, data = _seg_for(tmp_path, orientation, omit_empty_frames=True)
+def test_dciodvfy_finds_no_error(seg_case, tmp_path, orientation):
+    *_, data = seg_case(orientation)
     path = tmp_path / "seg.dcm"
     path.write_bytes(data)
     assert dciodvfy_errors(path) == []
 
 
-def test_mask_of_the_wrong_shape_is_refused(tmp_path):
-    phase, labels, *_ = _seg_for(tmp_path, "axial", omit_empty_frames=True)
+def test_mask_of_the_wrong_shape_is_refused(seg_case):
+    phase, labels, *_ = seg_case("axial")
     bad = PipelineOutput(reference=phase, labels=labels[:-1], segments=(KIDNEY,),
                          volumes_ml={})
     with pytest.raises(ValueError, match=str(phase.datasets[0].SeriesInstanceUID)):

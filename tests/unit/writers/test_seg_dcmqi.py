@@ -11,7 +11,6 @@ import pytest
 import SimpleITK as sitk
 
 from models import dice
-from tests.unit.writers.test_seg import _seg_for
 
 TOOL = Path(sys.executable).parent / "segimage2itkimage"
 
@@ -21,8 +20,8 @@ TOOL = Path(sys.executable).parent / "segimage2itkimage"
 @pytest.mark.parametrize("orientation", ["axial", "axial-flipped", "coronal", "sagittal",
                                          "oblique"])
 @pytest.mark.parametrize("omit_empty_frames", [True, False])
-def test_dcmqi_reads_the_mask_in_place(tmp_path, orientation, omit_empty_frames):
-    phase, labels, _, data = _seg_for(tmp_path, orientation, omit_empty_frames=omit_empty_frames)
+def test_dcmqi_reads_the_mask_in_place(seg_case, tmp_path, orientation, omit_empty_frames):
+    phase, labels, _, data = seg_case(orientation, omit_empty_frames=omit_empty_frames)
     seg_path = tmp_path / "seg.dcm"
     seg_path.write_bytes(data)
     out = tmp_path / "dcmqi"

@@ -1,0 +1,98 @@
+"""Server-rendered HTML pages for clinicians: the patient list and a patient's trend."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from html import escape
+from typing import Any
+from urllib.parse import quote
+
+__all__ = ["patient_list_page", "patient_page"]
+
+_STYLE = """
+body { font-family: sans-serif; margin: 1.5em; color: #222; }
+table { border-collapse: collapse; margin-top: 1em; }
+th, td { border: 1px solid #ccc; padding: 0.3em 0.6em; text-align: right; }
+th { background: #f2f2f2; }
+td.text { text-align: left; }
+tr.alert td { background: #fde2e2; }
+.muted { color: #777; font-size: 0.85em; }
+"""
+
+
+def _page(title: str, body: str) -> str:
+    return (f"<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">"
+            f"<title>{escape(title)}</title><style>{_STYLE}</style></head>"
+            f"<body>{body}</body></html>")
+
+
+def _number(value: float | None, unit: str = "", signed: bool = False) -> str:
+    if value is None:
+        return "&ndash;"
+    return f"{value:+.1f}{unit}" if signed else f"{value:.1f}{unit}"
+
+
+def _change(row: Mapping[str, Any], versus: str) -> str:
+    ml, pct = row.get(f"change_from_{versus}_ml"), row.get(f"change_from_{versus}_pct")
+    if ml is None:
+        return "&ndash;"
+    return f"{_number(ml, ' ml', signed=True)} ({_number(pct, ' %', signed=True)})"
+
+
+def patient_page(patient_id: str, rows: Iterable[Mapping[str, Any]]) -> str:
+    """Trend chart, then one table row per study and structure with its changes, alert,
+    quality flags and a link to the mask preview of that study."""
+    pid = quote(patient_id, safe="")
+    lines = []
+    for r in rows:
+        uid = str(r["study_instance_uid"])
+        reasons = "; ".join(r.get("alert_reasons") or [])
+        alert = f"ALERT: {escape(reasons)}" if r.get("alert") else ""
+        flags = ", ".join(r.get("flags") or [])
+        baseline = " (baseline)" if r.get("baseline") else ""
+        lines.append(
+            f"<tr class=\"{'alert' if r.get('alert') else 'ok'}\" "
+            f"data-study=\"{escape(uid)}\">"
+            f"<td class=\"text\">{escape(r.get('study_date') or 'undated')}{baseline}</td>"
+            f"<td class=\"text\">{escape(str(r['structure']))}</td>"
+            f"<td>{_number(r['volume_ml'])}</td>"
+            f"<td>{_change(r, 'previous')}</td><td>{_change(r, 'baseline')}</td>"
+            f"<td class=\"text\">{alert}</td>"
+            f"<td class=\"text\">{escape(flags)}</td>"
+            f"<td class=\"text\"><a href=\"/api/studies/{quote(uid, safe='')}/preview.png\">"
+            f"mask preview</a></td></tr>")
+    body = (
+        f"<h1>Patient {escape(patient_id)}</h1>"
+        f"<p><a href=\"/\">all patients</a></p>"
+        f"<img id=\"trend\" alt=\"volume trend of patient {escape(patient_id)}\" "
+        f"src=\"/api/patients/{pid}/volumes.png\" "
+        f"onload=\"document.body.dataset.chart='loaded'\" "
+        f"onerror=\"document.body.dataset.chart='error'\">"
+        "<table id=\"measurements\"><thead><tr><th>study date</th><th>structure</th>"
+        "<th>volume (ml)</th><th>change from previous</th><th>change from baseline</th>"
+        "<th>alert</th><th>quality flags</th><th>check</th></tr></thead><tbody>"
+        + "".join(lines) + "</tbody></table>"
+        "<p class=\"muted\">Volumes from the node's latest result per study. Changes are "
+        "relative to the earlier volume; the alert thresholds are in the node's settings."
+        "</p>")
+    return _page(f"kidney-node: patient {patient_id}", body)
+
+
+def patient_list_page(patients: Iterable[Mapping[str, Any]]) -> str:
+    """Patients, latest study first, with their latest volumes and alert state."""
+    lines = []
+    for p in patients:
+        latest = ", ".join(f"{escape(k)} {v:.1f} ml"
+                           for k, v in sorted((p.get("latest_volumes_ml") or {}).items()))
+        lines.append(
+            f"<tr class=\"{'alert' if p.get('alert') else 'ok'}\">"
+            f"<td class=\"text\"><a href=\"/patients/{quote(str(p['patient_id']), safe='')}\">"
+            f"{escape(str(p['patient_id']))}</a></td>"
+            f"<td>{p.get('studies', '')}</td>"
+            f"<td class=\"text\">{escape(str(p.get('last_study_date') or ''))}</td>"
+            f"<td class=\"text\">{latest}</td>"
+            f"<td class=\"text\">{'ALERT' if p.get('alert') else ''}</td></tr>")
+    body = ("<h1>kidney-node: patients</h1><table id=\"patients\"><thead><tr>"
+            "<th>patient</th><th>studies</th><th>last study</th><th>latest volumes</th>"
+            "<th>alert</th></tr></thead><tbody>" + "".join(lines) + "</tbody></table>")
+    return _page("kidney-node: patients", body)

@@ -1,0 +1,1 @@
+"""Pictures for people: the volume trend plot and the mask preview (PNG bytes)."""

@@ -1,0 +1,63 @@
+"""The volume trend of one patient as a PNG (matplotlib, no pyplot global state)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import io
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+__all__ = ["trend_png"]
+
+
+def trend_png(rows: Iterable[Mapping[str, Any]], *, title: str) -> bytes:
+    """Volume (ml) against study date, one line per structure.
+
+    ``rows`` are trend rows (:func:`service.db.queries.patient_trend`): ``study_date``
+    (ISO date or None), ``structure``, ``volume_ml``, ``alert``, ``baseline``. The baseline
+    is drawn as a square, studies with an alert as red rings; undated studies are left out
+    of the plot (they cannot be placed in time) and counted in the caption.
+    """
+    fig = Figure(figsize=(7.0, 3.6), dpi=100)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    by_structure: dict[str, list[Mapping[str, Any]]] = {}
+    undated = 0
+    for row in rows:
+        if not row.get("study_date"):
+            undated += 1
+            continue
+        by_structure.setdefault(str(row["structure"]), []).append(row)
+    for structure, points in sorted(by_structure.items()):
+        points = sorted(points, key=lambda r: r["study_date"])
+        dates = [dt.date.fromisoformat(r["study_date"]) for r in points]
+        volumes = [float(r["volume_ml"]) for r in points]
+        (line,) = ax.plot(dates, volumes, marker="o", label=structure)
+        for date, volume, r in zip(dates, volumes, points, strict=True):
+            if r.get("baseline"):
+                ax.plot([date], [volume], marker="s", markersize=9, color=line.get_color(),
+                        fillstyle="none")
+            if r.get("alert"):
+                ax.plot([date], [volume], marker="o", markersize=14, color="red",
+                        fillstyle="none", linewidth=0)
+    ax.set_ylabel("volume (ml)")
+    ax.set_xlabel("study date")
+    ax.set_title(title, fontsize=10)
+    ax.grid(True, alpha=0.3)
+    if by_structure:
+        ax.legend(loc="best", fontsize=8)
+        ax.set_ylim(bottom=0)
+    else:
+        ax.text(0.5, 0.5, "no dated measurement", ha="center", va="center",
+                transform=ax.transAxes)
+    caption = "square: baseline; red ring: alert"
+    if undated:
+        caption += f"; {undated} undated measurement(s) not shown"
+    fig.text(0.01, 0.01, caption, fontsize=7, color="0.4")
+    fig.autofmt_xdate()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    return buffer.getvalue()

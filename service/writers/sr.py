@@ -1,0 +1,95 @@
+"""DICOM SR (TID 1500 Measurement Report) of the volumes of a SEG's segments (highdicom)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import highdicom as hd
+from pydicom.sr.codedict import codes
+from pydicom.sr.coding import Code
+
+from service.dicom.uids import derived_uid
+from service.pipeline.base import PipelineOutput
+
+__all__ = ["SrOptions", "build_volume_report"]
+
+_MANUFACTURER = "kidney-node"
+MILLILITER = Code("ml", "UCUM", "milliliter")
+_PROCEDURES = {"MR": codes.cid100.MRIUnspecifiedBodyRegion,
+               "CT": codes.cid100.CTUnspecifiedBodyRegion}
+
+
+@dataclass(frozen=True)
+class SrOptions:
+    series_instance_uid: str
+    sop_instance_uid: str
+    series_number: int
+    device_uid: str
+    software_version: str
+
+
+def build_volume_report(
+    output: PipelineOutput,
+    seg: hd.seg.Segmentation,
+    *,
+    pipeline_name: str,
+    pipeline_version: str,
+    options: SrOptions,
+) -> hd.sr.Comprehensive3DSR:
+    """A Comprehensive 3D SR holding one TID 1411 volumetric group per segment of ``seg``.
+
+    Each group references its segment of the SEG (and through it the source series), is
+    tracked by a UID derived from the SEG and the segment number, and holds the segment's
+    volume in ml (SCT 118565006 "Volume", UCUM ``ml``). The SEG and the source images are
+    the report's evidence, so a PACS files the report with the study of the images.
+    """
+    sources = list(output.reference.datasets)
+    modality = str(sources[0].get("Modality", ""))
+    # Not ReferencedSegment.from_segmentation: it reads the segment number from per-frame
+    # groups, where highdicom does not put it when the SEG has a single segment.
+    source_series = hd.sr.SourceSeriesForSegmentation(str(sources[0].SeriesInstanceUID))
+    algorithm = hd.sr.AlgorithmIdentification(name=pipeline_name, version=pipeline_version)
+    groups = []
+    for spec in output.segments:
+        groups.append(hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
+            tracking_identifier=hd.sr.TrackingIdentifier(
+                uid=derived_uid(str(seg.SOPInstanceUID), "segment", str(spec.label)),
+                identifier=f"{spec.text} (segment {spec.label})"),
+            referenced_segment=hd.sr.ReferencedSegment(
+                sop_class_uid=str(seg.SOPClassUID), sop_instance_uid=str(seg.SOPInstanceUID),
+                segment_number=spec.label, source_series=source_series),
+            finding_type=spec.property_type,
+            finding_category=spec.category,
+            algorithm_id=algorithm,
+            measurements=[hd.sr.Measurement(
+                name=codes.SCT.Volume,
+                value=round(float(output.volumes_ml[spec.structure]), 3),
+                unit=MILLILITER,
+                algorithm_id=algorithm,
+            )],
+        ))
+    observer = hd.sr.ObserverContext(
+        observer_type=codes.DCM.Device,
+        observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
+            uid=options.device_uid, name=_MANUFACTURER, manufacturer_name=_MANUFACTURER,
+            model_name=f"{_MANUFACTURER} {pipeline_name}"))
+    report = hd.sr.MeasurementReport(
+        observation_context=hd.sr.ObservationContext(observer_device_context=observer),
+        procedure_reported=_PROCEDURES.get(modality, codes.cid100.ImagingProcedure),
+        imaging_measurements=groups,
+    )
+    sr = hd.sr.Comprehensive3DSR(
+        evidence=[seg, *sources],
+        content=report[0],
+        series_instance_uid=options.series_instance_uid,
+        series_number=options.series_number,
+        sop_instance_uid=options.sop_instance_uid,
+        instance_number=1,
+        manufacturer=_MANUFACTURER,
+        is_complete=True,
+        is_final=False,
+        is_verified=False,
+        software_versions=options.software_version,
+    )
+    sr.SeriesDescription = f"Kidney volumes ({pipeline_name})"[:64]
+    return sr

@@ -1,0 +1,70 @@
+"""SR writer: a TID 1500 report of the SEG's volumes that validates and files with the study."""
+
+from __future__ import annotations
+
+import io
+import shutil
+
+import highdicom as hd
+import pytest
+from pydicom import dcmread
+
+from service.pipeline.base import KIDNEY, PipelineOutput
+from service.writers.sr import SrOptions, build_volume_report
+from tests.peers import dciodvfy_errors
+
+
+def _report(seg_case, volume_ml=123.456):
+    phase, labels, seg, _ = seg_case("axial")
+    output = PipelineOutput(reference=phase, labels=labels, segments=(KIDNEY,),
+                            volumes_ml={"kidney": volume_ml})
+    sr = build_volume_report(output, seg, pipeline_name="test-pipeline", pipeline_version="9.9",
+                             options=SrOptions(series_instance_uid="1.2.3.6",
+                                               sop_instance_uid="1.2.3.6.1", series_number=9902,
+                                               device_uid="1.2.3.7", software_version="0.1.0"))
+    buffer = io.BytesIO()
+    sr.save_as(buffer, enforce_file_format=True)
+    return phase, seg, buffer.getvalue()
+
+
+def test_report_holds_the_volume_of_each_segment_and_references_the_seg(seg_case):
+    phase, seg, data = _report(seg_case)
+    sr = hd.sr.srread(io.BytesIO(data))
+    source = phase.datasets[0]
+    assert sr.SOPClassUID == "1.2.840.10008.5.1.4.1.1.88.34"  # Comprehensive 3D SR
+    assert (sr.StudyInstanceUID, sr.PatientID) == (source.StudyInstanceUID, source.PatientID)
+    assert sr.ContentTemplateSequence[0].TemplateIdentifier == "1500"
+    groups = sr.content.get_volumetric_roi_measurement_groups()
+    assert len(groups) == 1
+    (measurement,) = groups[0].get_measurements()
+    assert (measurement.name.value, measurement.name.scheme_designator) == ("118565006", "SCT")
+    assert measurement.value == pytest.approx(123.456)
+    assert measurement.unit.value == "ml"
+    segment = groups[0].referenced_segment
+    assert segment.referenced_sop_instance_uid == seg.SOPInstanceUID
+    assert segment.referenced_segment_numbers == [KIDNEY.label]
+    assert groups[0].finding_type.value == KIDNEY.property_type.value
+    evidence = {item.SeriesInstanceUID: {ref.ReferencedSOPInstanceUID
+                                         for ref in item.ReferencedSOPSequence}
+                for study in sr.CurrentRequestedProcedureEvidenceSequence
+                for item in study.ReferencedSeriesSequence}
+    assert evidence[seg.SeriesInstanceUID] == {seg.SOPInstanceUID}
+    assert evidence[source.SeriesInstanceUID] == {ds.SOPInstanceUID for ds in phase.datasets}
+    assert sr.CompletionFlag == "COMPLETE" and sr.VerificationFlag == "UNVERIFIED"
+
+
+def test_report_of_a_missing_volume_is_refused(seg_case):
+    phase, labels, seg, _ = seg_case("axial")
+    output = PipelineOutput(reference=phase, labels=labels, segments=(KIDNEY,), volumes_ml={})
+    with pytest.raises(KeyError):
+        build_volume_report(output, seg, pipeline_name="p", pipeline_version="1",
+                            options=SrOptions("1.2", "1.2.3", 1, "1.2.4", "0"))
+
+
+@pytest.mark.skipif(not shutil.which("dciodvfy"), reason="dicom3tools' dciodvfy not installed")
+def test_dciodvfy_finds_no_error(seg_case, tmp_path):
+    *_, data = _report(seg_case)
+    path = tmp_path / "sr.dcm"
+    path.write_bytes(data)
+    assert dcmread(path).Modality == "SR"
+    assert dciodvfy_errors(path) == []
