@@ -59,8 +59,9 @@ kidney's cluster. :func:`prune_tubes` cuts them off the chosen mask: an opening 
 ball of ``radius_mm`` (default 6 mm, wider than a renal vein) removes every part thinner
 than the ball, the largest component of what is left is the kidney body, and the voxels
 of the mask within ``radius_mm`` of that body are given back (a geodesic reconstruction
-limited to one ball), so the kidney's own border is kept and only a stub of each vessel,
-at most one radius long, remains.
+limited to one ball, or to one voxel along an axis whose voxels are longer than the
+radius, such as 7.7 mm slices), so the kidney's own border is kept and only a stub of each
+vessel, at most one radius long, remains.
 """
 
 from __future__ import annotations
@@ -396,7 +397,10 @@ def prune_tubes(
     if not body.any():
         return arr
     body = largest_component(body)
-    return arr & binary_dilation(body, radius_vox=radius_vox, spacing_zyx=spacing)
+    # Give back within one ball, but at least one voxel along every axis: on slices
+    # thicker than the ball, the small pole sections of the organ would otherwise be lost.
+    reach_vox = max(radius_mm, max(spacing)) / min(spacing)
+    return arr & binary_dilation(body, radius_vox=reach_vox, spacing_zyx=spacing)
 
 
 def select_kidney(

@@ -133,6 +133,20 @@ def test_prune_tubes_cuts_a_vessel_off_and_keeps_the_organ():
     assert (pruned & ~organ).sum() <= 4 * 4 * 7
 
 
+def test_prune_tubes_gives_back_the_end_slices_of_thick_slice_volumes():
+    """7.7 mm slices (thicker than the 6 mm ball): a pole section thinner than the ball is
+    opened away on its slice and must be given back from the body on the next slice."""
+    from models.kidney_cluster import prune_tubes
+
+    spacing = (7.7, 1.25, 1.25)
+    y, x = np.ogrid[:64, :64]
+    organ = np.zeros((10, 64, 64), dtype=bool)
+    organ[2:8] = (y - 32) ** 2 + (x - 32) ** 2 <= 20 ** 2  # 50 mm across
+    organ[1] = organ[8] = (y - 32) ** 2 + (x - 32) ** 2 <= 4 ** 2  # poles, 10 mm across
+    pruned = prune_tubes(organ, spacing_zyx=spacing, radius_mm=6.0)
+    assert np.array_equal(pruned, organ)
+
+
 def test_a_dim_rim_enclosing_the_kidney_does_not_swallow_it():
     """Partial-volume rim cluster around a bright kidney: the kidney is chosen, alone."""
     shape = (40, 48, 48)
