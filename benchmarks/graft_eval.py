@@ -28,6 +28,7 @@ table. Examples::
     python -m benchmarks.graft_eval lambda --studies 2
     python -m benchmarks.graft_eval arch --studies 2
     python -m benchmarks.graft_eval dce-volume --studies 3
+    python -m benchmarks.graft_eval resolution --studies 2   # accuracy cost of the CPU grid
     python -m benchmarks.graft_eval table1 --studies 8 --methods 3d-dce-t2 --out /tmp/x.jsonl
 """
 
@@ -65,6 +66,8 @@ RESULTS = Path(__file__).resolve().parent / "results"
 TABLE1 = ("otsu", "watershed", "2d-dce", "3d-dce", "2d-dce-t2", "3d-dce-t2")
 LAMBDAS = (0.01, 0.1, 1.0, 5.0, 10.0, 25.0, 50.0, 100.0)
 ARCHS = ((2, 30), (2, 50), (3, 30), (3, 50), (4, 30), (4, 50), (5, 20))
+#: Clustering grids of the resolution experiment (voxel caps; 80,000 is the CPU profile).
+VOXEL_CAPS = (20_000, 80_000, 320_000)
 METRICS = ("dice", "hd95_mm", "pkvd_pct", "precision", "recall", "seconds")
 
 
@@ -212,6 +215,9 @@ def methods(experiment: str, config: GraftConfig) -> dict[str, Callable[[Case], 
     if experiment == "arch":
         return {f"{name} N={n} p={p}": _graft(variant(3, n_blocks=n, channels=p), t2)
                 for n, p in ARCHS for name, t2 in (("3d-dce", False), ("3d-dce-t2", True))}
+    if experiment == "resolution":
+        return {f"3d-dce-t2 voxels={cap}": _graft(replace(variant(3), working_voxels=cap), True)
+                for cap in VOXEL_CAPS}
     if experiment == "dce-volume":
         return {"3d-dce-t2": _graft(variant(3), True)}
     raise ValueError(f"unknown experiment {experiment!r}")
@@ -314,7 +320,8 @@ def summarise(path: Path) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("experiment", choices=("table1", "lambda", "arch", "dce-volume"))
+    parser.add_argument("experiment",
+                        choices=("table1", "lambda", "arch", "dce-volume", "resolution"))
     parser.add_argument("--studies", type=int, default=20)
     parser.add_argument("--first-seed", type=int, default=1000)
     parser.add_argument("--dce-volume", nargs="+", default=None,

@@ -49,7 +49,8 @@ def trend_png(rows: Iterable[Mapping[str, Any]], *, title: str) -> bytes:
     ax.grid(True, alpha=0.3)
     if by_structure:
         ax.legend(loc="best", fontsize=8)
-        ax.set_ylim(bottom=0)
+        top = max(float(r["volume_ml"]) for pts in by_structure.values() for r in pts)
+        ax.set_ylim(0, top * 1.12 if top > 0 else 1.0)
     else:
         ax.text(0.5, 0.5, "no dated measurement", ha="center", va="center",
                 transform=ax.transAxes)
