@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from pathlib import Path
 from typing import Literal
@@ -47,10 +48,24 @@ class DicomSettings(_Frozen):
 
     _ae = field_validator("ae_title")(classmethod(lambda cls, v: _check_ae(v)))
 
+    #: Peer addresses allowed to connect (IPs or networks such as "10.1.0.0/16");
+    #: empty = any. Others are refused at TCP level, before any association.
+    allowed_peer_addresses: tuple[str, ...] = ()
+
     @field_validator("allowed_calling_aets")
     @classmethod
     def _check_aets(cls, value: tuple[str, ...]) -> tuple[str, ...]:
         return tuple(_check_ae(v) for v in value)
+
+    @field_validator("allowed_peer_addresses")
+    @classmethod
+    def _check_networks(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for item in value:
+            try:
+                ipaddress.ip_network(item, strict=False)
+            except ValueError as exc:
+                raise ValueError(f"not an IP address or network: {item!r}") from exc
+        return value
 
 
 class StorageSettings(_Frozen):

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import tempfile
+import types
 from pathlib import Path
 
 from pynetdicom import AE, _config, evt
@@ -16,7 +18,7 @@ from service.dicom.net import NODELAY_HANDLER
 from service.errors import DatasetMismatchError, IngestError, StorageError
 from service.storage import InstanceStore
 
-__all__ = ["STATUS", "StorageSCP"]
+__all__ = ["STATUS", "StorageSCP", "peer_allowed"]
 
 logger = logging.getLogger(__name__)
 
@@ -69,10 +71,18 @@ class StorageSCP:
         ]
         self._server = ae.start_server(
             (self.settings.host, self.settings.port), block=False, evt_handlers=handlers)
+        if self.settings.allowed_peer_addresses:
+            networks = [ipaddress.ip_network(n, strict=False)
+                        for n in self.settings.allowed_peer_addresses]
+            # socketserver asks verify_request before handing a connection to a thread.
+            self._server.verify_request = types.MethodType(  # type: ignore[method-assign]
+                lambda _server, request, address: peer_allowed(address, networks),
+                self._server)
         port = self._server.server_address[1]
-        logger.info("DICOM SCP %s listening on %s:%s (calling AEs allowed: %s)",
+        logger.info("DICOM SCP %s listening on %s:%s (calling AEs allowed: %s; peers: %s)",
                     self.settings.ae_title, self.settings.host, port,
-                    ", ".join(self.settings.allowed_calling_aets) or "any")
+                    ", ".join(self.settings.allowed_calling_aets) or "any",
+                    ", ".join(self.settings.allowed_peer_addresses) or "any")
         return port
 
     def stop(self) -> None:
@@ -101,6 +111,23 @@ class StorageSCP:
         finally:
             path.unlink(missing_ok=True)
         return STATUS["success"]
+
+
+def peer_allowed(address: tuple, networks: list[ipaddress.IPv4Network | ipaddress.IPv6Network]
+                 ) -> bool:
+    """Whether the peer at ``address`` (host, port, ...) lies in one of ``networks``;
+    a refusal is logged with the address."""
+    try:
+        ip = ipaddress.ip_address(address[0])
+    except ValueError:
+        ip = None
+    if ip is not None and isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped:
+        ip = ip.ipv4_mapped
+    if ip is not None and any(ip in n for n in networks if n.version == ip.version):
+        return True
+    logger.warning("connection from %s:%s refused: address not in dicom.allowed_peer_addresses",
+                   address[0], address[1] if len(address) > 1 else "?")
+    return False
 
 
 def _handle_echo(event: Event) -> int:

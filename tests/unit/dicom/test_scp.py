@@ -77,3 +77,39 @@ def test_unreachable_database_is_out_of_resources_and_keeps_no_file(tmp_path, ca
         scp.stop()
     assert "cannot index" in caplog.text and ds.SOPInstanceUID in caplog.text
     assert not list(store.root.rglob("*.dcm"))  # not acknowledged, not half-stored
+
+
+def test_peer_address_allow_list_refuses_others_before_any_association(tmp_path, sqlite_url,
+                                                                        caplog):
+    import subprocess
+
+    from tests.peers import dcmtk, peer_env
+
+    upgrade(sqlite_url)
+    store = InstanceStore(tmp_path / "archive", make_sessionmaker(make_engine(sqlite_url)))
+
+    def echo(port):
+        return subprocess.run([dcmtk("echoscu"), "-aec", "KIDNEYNODE", "127.0.0.1", str(port)],
+                              env=peer_env(), capture_output=True, text=True, timeout=30)
+
+    for allowed, ok in ((("10.0.0.0/8",), False), (("127.0.0.0/8", "::1"), True)):
+        scp = StorageSCP(DicomSettings(host="127.0.0.1", port=0,
+                                       allowed_peer_addresses=allowed), store)
+        port = scp.start()
+        caplog.clear()
+        try:
+            with caplog.at_level("WARNING", logger="service.dicom.scp"):
+                result = echo(port)
+        finally:
+            scp.stop()
+        assert (result.returncode == 0) is ok, result.stderr
+        refused = "connection from 127.0.0.1" in caplog.text
+        assert refused is not ok
+
+
+def test_peer_allow_list_entries_are_validated():
+    from pydantic import ValidationError
+
+    assert DicomSettings(allowed_peer_addresses=("192.168.1.0/24", "10.0.0.5", "::1"))
+    with pytest.raises(ValidationError, match="not an IP address or network"):
+        DicomSettings(allowed_peer_addresses=("pacs.example.org",))
