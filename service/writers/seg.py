@@ -81,6 +81,8 @@ def build_segmentation(
         content_description=f"Kidney segmentation by {pipeline_name} {pipeline_version}"[:64],
         content_creator_name=options.content_creator,
         omit_empty_frames=options.omit_empty_frames,
+        # The patient and study attributes come from the source: so does their charset.
+        specific_character_set=sources[0].get("SpecificCharacterSet"),
     )
     seg.SeriesDescription = f"Kidney SEG ({pipeline_name})"[:64]
     return seg

@@ -90,6 +90,7 @@ def build_volume_report(
         is_final=False,
         is_verified=False,
         software_versions=options.software_version,
+        specific_character_set=sources[0].get("SpecificCharacterSet"),
     )
     sr.SeriesDescription = f"Kidney volumes ({pipeline_name})"[:64]
     return sr

@@ -51,6 +51,8 @@ def test_report_holds_the_volume_of_each_segment_and_references_the_seg(seg_case
     assert evidence[seg.SeriesInstanceUID] == {seg.SOPInstanceUID}
     assert evidence[source.SeriesInstanceUID] == {ds.SOPInstanceUID for ds in phase.datasets}
     assert sr.CompletionFlag == "COMPLETE" and sr.VerificationFlag == "UNVERIFIED"
+    assert sr.SpecificCharacterSet == source.SpecificCharacterSet == "ISO_IR 100"
+    assert seg.SpecificCharacterSet == "ISO_IR 100"
 
 
 def test_report_of_a_missing_volume_is_refused(seg_case):
