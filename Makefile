@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 CONFIG ?= config/kidney-node.yaml
 # Extra pip options, e.g. PIP_OPTS="--extra-index-url https://download.pytorch.org/whl/cu124"
 PIP_OPTS ?=
-DEBIAN_PEERS := dcmtk dicom3tools orthanc chromium
+DEBIAN_PEERS := dcmtk dicom3tools orthanc chromium openssl
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: install install-test peers run test lint bench clean
@@ -29,7 +29,8 @@ install-test: $(VENV)/.installed-test peers
 # Debian packages the tests run against: DICOM peers and a headless browser (chromium).
 peers:
 	@if ! command -v /usr/bin/storescu >/dev/null || ! command -v /usr/bin/dciodvfy >/dev/null \
-	    || ! command -v /usr/sbin/Orthanc >/dev/null || ! command -v /usr/bin/chromium >/dev/null; then \
+	    || ! command -v /usr/sbin/Orthanc >/dev/null || ! command -v /usr/bin/chromium >/dev/null \
+	    || ! command -v /usr/bin/openssl >/dev/null; then \
 	  echo "installing Debian packages: $(DEBIAN_PEERS)"; \
 	  $(SUDO) apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends \

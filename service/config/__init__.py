@@ -13,6 +13,7 @@ from service.config.settings import (
     SenderSettings,
     Settings,
     StorageSettings,
+    TlsSettings,
     TrendSettings,
 )
 
@@ -29,6 +30,7 @@ __all__ = [
     "SenderSettings",
     "Settings",
     "StorageSettings",
+    "TlsSettings",
     "TrendSettings",
     "load_settings",
 ]

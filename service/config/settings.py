@@ -37,6 +37,23 @@ class _Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
 
+class TlsSettings(_Frozen):
+    """DICOM over TLS on the SCP (PS3.15 B.9 style: the node presents its certificate)."""
+
+    cert_file: Path  # PEM certificate (chain) of the node
+    key_file: Path  # PEM private key, unencrypted
+    #: PEM bundle of the CAs whose client certificates are trusted (mutual TLS).
+    ca_file: Path | None = None
+    #: Refuse peers without a certificate signed by ``ca_file``.
+    require_client_cert: bool = False
+
+    @model_validator(mode="after")
+    def _ca_for_clients(self) -> TlsSettings:
+        if self.require_client_cert and self.ca_file is None:
+            raise ValueError("dicom.tls.require_client_cert needs dicom.tls.ca_file")
+        return self
+
+
 class DicomSettings(_Frozen):
     ae_title: str = "KIDNEYNODE"
     host: str = "0.0.0.0"  # noqa: S104 - a DICOM node listens on the network by design
@@ -51,6 +68,8 @@ class DicomSettings(_Frozen):
     #: Peer addresses allowed to connect (IPs or networks such as "10.1.0.0/16");
     #: empty = any. Others are refused at TCP level, before any association.
     allowed_peer_addresses: tuple[str, ...] = ()
+    #: DICOM over TLS; None = plain TCP.
+    tls: TlsSettings | None = None
 
     @field_validator("allowed_calling_aets")
     @classmethod

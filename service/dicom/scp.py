@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import ssl
 import tempfile
 import types
 from pathlib import Path
@@ -14,8 +15,8 @@ from pynetdicom.transport import ThreadedAssociationServer
 
 from service.config import DicomSettings
 from service.dicom.contexts import scp_contexts
-from service.dicom.net import NODELAY_HANDLER
-from service.errors import DatasetMismatchError, IngestError, StorageError
+from service.dicom.net import NODELAY_HANDLER, server_tls_context
+from service.errors import ConfigError, DatasetMismatchError, IngestError, StorageError
 from service.storage import InstanceStore
 
 __all__ = ["STATUS", "StorageSCP", "peer_allowed"]
@@ -69,8 +70,17 @@ class StorageSCP:
             (evt.EVT_REJECTED, _log_rejected),
             NODELAY_HANDLER,
         ]
+        tls = self.settings.tls
+        try:
+            context = None if tls is None else server_tls_context(
+                tls.cert_file, tls.key_file, ca_file=tls.ca_file,
+                require_client_cert=tls.require_client_cert)
+        except (OSError, ssl.SSLError) as exc:  # ssl.SSLError is an OSError; named for clarity
+            raise ConfigError(f"dicom.tls: cannot load the certificate, key or CA: {exc}") \
+                from exc
         self._server = ae.start_server(
-            (self.settings.host, self.settings.port), block=False, evt_handlers=handlers)
+            (self.settings.host, self.settings.port), block=False, evt_handlers=handlers,
+            ssl_context=context)
         if self.settings.allowed_peer_addresses:
             networks = [ipaddress.ip_network(n, strict=False)
                         for n in self.settings.allowed_peer_addresses]
@@ -79,8 +89,11 @@ class StorageSCP:
                 lambda _server, request, address: peer_allowed(address, networks),
                 self._server)
         port = self._server.server_address[1]
-        logger.info("DICOM SCP %s listening on %s:%s (calling AEs allowed: %s; peers: %s)",
+        logger.info("DICOM SCP %s listening on %s:%s%s (calling AEs allowed: %s; peers: %s)",
                     self.settings.ae_title, self.settings.host, port,
+                    "" if tls is None else (" over TLS, client certificate "
+                                            + ("required" if tls.require_client_cert
+                                               else "not required")),
                     ", ".join(self.settings.allowed_calling_aets) or "any",
                     ", ".join(self.settings.allowed_peer_addresses) or "any")
         return port

@@ -1,0 +1,113 @@
+"""DICOM over TLS on the SCP, against DCMTK's TLS options, with a test CA made here."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+from pydicom.data import get_testdata_file
+from sqlalchemy import func, select
+
+from service.config import DicomSettings, TlsSettings
+from service.db import Instance, make_engine, make_sessionmaker, upgrade
+from service.dicom.scp import StorageSCP
+from service.errors import ConfigError
+from service.storage import InstanceStore
+from tests.peers import dcmtk, peer_env
+
+
+def _openssl(*args: str, cwd: Path) -> None:
+    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True, timeout=60)
+
+
+def _ca(folder: Path, name: str) -> None:
+    _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-keyout",
+             f"{name}.key", "-out", f"{name}.pem", "-subj", f"/CN=kidney-node {name}",
+             "-addext", "basicConstraints=critical,CA:TRUE",
+             "-addext", "keyUsage=critical,keyCertSign,cRLSign", cwd=folder)
+
+
+def _leaf(folder: Path, name: str, ca: str, usage: str) -> None:
+    (folder / f"{name}.ext").write_text(
+        "basicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment\n"
+        f"extendedKeyUsage={usage}\nsubjectAltName=IP:127.0.0.1\n")
+    _openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.key", "-out",
+             f"{name}.csr", "-subj", f"/CN={name}", cwd=folder)
+    _openssl("x509", "-req", "-in", f"{name}.csr", "-CA", f"{ca}.pem", "-CAkey", f"{ca}.key",
+             "-CAcreateserial", "-days", "2", "-out", f"{name}.pem", "-extfile",
+             f"{name}.ext", cwd=folder)
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory) -> Path:
+    """A test CA with a server and a client certificate, and a rogue CA with a client."""
+    folder = tmp_path_factory.mktemp("pki")
+    _ca(folder, "ca")
+    _ca(folder, "rogue-ca")
+    _leaf(folder, "server", "ca", "serverAuth")
+    _leaf(folder, "client", "ca", "clientAuth")
+    _leaf(folder, "rogue", "rogue-ca", "clientAuth")
+    return folder
+
+
+@pytest.fixture
+def tls_node(tmp_path, sqlite_url, pki):
+    upgrade(sqlite_url)
+    store = InstanceStore(tmp_path / "archive", make_sessionmaker(make_engine(sqlite_url)))
+    started = []
+
+    def start(**tls) -> int:
+        settings = DicomSettings(host="127.0.0.1", port=0, tls=TlsSettings(
+            cert_file=pki / "server.pem", key_file=pki / "server.key", **tls))
+        scp = StorageSCP(settings, store)
+        started.append(scp)
+        return scp.start()
+
+    yield start, store
+    for scp in started:
+        scp.stop()
+
+
+def _dcmtk(tool: str, port: int, *options: str, files: tuple[str, ...] = ()):
+    return subprocess.run([dcmtk(tool), *options, "-aec", "KIDNEYNODE", "127.0.0.1", str(port),
+                           *files], env=peer_env(), capture_output=True, text=True, timeout=60)
+
+
+def test_tls_with_server_certificate(tls_node, pki):
+    start, store = tls_node
+    port = start()
+    trust = ("+tla", "+cf", str(pki / "ca.pem"))
+    assert _dcmtk("echoscu", port, *trust).returncode == 0
+    assert _dcmtk("echoscu", port).returncode != 0  # plain TCP to a TLS port
+    # A client that checks the server against another CA refuses the node.
+    assert _dcmtk("echoscu", port, "+tla", "+cf", str(pki / "rogue-ca.pem")).returncode != 0
+    sent = _dcmtk("storescu", port, *trust, files=(get_testdata_file("MR_small.dcm"),))
+    assert sent.returncode == 0, sent.stderr
+    with store.sessions() as s:
+        assert s.scalar(select(func.count(Instance.id))) == 1
+
+
+def test_mutual_tls_requires_a_client_certificate_from_our_ca(tls_node, pki):
+    start, _ = tls_node
+    port = start(ca_file=pki / "ca.pem", require_client_cert=True)
+    trust = ("+cf", str(pki / "ca.pem"))
+    anonymous = _dcmtk("echoscu", port, "+tla", *trust)
+    assert anonymous.returncode != 0
+    client = _dcmtk("echoscu", port, "+tls", str(pki / "client.key"), str(pki / "client.pem"),
+                    "-pw", *trust)
+    assert client.returncode == 0, client.stderr
+    rogue = _dcmtk("echoscu", port, "+tls", str(pki / "rogue.key"), str(pki / "rogue.pem"),
+                   "-pw", *trust)
+    assert rogue.returncode != 0
+
+
+def test_unreadable_certificate_is_a_clear_configuration_error(tmp_path, sqlite_url, pki):
+    store = InstanceStore(tmp_path / "archive", make_sessionmaker(make_engine(sqlite_url)))
+    settings = DicomSettings(host="127.0.0.1", port=0, tls=TlsSettings(
+        cert_file=tmp_path / "missing.pem", key_file=pki / "server.key"))
+    with pytest.raises(ConfigError, match="dicom.tls"):
+        StorageSCP(settings, store).start()
+    with pytest.raises(ValueError, match="require_client_cert needs"):
+        TlsSettings(cert_file=pki / "server.pem", key_file=pki / "server.key",
+                    require_client_cert=True)
