@@ -109,6 +109,10 @@ def test_round_trip_seg_reaches_destination(make_node, database_url, small_study
 
     jobs = json.loads(node.cli("jobs", "--json").stdout)
     assert [j["state"] for j in jobs] == ["succeeded"]
+    # No patient name or ID in the node's log (INFO level).
+    log = node.log_path.read_text(errors="replace")
+    assert "succeeded on study" in log
+    assert study.patient_id not in log and "Synthetic^Graft" not in log
     # The same study sent again unchanged makes no second job.
     assert storescu(node.dicom_port, list(study.files)).returncode == 0
     time.sleep(3 * node.config["scheduler"]["stable_age_seconds"])
