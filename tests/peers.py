@@ -210,9 +210,12 @@ class OrthancPeer:
 
 
 @contextmanager
-def orthanc(workdir: Path, *, dicom_port: int, http_port: int, aet: str = "ORTHANC"):  # noqa: ANN201
+def orthanc(workdir: Path, *, dicom_port: int, http_port: int, aet: str = "ORTHANC",  # noqa: ANN201
+            modalities: dict[str, list[Any]] | None = None, lua: str | None = None,
+            stable_age: int = 2):
     """Debian's Orthanc with its own storage and index under ``workdir``, default settings
-    otherwise (any calling AE may store), no plugins, REST on loopback."""
+    otherwise (any calling AE may store), no plugins, REST on loopback; ``modalities``
+    (name -> [AET, host, port]) and a Lua script (``lua``) for routing."""
     tool = Path("/usr/sbin/Orthanc")
     if not tool.exists():
         pytest.fail(f"{tool} missing: `make test` installs Debian's orthanc")
@@ -220,8 +223,11 @@ def orthanc(workdir: Path, *, dicom_port: int, http_port: int, aet: str = "ORTHA
     config = {"Name": "kidney-node-test", "StorageDirectory": str(workdir / "db"),
               "IndexDirectory": str(workdir / "db"), "HttpPort": http_port,
               "DicomPort": dicom_port, "DicomAet": aet, "RemoteAccessAllowed": False,
-              "AuthenticationEnabled": False, "Plugins": [], "DicomModalities": {},
-              "StableAge": 2}
+              "AuthenticationEnabled": False, "Plugins": [],
+              "DicomModalities": modalities or {}, "StableAge": stable_age}
+    if lua is not None:
+        (workdir / "routing.lua").write_text(lua)
+        config["LuaScripts"] = [str(workdir / "routing.lua")]
     (workdir / "orthanc.json").write_text(json.dumps(config))
     log = open(workdir / "orthanc.log", "wb")  # noqa: SIM115 - closed below
     proc = subprocess.Popen([str(tool), str(workdir / "orthanc.json")], env=peer_env(),
