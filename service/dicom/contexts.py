@@ -17,7 +17,10 @@ _UNCOMPRESSED = (
 )
 _COMPRESSED = (
     tsuid.JPEGBaseline8Bit,
-    tsuid.JPEGExtended12Bit,
+    # Not JPEG Extended (1.2.840.10008.1.2.4.51): its 12-bit process 4, the one MR and CT
+    # use, is decoded only by the GPLv3 pylibjpeg-libjpeg, which the node does not ship;
+    # GDCM and Pillow report the syntax as available but fail on 12-bit data. A sender
+    # then falls back to another syntax, or the context is refused at negotiation.
     tsuid.JPEGLossless,
     tsuid.JPEGLosslessSV1,
     tsuid.JPEGLSLossless,
