@@ -113,3 +113,26 @@ def test_peer_allow_list_entries_are_validated():
     assert DicomSettings(allowed_peer_addresses=("192.168.1.0/24", "10.0.0.5", "::1"))
     with pytest.raises(ValidationError, match="not an IP address or network"):
         DicomSettings(allowed_peer_addresses=("pacs.example.org",))
+
+
+def test_database_down_refuses_with_out_of_resources_and_keeps_no_file(tmp_path):
+    """The index is unreachable (PostgreSQL on a port nobody listens on): the instance is
+    refused with 0xA700, so the sender keeps it and retries, and no orphan file stays."""
+    import subprocess
+
+    from tests.conftest import free_port
+    from tests.peers import dcmtk, peer_env
+
+    url = f"postgresql+psycopg://postgres@127.0.0.1:{free_port()}/nothing?connect_timeout=2"
+    store = InstanceStore(tmp_path / "archive", make_sessionmaker(make_engine(url)))
+    scp = StorageSCP(DicomSettings(host="127.0.0.1", port=0), store)
+    port = scp.start()
+    try:
+        sent = subprocess.run([dcmtk("storescu"), "-v", "-aec", "KIDNEYNODE", "127.0.0.1",
+                               str(port), get_testdata_file("MR_small.dcm")], env=peer_env(),
+                              capture_output=True, text=True, timeout=60)
+    finally:
+        scp.stop()
+    assert "Refused: OutOfResources" in sent.stdout + sent.stderr, sent.stdout + sent.stderr
+    assert not [p for p in (tmp_path / "archive").rglob("*.dcm")
+                if ".incoming" not in p.parts]
