@@ -29,6 +29,7 @@ from pynetdicom import AE
 from sqlalchemy import create_engine, func, select
 
 from benchmarks.graft_eval import RESULTS, _revision
+from benchmarks.stats import percentile
 from service.db.tables import Instance
 from service.dicom.net import NODELAY_HANDLER
 from service.dicom.uids import new_uid
@@ -97,15 +98,13 @@ def run(associations: int, instances: int, database_url: str | None, work: Path)
     indexed = {uid: n for uid, n in rows}
     flat = sorted(t * 1000 for ts in times for t in ts)
 
-    def pct(q: float) -> float:
-        return round(flat[min(len(flat) - 1, round(q / 100 * (len(flat) - 1)))], 2)
-
     return {
         "associations": associations, "instances_per_association": instances,
         "database": url.split(":")[0], "wall_seconds": round(wall, 2),
         "instances_per_second": round(len(sent) / wall, 1),
-        "response_ms": {"mean": round(statistics.mean(flat), 2), "p50": pct(50),
-                        "p95": pct(95), "p99": pct(99), "max": round(flat[-1], 2)},
+        "response_ms": {"mean": round(statistics.mean(flat), 2),
+                        **{f"p{q}": round(percentile(flat, q), 2) for q in (50, 95, 99)},
+                        "max": round(flat[-1], 2)},
         "not_success": sum(1 for ss in statuses for s in ss if s != 0),
         "lost": len(sent - indexed.keys()),
         "indexed_more_than_once": sum(1 for uid in sent if indexed.get(uid, 0) > 1),

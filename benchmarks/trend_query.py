@@ -32,6 +32,7 @@ from sqlalchemy import create_engine, event, text
 from sqlalchemy.orm import sessionmaker
 
 from benchmarks.graft_eval import RESULTS, _revision
+from benchmarks.stats import percentile
 from service.db import queries
 from service.db.migrate import upgrade
 
@@ -154,13 +155,10 @@ def main(argv: list[str] | None = None) -> int:
     explain = plan(url, f"P{args.patients // 2:07d}")
     ms = sorted(time_calls(url, args.patients, args.calls))
 
-    def pct(q: float) -> float:
-        return ms[min(len(ms) - 1, round(q / 100 * (len(ms) - 1)))]
-
     summary = {"code": _revision(), "counts": counts, "load_seconds": round(load_s, 1),
                "calls": len(ms), "mean_ms": round(statistics.mean(ms), 2),
-               "p50_ms": round(pct(50), 2), "p95_ms": round(pct(95), 2),
-               "p99_ms": round(pct(99), 2), "max_ms": round(ms[-1], 2),
+               "p50_ms": round(percentile(ms, 50), 2), "p95_ms": round(percentile(ms, 95), 2),
+               "p99_ms": round(percentile(ms, 99), 2), "max_ms": round(ms[-1], 2),
                "target_p95_ms": TARGET_P95_MS}
     with create_engine(url).connect() as conn:
         summary["server_version"] = conn.execute(text("SHOW server_version")).scalar()

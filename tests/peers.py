@@ -208,6 +208,21 @@ class OrthancPeer:
         with urllib.request.urlopen(request, timeout=10) as resp:  # noqa: S310
             return json.load(resp)
 
+    def series_by_modality(self, study_instance_uid: str) -> dict[str, int]:
+        """Number of series per Modality that Orthanc files under the study."""
+        found = self.rest("/tools/find", {"Level": "Series", "Expand": True,
+                                          "Query": {"StudyInstanceUID": study_instance_uid}})
+        counts: dict[str, int] = {}
+        for series in found:
+            modality = series["MainDicomTags"].get("Modality", "")
+            counts[modality] = counts.get(modality, 0) + 1
+        return counts
+
+    def results_filed(self, study_instance_uid: str) -> dict[str, int] | None:
+        """:meth:`series_by_modality` once a SEG and an SR are there, else None."""
+        counts = self.series_by_modality(study_instance_uid)
+        return counts if {"SEG", "SR"} <= counts.keys() else None
+
 
 @contextmanager
 def orthanc(workdir: Path, *, dicom_port: int, http_port: int, aet: str = "ORTHANC",  # noqa: ANN201

@@ -231,7 +231,6 @@ class ResultFiles:
     """Where the latest result of a study lies (paths relative to ``storage.root``)."""
 
     study_instance_uid: str
-    patient_id: str
     pipeline: str
     seg_path: str
     source_paths: tuple[str, ...]
@@ -240,15 +239,12 @@ class ResultFiles:
 def result_files(session: Session, study_instance_uid: str) -> ResultFiles | None:
     """The stored SEG of the study's latest result and its source series; None when the
     study has no result or either is no longer indexed."""
-    found = session.execute(
-        select(Result, Patient.patient_id)
-        .join(Study, Study.id == Result.study_pk)
-        .join(Patient, Patient.id == Study.patient_pk)
+    result = session.scalar(
+        select(Result).join(Study, Study.id == Result.study_pk)
         .where(Study.study_instance_uid == study_instance_uid)
-        .order_by(Result.id.desc()).limit(1)).first()
-    if found is None:
+        .order_by(Result.id.desc()).limit(1))
+    if result is None:
         return None
-    result, patient_id = found
     seg_path = session.scalar(select(Instance.path).where(
         Instance.sop_instance_uid == result.seg_sop_instance_uid))
     sources = session.scalars(
@@ -258,5 +254,4 @@ def result_files(session: Session, study_instance_uid: str) -> ResultFiles | Non
         .order_by(Instance.id)).all()
     if seg_path is None or not sources:
         return None
-    return ResultFiles(study_instance_uid, patient_id, result.pipeline_name, seg_path,
-                       tuple(sources))
+    return ResultFiles(study_instance_uid, result.pipeline_name, seg_path, tuple(sources))

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import ipaddress
 import logging
-import ssl
 import tempfile
 import types
 from pathlib import Path
@@ -75,7 +74,7 @@ class StorageSCP:
             context = None if tls is None else server_tls_context(
                 tls.cert_file, tls.key_file, ca_file=tls.ca_file,
                 require_client_cert=tls.require_client_cert)
-        except (OSError, ssl.SSLError) as exc:  # ssl.SSLError is an OSError; named for clarity
+        except OSError as exc:  # ssl.SSLError included
             raise ConfigError(f"dicom.tls: cannot load the certificate, key or CA: {exc}") \
                 from exc
         self._server = ae.start_server(

@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-import io
 from collections.abc import Sequence
 from pathlib import Path
 
 import highdicom as hd
 import numpy as np
 import SimpleITK as sitk
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
 
 from service.errors import KidneyNodeError
 from service.imaging.series import load_series
+from service.reports import new_figure, png_bytes
 
 __all__ = ["choose_slices", "preview_png", "render_preview", "seg_masks_by_source"]
 
@@ -48,8 +46,7 @@ def render_preview(image: np.ndarray, mask: np.ndarray, slices: Sequence[int], *
                    pixel_aspect: float, title: str) -> bytes:
     """The mask's outline (red) over ``image`` (z, y, x) on ``slices``, cropped around the
     mask with a margin, grey levels windowed at the 1st-99th percentile of the crop."""
-    fig = Figure(figsize=(3.2 * max(len(slices), 1), 3.6), dpi=100)
-    FigureCanvasAgg(fig)
+    fig = new_figure(3.2 * max(len(slices), 1), 3.6)
     rows, cols = np.nonzero(mask[list(slices)].any(axis=0)) if slices else ([], [])
     if len(rows):
         pad_r = max(16, (rows.max() - rows.min()) // 2)
@@ -69,9 +66,7 @@ def render_preview(image: np.ndarray, mask: np.ndarray, slices: Sequence[int], *
         ax.set_title(f"slice {z + 1} of {image.shape[0]}", fontsize=8)
         ax.set_axis_off()
     fig.suptitle(title, fontsize=9)
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png")
-    return buffer.getvalue()
+    return png_bytes(fig)
 
 
 def preview_png(source_paths: Sequence[Path], seg_path: Path, *, title: str,

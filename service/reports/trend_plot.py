@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import datetime as dt
-import io
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
+from service.reports import new_figure, png_bytes
 
 __all__ = ["trend_png"]
 
@@ -21,8 +19,7 @@ def trend_png(rows: Iterable[Mapping[str, Any]], *, title: str) -> bytes:
     is drawn as a square, studies with an alert as red rings; undated studies are left out
     of the plot (they cannot be placed in time) and counted in the caption.
     """
-    fig = Figure(figsize=(7.0, 3.6), dpi=100)
-    FigureCanvasAgg(fig)
+    fig = new_figure(7.0, 3.6)
     ax = fig.add_subplot()
     by_structure: dict[str, list[Mapping[str, Any]]] = {}
     undated = 0
@@ -59,6 +56,4 @@ def trend_png(rows: Iterable[Mapping[str, Any]], *, title: str) -> bytes:
         caption += f"; {undated} undated measurement(s) not shown"
     fig.text(0.01, 0.01, caption, fontsize=7, color="0.4")
     fig.autofmt_xdate()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png")
-    return buffer.getvalue()
+    return png_bytes(fig)

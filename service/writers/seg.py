@@ -10,9 +10,9 @@ from pydicom.sr.coding import Code
 
 from service.pipeline.base import PipelineOutput
 
-__all__ = ["SegOptions", "build_segmentation"]
+__all__ = ["MANUFACTURER", "SegOptions", "build_segmentation"]
 
-_MANUFACTURER = "kidney-node"
+MANUFACTURER = "kidney-node"
 
 
 @dataclass(frozen=True)
@@ -52,7 +52,7 @@ def build_segmentation(
         raise ValueError(f"series {sources[0].SeriesInstanceUID}: mask shape {labels.shape} "
                          f"does not match the source slices {expected}")
     algorithm = hd.AlgorithmIdentificationSequence(
-        name=pipeline_name, family=family, version=pipeline_version, source=_MANUFACTURER)
+        name=pipeline_name, family=family, version=pipeline_version, source=MANUFACTURER)
     descriptions = [
         hd.seg.SegmentDescription(
             segment_number=spec.label,
@@ -73,8 +73,8 @@ def build_segmentation(
         series_number=options.series_number,
         sop_instance_uid=options.sop_instance_uid,
         instance_number=1,
-        manufacturer=_MANUFACTURER,
-        manufacturer_model_name=f"{_MANUFACTURER} {pipeline_name}",
+        manufacturer=MANUFACTURER,
+        manufacturer_model_name=f"{MANUFACTURER} {pipeline_name}",
         software_versions=options.software_version,
         device_serial_number="0",
         content_label="KIDNEY",

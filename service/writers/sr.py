@@ -10,10 +10,10 @@ from pydicom.sr.coding import Code
 
 from service.dicom.uids import derived_uid
 from service.pipeline.base import PipelineOutput
+from service.writers.seg import MANUFACTURER
 
 __all__ = ["SrOptions", "build_volume_report"]
 
-_MANUFACTURER = "kidney-node"
 MILLILITER = Code("ml", "UCUM", "milliliter")
 _PROCEDURES = {"MR": codes.cid100.MRIUnspecifiedBodyRegion,
                "CT": codes.cid100.CTUnspecifiedBodyRegion}
@@ -71,8 +71,8 @@ def build_volume_report(
     observer = hd.sr.ObserverContext(
         observer_type=codes.DCM.Device,
         observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
-            uid=options.device_uid, name=_MANUFACTURER, manufacturer_name=_MANUFACTURER,
-            model_name=f"{_MANUFACTURER} {pipeline_name}"))
+            uid=options.device_uid, name=MANUFACTURER, manufacturer_name=MANUFACTURER,
+            model_name=f"{MANUFACTURER} {pipeline_name}"))
     report = hd.sr.MeasurementReport(
         observation_context=hd.sr.ObservationContext(observer_device_context=observer),
         procedure_reported=_PROCEDURES.get(modality, codes.cid100.ImagingProcedure),
@@ -85,7 +85,7 @@ def build_volume_report(
         series_number=options.series_number,
         sop_instance_uid=options.sop_instance_uid,
         instance_number=1,
-        manufacturer=_MANUFACTURER,
+        manufacturer=MANUFACTURER,
         is_complete=True,
         is_final=False,
         is_verified=False,

@@ -22,16 +22,8 @@ def test_orthanc_files_seg_and_sr_with_the_source_study(make_node, sqlite_url,
         node.start()
         assert storescu(node.dicom_port, list(study.files)).returncode == 0
 
-        def modalities() -> dict[str, int] | None:
-            found = pacs.rest("/tools/find", {"Level": "Series", "Expand": True, "Query": {
-                "StudyInstanceUID": study.study_instance_uid}})
-            counts: dict[str, int] = {}
-            for series in found:
-                modality = series["MainDicomTags"].get("Modality", "")
-                counts[modality] = counts.get(modality, 0) + 1
-            return counts if {"SEG", "SR"} <= counts.keys() else None
-
-        counts = node.wait_for(modalities, 180, "the SEG and SR in Orthanc")
+        counts = node.wait_for(lambda: pacs.results_filed(study.study_instance_uid), 180,
+                               "the SEG and SR in Orthanc")
         studies = pacs.rest("/studies?expand")
     assert [s["MainDicomTags"]["StudyInstanceUID"] for s in studies] == [
         study.study_instance_uid]

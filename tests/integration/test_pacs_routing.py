@@ -38,16 +38,8 @@ def test_orthanc_routes_stable_studies_and_gets_the_results_back(make_node, sqli
         # The modality stores into the PACS only.
         assert storescu(pacs.dicom_port, list(study.files), called=pacs.aet).returncode == 0
 
-        def series_by_modality() -> dict[str, int] | None:
-            found = pacs.rest("/tools/find", {"Level": "Series", "Expand": True, "Query": {
-                "StudyInstanceUID": study.study_instance_uid}})
-            counts: dict[str, int] = {}
-            for series in found:
-                modality = series["MainDicomTags"].get("Modality", "")
-                counts[modality] = counts.get(modality, 0) + 1
-            return counts if {"SEG", "SR"} <= counts.keys() else None
-
-        counts = node.wait_for(series_by_modality, 240, "the SEG and SR routed back to Orthanc")
+        counts = node.wait_for(lambda: pacs.results_filed(study.study_instance_uid), 240,
+                               "the SEG and SR routed back to Orthanc")
         # Orthanc sees the study change (SEG, SR arrived), waits for it to be stable again
         # and routes it once more: the node must take that resend without a second job.
         def routed_twice() -> bool:
@@ -58,7 +50,7 @@ def test_orthanc_routes_stable_studies_and_gets_the_results_back(make_node, sqli
         node.wait_for(routed_twice, 60, "Orthanc routing the study a second time")
         time.sleep(3 * node.config["scheduler"]["stable_age_seconds"] + 1)
         jobs = json.loads(node.cli("jobs", "--json").stdout)
-        final = series_by_modality()
+        final = pacs.series_by_modality(study.study_instance_uid)
         segs = pacs.rest("/tools/find", {"Level": "Instance", "Query": {
             "StudyInstanceUID": study.study_instance_uid, "Modality": "SEG"}})
     assert counts["SEG"] == 1 and counts["SR"] == 1
