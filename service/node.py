@@ -48,6 +48,7 @@ class Node:
         upgrade(self.settings.database.url)
         with self.sessions.begin() as session:
             recover_interrupted_jobs(session, max_attempts=self.settings.scheduler.max_attempts)
+        self.store.discard_incoming()
         self.dicom_port = self.scp.start()
         sched = self.settings.scheduler
         self.scheduler.add_job(self.sweep_once, "interval", id="sweep",

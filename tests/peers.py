@@ -145,14 +145,14 @@ def storescp(port: int, out_dir: Path, ae_title: str = "DEST"):  # noqa: ANN201
                              str(port)], env=peer_env(), stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE)
     try:
-        _wait_port(port)
+        wait_port(port)
         yield proc
     finally:
         proc.terminate()
         proc.wait(10)
 
 
-def _wait_port(port: int, timeout: float = 10.0) -> None:
+def wait_port(port: int, timeout: float = 10.0) -> None:
     import socket
 
     deadline = time.monotonic() + timeout

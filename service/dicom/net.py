@@ -7,21 +7,34 @@ import socket
 import ssl
 from pathlib import Path
 
-from pynetdicom import evt
+import pydicom.config
+from pynetdicom import _config, evt
 from pynetdicom.events import Event
+from pynetdicom.transport import AssociationSocket
 
-__all__ = ["NODELAY_HANDLER", "server_tls_context", "set_nodelay"]
+__all__ = ["DUL_POLL_SECONDS", "NODELAY_HANDLER", "configure_reception", "server_tls_context",
+           "set_nodelay"]
 
 logger = logging.getLogger(__name__)
 
+#: How long pynetdicom's DUL reactor sleeps when it finds nothing to do, on the node's
+#: associations. Its default of 1 ms delays every PDU that arrives during the sleep and every
+#: response the node sends; 0.2 ms keeps most of that latency off each C-STORE (measured
+#: idle cost: an open association and its client took 15.7 % of a core instead of 6.5 %).
+DUL_POLL_SECONDS = 0.0002
+
 
 def set_nodelay(event: Event) -> None:
-    """EVT_CONN_OPEN handler: disable Nagle's algorithm on the association's socket.
+    """EVT_CONN_OPEN handler: disable Nagle's algorithm on the association's socket and
+    shorten the DUL reactor's idle sleep (:data:`DUL_POLL_SECONDS`).
 
     pynetdicom never sets TCP_NODELAY; without it, each small PDU can wait ~40 ms for
     the peer's delayed ACK.
     """
-    sock = getattr(getattr(event.assoc.dul, "socket", None), "socket", None)
+    dul = event.assoc.dul
+    if hasattr(dul, "_run_loop_delay"):
+        dul._run_loop_delay = DUL_POLL_SECONDS
+    sock = getattr(getattr(dul, "socket", None), "socket", None)
     if sock is None:
         logger.warning("no socket on association %s to set TCP_NODELAY", event.assoc.name)
         return
@@ -29,6 +42,41 @@ def set_nodelay(event: Event) -> None:
 
 
 NODELAY_HANDLER = (evt.EVT_CONN_OPEN, set_nodelay)
+
+
+def _recv_exactly(self: AssociationSocket, nr_bytes: int) -> bytearray:
+    """``nr_bytes`` from the association's socket, read straight into one buffer (fewer
+    system calls and copies than pynetdicom's 4 KiB reads); fewer bytes when the peer
+    closes the connection first, as pynetdicom's own ``recv``."""
+    buffer = bytearray(nr_bytes)
+    view = memoryview(buffer)
+    received = 0
+    while received < nr_bytes:
+        n = self.socket.recv_into(view[received:], nr_bytes - received)
+        if n == 0:
+            break
+        received += n
+    view.release()
+    if received < nr_bytes:
+        del buffer[received:]
+    return buffer
+
+
+def configure_reception() -> None:
+    """Process-wide switches for fast reception (measured by ``benchmarks/ingest.py``):
+
+    - every pynetdicom association socket reads PDUs with :func:`_recv_exactly`;
+    - pynetdicom's standard logging handlers, which format every PDU and DIMSE message,
+      are not bound while the ``pynetdicom`` logger is above INFO (the node keeps it at
+      WARNING; see :mod:`service.logs`);
+    - pydicom does not validate values on reading: a wrong value is the sender's, the
+      node keeps it as received and checks what it uses.
+    """
+    if AssociationSocket.recv is not _recv_exactly:
+        AssociationSocket.recv = _recv_exactly  # type: ignore[method-assign]
+    if not logging.getLogger("pynetdicom").isEnabledFor(logging.INFO):
+        _config.LOG_HANDLER_LEVEL = "none"
+    pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
 
 
 def server_tls_context(cert_file: Path, key_file: Path, *, ca_file: Path | None,

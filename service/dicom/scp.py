@@ -14,7 +14,7 @@ from pynetdicom.transport import ThreadedAssociationServer
 
 from service.config import DicomSettings
 from service.dicom.contexts import scp_contexts
-from service.dicom.net import NODELAY_HANDLER, server_tls_context
+from service.dicom.net import NODELAY_HANDLER, configure_reception, server_tls_context
 from service.errors import ConfigError, DatasetMismatchError, IngestError, StorageError
 from service.storage import InstanceStore
 
@@ -46,6 +46,7 @@ class StorageSCP:
         # folder on the archive's filesystem so the final move is a rename.
         _config.STORE_RECV_CHUNKED_DATASET = True
         tempfile.tempdir = str(store.incoming)
+        configure_reception()
 
     def _make_ae(self) -> AE:
         ae = AE(ae_title=self.settings.ae_title)

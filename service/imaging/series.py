@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import math
+import struct
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -30,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import SimpleITK as sitk
-from pydicom.errors import InvalidDicomError
+from pydicom.errors import BytesLengthException, InvalidDicomError
 from pydicom.pixels import apply_modality_lut, pixel_array
 
 from service.errors import SeriesLoadError
@@ -90,9 +91,13 @@ _PIXEL_ERRORS: tuple[type[Exception], ...] = (
     ValueError,
 )
 
-#: Errors dcmread raises on files that are not (valid) DICOM.
+#: Errors dcmread raises on files that are not (valid) DICOM, or pydicom on decoding an
+#: element whose value does not fit its VR (or whose VR is unknown).
 _READ_ERRORS: tuple[type[Exception], ...] = (
     InvalidDicomError,
+    BytesLengthException,
+    NotImplementedError,
+    struct.error,
     OSError,
     EOFError,
     ValueError,
@@ -274,6 +279,10 @@ def _read_all(paths: Sequence[Path]) -> tuple[list[pydicom.Dataset], list[np.nda
     for path in paths:
         try:
             ds = pydicom.dcmread(path)
+            for tag in [t for t in ds.keys() if not t.is_private]:
+                # Decode every standard element now: a corrupt one fails here, not later
+                # in a pipeline or writer that reads the headers.
+                _ = ds[tag]
         except _READ_ERRORS as exc:
             unreadable.append((Path(path), exc))
             continue
@@ -321,10 +330,12 @@ def _refuse_multi_frame(ds: pydicom.Dataset, series_uid: str) -> None:
         or "PerFrameFunctionalGroupsSequence" in ds
         or n_frames > 1
     ):
+        name = pydicom.uid.UID(sop_class).name if sop_class else "?"
         raise SeriesLoadError(
             series_uid,
             f"instance {ds.get('SOPInstanceUID', '?')} is an enhanced multi-frame image "
-            f"(SOP class {sop_class or '?'}, {n_frames} frame(s)): "
+            f"(SOP class {name}"
+            f"{f' ({sop_class})' if name != sop_class else ''}, {n_frames} frame(s)): "
             "enhanced multi-frame instances are not supported yet",
         )
 
@@ -346,8 +357,16 @@ def _decode(ds: pydicom.Dataset, series_uid: str) -> np.ndarray:
             f"instance {sop_uid}: decoded pixels have shape {values.shape}, expected one "
             "greyscale frame",
         )
+    pixels = values.astype(np.float32, copy=False)
+    if not np.isfinite(pixels).all():
+        raise SeriesLoadError(
+            series_uid,
+            f"instance {sop_uid}: pixel values are not finite after the modality LUT "
+            f"(RescaleSlope {ds.get('RescaleSlope')}, RescaleIntercept "
+            f"{ds.get('RescaleIntercept')})",
+        )
     del ds.PixelData
-    return values.astype(np.float32, copy=False)
+    return pixels
 
 
 def _slice_geometry(ds: pydicom.Dataset, series_uid: str) -> _SliceGeometry:
@@ -376,6 +395,14 @@ def _slice_geometry(ds: pydicom.Dataset, series_uid: str) -> _SliceGeometry:
             f"instance {sop_uid}: expected 3 ImagePositionPatient, 6 ImageOrientationPatient "
             f"and 2 PixelSpacing values, found {position.size}, {orientation.size} and "
             f"{len(pixel_spacing)}",
+        )
+    if not (np.isfinite(position).all() and np.isfinite(orientation).all()
+            and np.isfinite(pixel_spacing).all()):
+        raise SeriesLoadError(
+            series_uid,
+            f"instance {sop_uid}: non-finite geometry: ImagePositionPatient "
+            f"{position.tolist()}, ImageOrientationPatient {orientation.tolist()}, "
+            f"PixelSpacing {list(pixel_spacing)}",
         )
     if min(pixel_spacing) <= 0:
         raise SeriesLoadError(

@@ -143,6 +143,13 @@ class JobRunner:
             self._finish(work.job_id, error=f"study {work.study_uid}: {exc}", timings=timings)
             logger.error("job %d failed on study %s: %s", work.job_id, work.study_uid, exc)
             return
+        except Exception as exc:  # noqa: BLE001 - a bug must fail the job, not leave it RUNNING
+            self._finish(work.job_id, timings=timings,
+                         error=f"study {work.study_uid}: internal error {type(exc).__name__}: "
+                               f"{exc}")
+            logger.exception("job %d failed on study %s with an internal error", work.job_id,
+                             work.study_uid)
+            return
         with self.sessions.begin() as session:
             job = session.get(Job, work.job_id)
             for spec in output.segments:

@@ -7,21 +7,27 @@ import logging
 from dataclasses import dataclass
 
 from pydicom.dataset import Dataset
-from sqlalchemy import select
+from sqlalchemy import Connection, bindparam, select
 from sqlalchemy.orm import Session
 
 from service.db.tables import Instance, InstanceOrigin, Patient, Series, Study, utcnow
 
-__all__ = ["InstanceHeader", "index_instance"]
+__all__ = ["IndexOutcome", "InstanceHeader", "index_instance", "insert_into_known_series"]
 
 logger = logging.getLogger(__name__)
+
+
+def _clean(value: object, limit: int) -> str:
+    """Text as the index keeps it: no NUL (PostgreSQL refuses it in text), at most
+    ``limit`` characters."""
+    return str(value).replace("\x00", "")[:limit]
 
 
 def _text(ds: Dataset, keyword: str, limit: int = 64) -> str | None:
     value = ds.get(keyword)
     if value is None or value == "":
         return None
-    return str(value)[:limit]
+    return _clean(value, limit) or None
 
 
 def _int(ds: Dataset, keyword: str) -> int | None:
@@ -68,8 +74,8 @@ class InstanceHeader:
     def from_dataset(cls, ds: Dataset) -> InstanceHeader:
         """Read the header fields; the caller has checked the four UIDs exist."""
         return cls(
-            patient_id=str(ds.get("PatientID", "") or "")[:64],
-            issuer=str(ds.get("IssuerOfPatientID", "") or "")[:64],
+            patient_id=_clean(ds.get("PatientID", "") or "", 64),
+            issuer=_clean(ds.get("IssuerOfPatientID", "") or "", 64),
             study_uid=str(ds.StudyInstanceUID),
             study_date=_date(ds, "StudyDate"),
             study_time=_text(ds, "StudyTime", 16),
@@ -103,6 +109,17 @@ def _get_or_create_study(session: Session, h: InstanceHeader) -> Study:
     return study
 
 
+@dataclass(frozen=True)
+class IndexOutcome:
+    """What indexing did: whether the instance was new, the keys of its series, and
+    where its file was before when a resend filed it under another series."""
+
+    is_new: bool
+    series_pk: int
+    study_pk: int
+    moved_from: str | None = None
+
+
 def index_instance(
     session: Session,
     header: InstanceHeader,
@@ -112,34 +129,92 @@ def index_instance(
     transfer_syntax_uid: str,
     calling_aet: str | None,
     origin: InstanceOrigin,
-) -> bool:
-    """Add or refresh one instance in the index. Does not commit.
+) -> IndexOutcome:
+    """Add or refresh one instance in the index, creating its patient, study and series
+    as needed. Flushes, does not commit.
 
-    Returns
-    -------
-    bool
-        True when the SOP Instance UID is new; False for a resend (idempotent: the row
-        is refreshed and the study's stability clock is not restarted).
+    ``is_new`` is False for a resend (idempotent: the row is refreshed and the study's
+    stability clock is not restarted). A resend under another Study or Series Instance UID
+    (a corrected instance) moves the row to that series, counts as new, and reports the
+    old file in ``moved_from``.
     """
     existing = session.scalar(select(Instance).where(Instance.sop_instance_uid == header.sop_uid))
     if existing is not None:
+        series = session.get(Series, existing.series_pk)
+        old_path = existing.path
         existing.path = relpath
         existing.size_bytes = size_bytes
         existing.transfer_syntax_uid = transfer_syntax_uid
-        return False
-    study = _get_or_create_study(session, header)
-    series = session.scalar(select(Series).where(Series.series_instance_uid == header.series_uid))
-    if series is None:
-        series = Series(study=study, series_instance_uid=header.series_uid,
-                        modality=header.modality, series_number=header.series_number,
-                        description=header.series_description,
-                        protocol_name=header.protocol_name)
-        session.add(series)
+        if series.series_instance_uid == header.series_uid:
+            return IndexOutcome(False, series.id, series.study_pk)
+        new_series = _get_or_create_series(session, header)
+        existing.series_pk = new_series.id
+        if origin is InstanceOrigin.RECEIVED:
+            new_series.study.last_received_at = utcnow()
+        session.flush()
+        logger.warning("instance %s moved from series %s to series %s (study %s)",
+                       header.sop_uid, series.series_instance_uid, header.series_uid,
+                       header.study_uid)
+        return IndexOutcome(True, new_series.id, new_series.study_pk,
+                            moved_from=old_path if old_path != relpath else None)
+    series = _get_or_create_series(session, header)
     session.add(Instance(
         series=series, sop_instance_uid=header.sop_uid, sop_class_uid=header.sop_class_uid,
         transfer_syntax_uid=transfer_syntax_uid, instance_number=header.instance_number,
         temporal_position=header.temporal_position, path=relpath, size_bytes=size_bytes,
         origin=origin, calling_aet=calling_aet))
     if origin is InstanceOrigin.RECEIVED:
-        study.last_received_at = utcnow()
-    return True
+        series.study.last_received_at = utcnow()
+    session.flush()
+    return IndexOutcome(True, series.id, series.study.id)
+
+
+def _get_or_create_series(session: Session, header: InstanceHeader) -> Series:
+    series = session.scalar(select(Series).where(Series.series_instance_uid == header.series_uid))
+    if series is not None:
+        return series
+    series = Series(study=_get_or_create_study(session, header),
+                    series_instance_uid=header.series_uid, modality=header.modality,
+                    series_number=header.series_number, description=header.series_description,
+                    protocol_name=header.protocol_name)
+    session.add(series)
+    session.flush()
+    return series
+
+
+_INSERT_INSTANCE = Instance.__table__.insert()
+_TOUCH_STUDY = (Study.__table__.update().where(Study.__table__.c.id == bindparam("study_pk"))
+                .values(last_received_at=bindparam("now")))
+
+
+def insert_into_known_series(
+    conn: Connection,
+    header: InstanceHeader,
+    *,
+    series_pk: int,
+    study_pk: int,
+    relpath: str,
+    size_bytes: int,
+    transfer_syntax_uid: str,
+    calling_aet: str | None,
+    origin: InstanceOrigin,
+) -> None:
+    """The fast path of :func:`index_instance` for a series already indexed: one INSERT
+    and the study's stability clock, as two cached Core statements. Does not commit.
+
+    Raises
+    ------
+    sqlalchemy.exc.IntegrityError
+        When the SOP Instance UID is already indexed (a resend) or the series is gone;
+        the caller then takes the full path.
+    """
+    now = utcnow()
+    conn.execute(_INSERT_INSTANCE, {
+        "series_pk": series_pk, "sop_instance_uid": header.sop_uid,
+        "sop_class_uid": header.sop_class_uid, "transfer_syntax_uid": transfer_syntax_uid,
+        "instance_number": header.instance_number,
+        "temporal_position": header.temporal_position, "path": relpath,
+        "size_bytes": size_bytes, "origin": origin, "calling_aet": calling_aet,
+        "received_at": now})
+    if origin is InstanceOrigin.RECEIVED:
+        conn.execute(_TOUCH_STUDY, {"study_pk": study_pk, "now": now})

@@ -5,26 +5,41 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import struct
 import tempfile
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
 from pydicom import dcmread
 from pydicom.dataset import Dataset
-from pydicom.errors import InvalidDicomError
+from pydicom.errors import BytesLengthException, InvalidDicomError
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from service.db.tables import InstanceOrigin
 from service.errors import DatasetMismatchError, IngestError, StorageError
-from service.storage.index import InstanceHeader, index_instance
+from service.storage.index import (
+    IndexOutcome,
+    InstanceHeader,
+    index_instance,
+    insert_into_known_series,
+)
 from service.storage.layout import INCOMING_DIR, instance_relpath
+from service.storage.pixel_check import check_pixel_data
 
 __all__ = ["InstanceStore", "StoredInstance"]
 
 logger = logging.getLogger(__name__)
 
+#: Series remembered for the one-INSERT fast path of indexing.
+_KNOWN_SERIES_MAX = 1024
+
 _REQUIRED = ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID")
+#: What pydicom raises on a corrupt file or element (elements are decoded when first read).
+_HEADER_ERRORS = (InvalidDicomError, BytesLengthException, struct.error, EOFError, ValueError,
+                  TypeError, KeyError, OverflowError, AttributeError, NotImplementedError)
 
 
 @dataclass(frozen=True)
@@ -46,30 +61,44 @@ def _fsync_dir(path: Path) -> None:
 def read_header(
     path: Path, *, expected_sop_uid: str | None = None, expected_sop_class: str | None = None
 ) -> Dataset:
-    """Read and check the header of a DICOM file (pixels are not read).
+    """Read and check the header of a DICOM file; the pixel data is not read, only its
+    extent checked (:func:`check_pixel_data`).
 
     Raises
     ------
     IngestError
-        When the file is not DICOM, is truncated in its header, lacks one of the
-        four identifying UIDs, or names another SOP Instance UID than expected.
+        When the file is not DICOM, is truncated, lacks one of the four identifying UIDs
+        or has one the index cannot hold (over 64 characters, NUL), or is an image whose
+        pixel data is missing, cut short or shorter than its attributes describe;
+        :class:`DatasetMismatchError` when it names another SOP Instance UID or SOP
+        Class than expected.
     """
     label = expected_sop_uid or str(path)
-    try:
-        ds = dcmread(path, stop_before_pixels=True)
-        missing = [k for k in _REQUIRED if not str(ds.get(k, "") or "").strip()]
-    except (InvalidDicomError, EOFError, ValueError, TypeError, KeyError, OverflowError,
-            AttributeError, NotImplementedError) as exc:
-        raise IngestError(f"instance {label}: unreadable header: {exc}") from exc
-    if missing:
-        raise IngestError(f"instance {label}: missing required attribute(s) {', '.join(missing)}")
-    if expected_sop_uid is not None and str(ds.SOPInstanceUID) != expected_sop_uid:
-        raise DatasetMismatchError(
-            f"instance {expected_sop_uid}: dataset holds SOP Instance UID {ds.SOPInstanceUID}")
-    if expected_sop_class is not None and str(ds.SOPClassUID) != expected_sop_class:
-        raise DatasetMismatchError(
-            f"instance {label}: dataset's SOP Class {ds.SOPClassUID} differs from the "
-            f"request's {expected_sop_class}")
+    with open(path, "rb") as fh:
+        try:
+            ds = dcmread(fh, stop_before_pixels=True)
+            missing = [k for k in _REQUIRED if not str(ds.get(k, "") or "").strip()]
+        except _HEADER_ERRORS as exc:
+            raise IngestError(f"instance {label}: unreadable header: {exc}") from exc
+        if missing:
+            raise IngestError(
+                f"instance {label}: missing required attribute(s) {', '.join(missing)}")
+        # The index holds 64 characters per UID and PostgreSQL no NUL: refuse such a UID
+        # here (cannot understand) rather than fail to index it (out of resources, retried
+        # forever).
+        invalid = [k for k in _REQUIRED
+                   if len(str(ds.get(k))) > 64 or "\x00" in str(ds.get(k))]
+        if invalid:
+            raise IngestError(f"instance {label}: {', '.join(invalid)} longer than 64 "
+                              "characters or holding a NUL byte")
+        if expected_sop_uid is not None and str(ds.SOPInstanceUID) != expected_sop_uid:
+            raise DatasetMismatchError(f"instance {expected_sop_uid}: dataset holds SOP "
+                                       f"Instance UID {ds.SOPInstanceUID}")
+        if expected_sop_class is not None and str(ds.SOPClassUID) != expected_sop_class:
+            raise DatasetMismatchError(
+                f"instance {label}: dataset's SOP Class {ds.SOPClassUID} differs from the "
+                f"request's {expected_sop_class}")
+        check_pixel_data(ds, fh, file_size=os.fstat(fh.fileno()).st_size, label=label)
     return ds
 
 
@@ -81,6 +110,24 @@ class InstanceStore:
         self.sessions = sessions
         self.incoming = self.root / INCOMING_DIR
         self.incoming.mkdir(parents=True, exist_ok=True)
+        # Series UID -> (series pk, study pk) of series indexed lately (rows are never
+        # deleted while the node runs; a stale entry would fail its INSERT and be dropped).
+        self._known_series: OrderedDict[str, tuple[int, int]] = OrderedDict()
+        self._cache_lock = threading.Lock()
+        self._engine = sessions.kw["bind"]
+
+    def discard_incoming(self) -> int:
+        """Delete what receptions cut short left in ``.incoming`` (never acknowledged, so
+        the sender still has them). Only while nothing is being received: at start-up."""
+        count = 0
+        for leftover in self.incoming.iterdir():
+            if leftover.is_file():
+                leftover.unlink(missing_ok=True)
+                count += 1
+        if count:
+            logger.warning("discarded %d partial file(s) of interrupted receptions in %s",
+                           count, self.incoming)
+        return count
 
     def path_of(self, relpath: str) -> Path:
         return self.root / relpath
@@ -109,7 +156,11 @@ class InstanceStore:
         """
         ds = read_header(temp_path, expected_sop_uid=expected_sop_uid,
                          expected_sop_class=expected_sop_class)
-        header = InstanceHeader.from_dataset(ds)
+        try:
+            header = InstanceHeader.from_dataset(ds)
+        except _HEADER_ERRORS as exc:  # e.g. a Patient ID whose VR says 8-byte floats
+            raise IngestError(f"instance {expected_sop_uid or temp_path}: unreadable header: "
+                              f"{exc}") from exc
         tsyntax = str(getattr(ds.file_meta, "TransferSyntaxUID", "") or "")
         rel = instance_relpath(header.study_uid, header.series_uid, header.sop_uid)
         final = self.root / rel
@@ -131,14 +182,17 @@ class InstanceStore:
         except OSError as exc:
             raise StorageError(f"instance {header.sop_uid}: cannot write {final}: {exc}") from exc
         try:
-            is_new = self._index(header, rel.as_posix(), size, tsyntax, calling_aet, origin)
+            outcome = self._index(header, rel.as_posix(), size, tsyntax, calling_aet, origin)
         except SQLAlchemyError as exc:
             if not existed:
                 final.unlink(missing_ok=True)
             raise StorageError(f"instance {header.sop_uid}: cannot index: {exc}") from exc
+        if outcome.moved_from is not None:
+            # The index now points at the new file: the old one is a leftover.
+            (self.root / outcome.moved_from).unlink(missing_ok=True)
         logger.info("stored %s instance %s (study %s)%s", header.modality, header.sop_uid,
-                    header.study_uid, "" if is_new else " again (idempotent)")
-        return StoredInstance(header.sop_uid, header.study_uid, final, is_new)
+                    header.study_uid, "" if outcome.is_new else " again (idempotent)")
+        return StoredInstance(header.sop_uid, header.study_uid, final, outcome.is_new)
 
     def store_dataset(self, ds: Dataset, *, origin: InstanceOrigin) -> StoredInstance:
         """Write an in-memory dataset (e.g. a SEG made here) into the archive."""
@@ -152,16 +206,36 @@ class InstanceStore:
             tmp.unlink(missing_ok=True)
 
     def _index(self, header: InstanceHeader, rel: str, size: int, tsyntax: str,
-               calling_aet: str | None, origin: InstanceOrigin) -> bool:
+               calling_aet: str | None, origin: InstanceOrigin) -> IndexOutcome:
+        fields = dict(relpath=rel, size_bytes=size, transfer_syntax_uid=tsyntax,
+                      calling_aet=calling_aet, origin=origin)
+        known = self._known_series.get(header.series_uid)
+        if known is not None:
+            # Most instances join a series indexed a moment ago: one INSERT. A resend
+            # violates the unique SOP Instance UID and takes the full path below.
+            try:
+                with self._engine.begin() as conn:
+                    insert_into_known_series(conn, header, series_pk=known[0],
+                                             study_pk=known[1], **fields)
+                return IndexOutcome(True, *known)
+            except IntegrityError:
+                self._known_series.pop(header.series_uid, None)
         for attempt in range(3):
             try:
                 with self.sessions.begin() as session:
-                    return index_instance(session, header, relpath=rel, size_bytes=size,
-                                          transfer_syntax_uid=tsyntax, calling_aet=calling_aet,
-                                          origin=origin)
+                    outcome = index_instance(session, header, **fields)
+                self._remember(header.series_uid, outcome.series_pk, outcome.study_pk)
+                return outcome
             except IntegrityError:
                 # Another association created the same patient/study/series/instance
                 # at the same moment: the retry finds it.
                 if attempt == 2:
                     raise
         raise AssertionError("unreachable")
+
+    def _remember(self, series_uid: str, series_pk: int, study_pk: int) -> None:
+        with self._cache_lock:
+            self._known_series[series_uid] = (series_pk, study_pk)
+            self._known_series.move_to_end(series_uid)
+            while len(self._known_series) > _KNOWN_SERIES_MAX:
+                self._known_series.popitem(last=False)

@@ -136,3 +136,44 @@ def test_database_down_refuses_with_out_of_resources_and_keeps_no_file(tmp_path)
     assert "Refused: OutOfResources" in sent.stdout + sent.stderr, sent.stdout + sent.stderr
     assert not [p for p in (tmp_path / "archive").rglob("*.dcm")
                 if ".incoming" not in p.parts]
+
+
+def test_unknown_sop_class_is_refused_at_negotiation_and_the_node_goes_on(running):
+    """A SOP class that is no storage class of the node gets no presentation context
+    (result 0x03, abstract syntax not supported); alone it ends the association, beside a
+    known class it is left out, and the node goes on storing."""
+    port, store = running
+    unknown = "1.2.826.0.1.3680043.8.498.424242"  # no storage SOP class of PS3.4
+    negotiated: list[list[tuple[str, int]]] = []
+
+    def record(event):
+        negotiated.append([(str(cx.abstract_syntax), cx.result)
+                           for cx in event.assoc.rejected_contexts])
+
+    ae = AE(ae_title="TESTSCU")
+    ae.add_requested_context(unknown)
+    alone = ae.associate("127.0.0.1", port, ae_title="KIDNEYNODE",
+                         evt_handlers=[(evt.EVT_ACCEPTED, record)])
+    assert not alone.is_established and alone.is_aborted
+    assert negotiated == [[(unknown, 0x03)]]
+
+    ds = dcmread(get_testdata_file("MR_small.dcm"))
+    odd = dcmread(get_testdata_file("MR_small.dcm"))
+    odd.SOPClassUID = odd.file_meta.MediaStorageSOPClassUID = unknown
+    odd.SOPInstanceUID = odd.file_meta.MediaStorageSOPInstanceUID = "1.2.826.0.1.3680043.8.498.7"
+    ae = AE(ae_title="TESTSCU")
+    ae.add_requested_context(unknown)
+    ae.add_requested_context(ds.SOPClassUID)
+    assoc = ae.associate("127.0.0.1", port, ae_title="KIDNEYNODE",
+                         evt_handlers=[(evt.EVT_ACCEPTED, record)])
+    assert assoc.is_established
+    try:
+        assert negotiated[-1] == [(unknown, 0x03)]
+        assert [str(cx.abstract_syntax) for cx in assoc.accepted_contexts] == [ds.SOPClassUID]
+        with pytest.raises(ValueError, match="No presentation context"):
+            assoc.send_c_store(odd)
+        assert int(assoc.send_c_store(ds).Status) == STATUS["success"]
+    finally:
+        assoc.release()
+    with store.sessions() as s:
+        assert s.scalars(select(Instance.sop_instance_uid)).all() == [ds.SOPInstanceUID]

@@ -106,3 +106,43 @@ def test_dataset_contradicting_the_request_is_a_mismatch(store, tmp_path):
     uid = str(dcmread(src).SOPInstanceUID)
     with pytest.raises(DatasetMismatchError, match="differs from the request"):
         store.store_file(src, expected_sop_uid=uid, expected_sop_class="1.2.840.10008.5.1.4.1.1.2")
+
+
+def test_resend_under_another_series_moves_the_instance(store, tmp_path):
+    first = _copy_of("MR_small.dcm", tmp_path)
+    ds = dcmread(first)
+    uid, old_series = str(ds.SOPInstanceUID), str(ds.SeriesInstanceUID)
+    old = store.store_file(first, expected_sop_uid=uid)
+    corrected = _copy_of("MR_small.dcm", tmp_path, StudyInstanceUID="1.2.826.0.1.3680043.8.498.7",
+                         SeriesInstanceUID="1.2.826.0.1.3680043.8.498.8")
+    moved = store.store_file(corrected, expected_sop_uid=uid)
+    assert moved.is_new and moved.path != old.path
+    assert moved.path.exists() and not old.path.exists()  # no orphan file left behind
+    with store.sessions() as s:
+        (inst,) = s.scalars(select(Instance).where(Instance.sop_instance_uid == uid))
+        assert inst.series.series_instance_uid == "1.2.826.0.1.3680043.8.498.8"
+        assert inst.series.study.study_instance_uid == "1.2.826.0.1.3680043.8.498.7"
+        assert store.path_of(inst.path) == moved.path
+        assert s.scalar(select(func.count()).select_from(Instance)) == 1
+        assert old_series != inst.series.series_instance_uid
+
+
+def test_nul_in_text_attributes_is_dropped_from_the_index(tmp_path, database_url):
+    from service.db import make_engine, make_sessionmaker, upgrade
+
+    upgrade(database_url)
+    engine = make_engine(database_url)
+    store = InstanceStore(tmp_path / "archive", make_sessionmaker(engine))
+    src = _copy_of("MR_small.dcm", tmp_path, PatientID="P\x0042",
+                   StudyDescription="ab\x00cd")
+    store.store_file(src)  # PostgreSQL refuses NUL in text: the index keeps the rest
+    with store.sessions() as s:
+        assert s.scalar(select(Patient.patient_id)) == "P42"
+        assert s.scalar(select(Study.description)) == "abcd"
+    engine.dispose()
+
+
+def test_partial_files_of_interrupted_receptions_are_discarded(store):
+    (store.incoming / "tmpabc.dcm").write_bytes(b"\0" * 300)
+    assert store.discard_incoming() == 1
+    assert list(store.incoming.iterdir()) == []
