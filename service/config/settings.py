@@ -151,11 +151,29 @@ class SenderSettings(_Frozen):
     timeout_seconds: float = Field(default=30.0, gt=0)
 
 
+class DestinationTls(_Frozen):
+    """DICOM over TLS to a destination: the peer's certificate must chain to ``ca_file``
+    (and name ``host`` when ``check_hostname``); ``cert_file`` + ``key_file`` are the
+    node's client certificate for peers that require one (mutual TLS)."""
+
+    ca_file: Path
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    check_hostname: bool = True
+
+    @model_validator(mode="after")
+    def _pair(self) -> DestinationTls:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("destinations[].tls: set both cert_file and key_file, or neither")
+        return self
+
+
 class Destination(_Frozen):
     name: str = Field(min_length=1, max_length=64)
     ae_title: str
     host: str
     port: int = Field(ge=1, le=65535)
+    tls: DestinationTls | None = None
 
     _ae = field_validator("ae_title")(classmethod(lambda cls, v: _check_ae(v)))
 

@@ -12,7 +12,8 @@ from pynetdicom import _config, evt
 from pynetdicom.events import Event
 from pynetdicom.transport import AssociationSocket
 
-__all__ = ["DUL_POLL_SECONDS", "NODELAY_HANDLER", "configure_reception", "server_tls_context",
+__all__ = ["DUL_POLL_SECONDS", "NODELAY_HANDLER", "client_tls_context", "configure_reception",
+           "server_tls_context",
            "set_nodelay"]
 
 logger = logging.getLogger(__name__)
@@ -96,4 +97,25 @@ def server_tls_context(cert_file: Path, key_file: Path, *, ca_file: Path | None,
         context.load_verify_locations(cafile=str(ca_file))
     context.verify_mode = ssl.CERT_REQUIRED if require_client_cert else (
         ssl.CERT_OPTIONAL if ca_file is not None else ssl.CERT_NONE)
+    return context
+
+
+def client_tls_context(ca_file: Path, *, cert_file: Path | None = None,
+                       key_file: Path | None = None, check_hostname: bool = True
+                       ) -> ssl.SSLContext:
+    """TLS context of the node as SCU: TLS 1.2 or newer, the peer's certificate verified
+    against ``ca_file`` (and its name against the host when ``check_hostname``); the
+    node's own certificate for mutual TLS when ``cert_file``/``key_file`` are given.
+
+    Raises
+    ------
+    OSError, ssl.SSLError
+        When a file is missing or the key does not match the certificate.
+    """
+    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(ca_file))
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.check_hostname = check_hostname
+    if cert_file is not None:
+        context.load_cert_chain(certfile=str(cert_file),
+                                keyfile=None if key_file is None else str(key_file))
     return context

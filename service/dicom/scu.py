@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import ssl
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -11,7 +12,7 @@ from pydicom import uid as tsuid
 from pynetdicom import AE
 
 from service.config import Destination
-from service.dicom.net import NODELAY_HANDLER
+from service.dicom.net import NODELAY_HANDLER, client_tls_context
 from service.errors import DestinationError
 
 __all__ = ["send_files"]
@@ -24,6 +25,20 @@ _UNCOMPRESSED = (tsuid.ExplicitVRLittleEndian, tsuid.ImplicitVRLittleEndian)
 def _failure_is_permanent(status: int) -> bool:
     """Out of resources (0xA7xx) is worth retrying; a refusal of the data is not."""
     return not 0xA700 <= status <= 0xA7FF
+
+
+def _tls_args(destination: Destination, label: str) -> tuple[ssl.SSLContext, str] | None:
+    tls = destination.tls
+    if tls is None:
+        return None
+    try:
+        context = client_tls_context(tls.ca_file, cert_file=tls.cert_file,
+                                     key_file=tls.key_file, check_hostname=tls.check_hostname)
+    except OSError as exc:  # ssl.SSLError included
+        # Retried (with back-off): the item goes out once the files are fixed.
+        raise DestinationError(f"{label}: cannot load its TLS CA, certificate or key: {exc}",
+                               permanent=False) from exc
+    return context, destination.host
 
 
 def send_files(
@@ -55,7 +70,7 @@ def send_files(
         ae.add_requested_context(sop_class, syntaxes)
     label = f"{destination.name} ({destination.ae_title}@{destination.host}:{destination.port})"
     assoc = ae.associate(destination.host, destination.port, ae_title=destination.ae_title,
-                         evt_handlers=[NODELAY_HANDLER])
+                         evt_handlers=[NODELAY_HANDLER], tls_args=_tls_args(destination, label))
     if not assoc.is_established:
         if assoc.is_rejected:
             result = assoc.acceptor.primitive.result if assoc.acceptor.primitive else None
@@ -63,8 +78,10 @@ def send_files(
             raise DestinationError(
                 f"{label} rejected the association ({'permanent' if permanent else 'transient'}"
                 f", result {result})", permanent=permanent)
-        raise DestinationError(f"{label} unreachable or aborted the association",
-                               permanent=False)
+        raise DestinationError(
+            f"{label} unreachable or aborted the association"
+            + ("" if destination.tls is None else " (or the TLS handshake failed: see the "
+               "log for the certificate check)"), permanent=False)
     outcome: dict[Path, DestinationError | None] = {}
     try:
         for path, ds in datasets.items():

@@ -111,3 +111,84 @@ def test_unreadable_certificate_is_a_clear_configuration_error(tmp_path, sqlite_
     with pytest.raises(ValueError, match="require_client_cert needs"):
         TlsSettings(cert_file=pki / "server.pem", key_file=pki / "server.key",
                     require_client_cert=True)
+
+
+@pytest.fixture
+def tls_storescp(tmp_path, pki):
+    """DCMTK storescp on TLS with the test CA's server certificate; ``peer`` is its peer
+    authentication option (-rc: a client certificate from our CA required; -ic: none)."""
+    from tests.conftest import free_port
+    from tests.peers import wait_port
+
+    procs = []
+
+    def start(peer: str) -> tuple[int, Path]:
+        port, out = free_port(), tmp_path / f"received{len(procs)}"
+        out.mkdir()
+        procs.append(subprocess.Popen(
+            [dcmtk("storescp"), "+tls", "server.key", "server.pem", "+cf", "ca.pem", peer,
+             "-aet", "TLSDEST", "-od", str(out), str(port)], cwd=pki, env=peer_env(),
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        wait_port(port)
+        return port, out
+
+    yield start
+    for proc in procs:
+        proc.terminate()
+        proc.wait(10)
+
+
+def _send_over_tls(port: int, pki: Path, **tls) -> Path:
+    from service.config import Destination, DestinationTls
+    from service.dicom.scu import send_files
+
+    path = Path(get_testdata_file("CT_small.dcm"))
+    destination = Destination(name="tls", ae_title="TLSDEST", host="127.0.0.1", port=port,
+                              tls=DestinationTls(**tls))
+    outcome = send_files([path], destination=destination, calling_aet="KIDNEYNODE", timeout=10)
+    assert outcome == {path: None}
+    return path
+
+
+def test_results_go_out_over_tls_checked_against_the_ca(tls_storescp, pki):
+    port, out = tls_storescp("-ic")
+    _send_over_tls(port, pki, ca_file=pki / "ca.pem")
+    assert len(list(out.iterdir())) == 1
+
+
+def test_mutual_tls_as_scu_presents_the_node_certificate(tls_storescp, pki):
+    from service.errors import DestinationError
+
+    port, out = tls_storescp("-rc")
+    with pytest.raises(DestinationError, match="TLS handshake failed") as refused:
+        _send_over_tls(port, pki, ca_file=pki / "ca.pem")  # no client certificate
+    assert refused.value.permanent is False
+    _send_over_tls(port, pki, ca_file=pki / "ca.pem", cert_file=pki / "client.pem",
+                   key_file=pki / "client.key")
+    assert len(list(out.iterdir())) == 1
+
+
+def test_a_destination_with_an_untrusted_certificate_gets_nothing(tls_storescp, pki):
+    from service.errors import DestinationError
+
+    port, out = tls_storescp("-ic")
+    with pytest.raises(DestinationError, match="TLS handshake failed"):
+        _send_over_tls(port, pki, ca_file=pki / "rogue-ca.pem")
+    assert list(out.iterdir()) == []
+
+
+def test_tls_destination_settings_are_checked(tmp_path, pki):
+    from pydantic import ValidationError
+
+    from service.config import Destination, DestinationTls
+    from service.dicom.scu import send_files
+    from service.errors import DestinationError
+
+    with pytest.raises(ValidationError, match="both cert_file and key_file"):
+        DestinationTls(ca_file=pki / "ca.pem", cert_file=pki / "client.pem")
+    destination = Destination(name="tls", ae_title="TLSDEST", host="127.0.0.1", port=104,
+                              tls=DestinationTls(ca_file=tmp_path / "missing.pem"))
+    with pytest.raises(DestinationError, match="cannot load its TLS CA") as failed:
+        send_files([Path(get_testdata_file("CT_small.dcm"))], destination=destination,
+                   calling_aet="KIDNEYNODE", timeout=5)
+    assert failed.value.permanent is False  # delivered once the files are fixed
