@@ -10,9 +10,10 @@ ENV PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
     KIDNEY_NODE_HTTP__HOST=127.0.0.1
 
+# dcmtk: dcmdjpeg decodes 12-bit JPEG Extended (service/imaging/dcmtk_decode.py).
 # hadolint ignore=DL3008
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends make \
+    && apt-get install -y --no-install-recommends make dcmtk \
     && rm -rf /var/lib/apt/lists/*
 
 RUN useradd --create-home --uid 1000 kidney

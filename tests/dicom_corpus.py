@@ -68,6 +68,7 @@ from service.db import Instance, Series, make_engine, make_sessionmaker, upgrade
 from service.dicom.contexts import accepted_transfer_syntaxes, scp_contexts
 from service.dicom.scp import StorageSCP
 from service.errors import SeriesLoadError
+from service.imaging.dcmtk_decode import dcmtk_decodes, decode_jpeg_extended
 from service.imaging.series import load_series
 from service.storage import InstanceStore
 from tests.peers import ROOT, dcmtk, peer_env
@@ -101,8 +102,8 @@ SHARED_CORPUS = Path(os.environ.get("KIDNEY_NODE_DICOM_CORPUS")
 SUBSET = ROOT / "tests" / "data" / "dicom_corpus"
 
 #: Catalog ``ts`` values the node refuses at negotiation, by design (README, Reception).
+#: (JPEG Extended is accepted: DCMTK, installed with the test peers, decodes it.)
 REFUSED_SYNTAXES = {
-    "JPEG Extended (Process 2 and 4)": "12-bit JPEG Extended needs a GPLv3 decoder",
     "1.2.840.10008.1.2.8.1": "Deflated Image Frame Compression: no pydicom decoder",
 }
 _IDENTIFYING = ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID")
@@ -322,6 +323,13 @@ def _row(store: InstanceStore, uids: set[str]) -> list[tuple]:
                    Instance.transfer_syntax_uid).where(Instance.sop_instance_uid.in_(uids)))]
 
 
+def _pixels(ds: Dataset) -> np.ndarray:
+    """Pixels as the node decodes them: DCMTK for JPEG Extended, pydicom otherwise."""
+    if dcmtk_decodes(str(ds.file_meta.TransferSyntaxUID)):
+        return decode_jpeg_extended(ds)
+    return ds.pixel_array
+
+
 def _check_stored(store: InstanceStore, item: CorpusFile, problems: list[str]) -> None:
     rows = _row(store, {item.sop_instance_uid})
     if not rows:
@@ -337,7 +345,7 @@ def _check_stored(store: InstanceStore, item: CorpusFile, problems: list[str]) -
         return
     original = dcmread(item.path, force=True)
     try:
-        pixels, expected = stored.pixel_array, original.pixel_array
+        pixels, expected = _pixels(stored), _pixels(original)
     except _READ_ERRORS + (RuntimeError,) as exc:
         problems.append(f"pixels of the archived copy do not decode: {exc}")
         return

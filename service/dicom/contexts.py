@@ -7,6 +7,8 @@ from pydicom.pixels import get_decoder
 from pynetdicom.presentation import AllStoragePresentationContexts, PresentationContext
 from pynetdicom.sop_class import Verification
 
+from service.imaging.dcmtk_decode import dcmtk_decodes
+
 __all__ = ["accepted_transfer_syntaxes", "scp_contexts"]
 
 _UNCOMPRESSED = (
@@ -17,10 +19,10 @@ _UNCOMPRESSED = (
 )
 _COMPRESSED = (
     tsuid.JPEGBaseline8Bit,
-    # Not JPEG Extended (1.2.840.10008.1.2.4.51): its 12-bit process 4, the one MR and CT
-    # use, is decoded only by the GPLv3 pylibjpeg-libjpeg, which the node does not ship;
-    # GDCM and Pillow report the syntax as available but fail on 12-bit data. A sender
-    # then falls back to another syntax, or the context is refused at negotiation.
+    # Not JPEG Extended (1.2.840.10008.1.2.4.51) here: its 12-bit process 4, the one MR
+    # and CT use, is decoded only by the GPLv3 pylibjpeg-libjpeg, which the node does not
+    # ship; GDCM and Pillow report the syntax as available but fail on 12-bit data. It is
+    # accepted where DCMTK decodes it (service/imaging/dcmtk_decode.py).
     tsuid.JPEGLossless,
     tsuid.JPEGLosslessSV1,
     tsuid.JPEGLSLossless,
@@ -35,8 +37,11 @@ _COMPRESSED = (
 
 
 def accepted_transfer_syntaxes() -> list[str]:
-    """Uncompressed syntaxes plus every compressed one an installed pydicom plugin decodes."""
+    """Uncompressed syntaxes plus every compressed one an installed pydicom plugin decodes,
+    and JPEG Extended where DCMTK's ``dcmdjpeg`` is installed."""
     out = list(_UNCOMPRESSED)
+    if dcmtk_decodes(tsuid.JPEGExtended12Bit):
+        out.append(tsuid.JPEGExtended12Bit)
     for uid in _COMPRESSED:
         try:
             if get_decoder(uid).is_available:

@@ -35,6 +35,7 @@ from pydicom.errors import BytesLengthException, InvalidDicomError
 from pydicom.pixels import apply_modality_lut, pixel_array
 
 from service.errors import SeriesLoadError
+from service.imaging.dcmtk_decode import dcmtk_decodes, decode_jpeg_extended
 
 __all__ = [
     "ORIENTATION_TOLERANCE",
@@ -346,7 +347,9 @@ def _decode(ds: pydicom.Dataset, series_uid: str) -> np.ndarray:
     if "PixelData" not in ds:
         raise SeriesLoadError(series_uid, f"instance {sop_uid} has no pixel data")
     try:
-        values = apply_modality_lut(pixel_array(ds), ds)
+        syntax = str(getattr(ds.file_meta, "TransferSyntaxUID", "") or "")
+        stored = decode_jpeg_extended(ds) if dcmtk_decodes(syntax) else pixel_array(ds)
+        values = apply_modality_lut(stored, ds)
     except _PIXEL_ERRORS as exc:
         raise SeriesLoadError(
             series_uid, f"instance {sop_uid}: pixel data cannot be decoded: {exc}"

@@ -110,14 +110,34 @@ def test_uncompressed_encodings_on_the_wire(node, name, option, syntax):
     assert dcmread(store.path_of(row.path)).pixel_array.shape == original.pixel_array.shape
 
 
-def test_undecodable_jpeg_extended_is_refused_at_negotiation(node):
+def test_jpeg_extended_is_accepted_and_decoded_by_dcmtk(node):
+    from service.imaging.dcmtk_decode import decode_jpeg_extended
+
     port, store = node
     source = Path(get_testdata_file("JPGExtended.dcm"))  # 12-bit process 4
-    assert tsuid.JPEGExtended12Bit not in accepted_transfer_syntaxes()
+    assert tsuid.JPEGExtended12Bit in accepted_transfer_syntaxes()  # dcmtk is installed
     sent = _dcmsend(port, source)
-    assert "no acceptable presentation context" in (sent.stdout + sent.stderr).lower() \
-        or sent.returncode != 0, sent.stdout + sent.stderr
-    assert _stored(store, str(dcmread(source).SOPInstanceUID)) is None
+    assert sent.returncode == 0 and "ERROR" not in sent.stdout + sent.stderr, sent.stderr
+    row = _stored(store, str(dcmread(source).SOPInstanceUID))
+    assert row is not None and row.transfer_syntax_uid == tsuid.JPEGExtended12Bit
+    stored = dcmread(store.path_of(row.path))
+    with pytest.raises(Exception, match="Unable to decode"):
+        _ = stored.pixel_array  # pydicom's own plugins cannot: DCMTK does it
+    pixels = decode_jpeg_extended(stored)
+    assert pixels.shape == (stored.Rows, stored.Columns)
+    assert 0 <= pixels.min() < pixels.max() < 2 ** stored.BitsStored
+
+
+def test_without_dcmtk_jpeg_extended_is_refused_at_negotiation(node, monkeypatch):
+    import service.imaging.dcmtk_decode as dcmtk_decode
+    from service.dicom.contexts import scp_contexts
+
+    monkeypatch.setattr(dcmtk_decode, "DCMDJPEG", "no-such-dcmdjpeg")
+    monkeypatch.setattr(dcmtk_decode, "_tool", lambda: None)
+    assert tsuid.JPEGExtended12Bit not in accepted_transfer_syntaxes()
+    assert all(tsuid.JPEGExtended12Bit not in cx.transfer_syntax for cx in scp_contexts())
+    with pytest.raises(ValueError, match="needs DCMTK's no-such-dcmdjpeg"):
+        dcmtk_decode.decode_jpeg_extended(dcmread(get_testdata_file("JPGExtended.dcm")))
 
 
 def test_missing_identifiers_and_truncation_are_refused_and_the_node_goes_on(node, tmp_path,
