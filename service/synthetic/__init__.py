@@ -1,5 +1,23 @@
-"""Synthetic kidney-graft MR studies for tests, the demo command and benchmarks."""
+"""Synthetic kidney-graft MR and native-kidney CT studies for tests, the demo and benchmarks."""
 
+from service.synthetic.ct_anatomy import CtAnatomy, Side, make_ct_anatomy
+from service.synthetic.ct_phantom import (
+    Coverage,
+    CtGrid,
+    CtRenderSettings,
+    KidneyTruth,
+    SyntheticCT,
+    synthesize_ct,
+)
+from service.synthetic.ct_study import (
+    CT_SERIES_DESCRIPTION,
+    CT_SERIES_NUMBER,
+    CtNiftiCase,
+    SyntheticCTStudy,
+    write_ct_nifti_case,
+    write_ct_study,
+)
+from service.synthetic.ct_tissues import CT_HU_RANGES, CtTissue
 from service.synthetic.phantom import (
     BODY_CENTRE_XY,
     KIDNEY_SEMI_AXES_MM,
@@ -37,6 +55,9 @@ from service.synthetic.study import (
 
 __all__ = [
     "BODY_CENTRE_XY",
+    "CT_HU_RANGES",
+    "CT_SERIES_DESCRIPTION",
+    "CT_SERIES_NUMBER",
     "DCE_SERIES_NUMBER",
     "KIDNEY_SEMI_AXES_MM",
     "PAPER_RANGES",
@@ -45,16 +66,26 @@ __all__ = [
     "TISSUE_SIGNALS",
     "AcquisitionProtocol",
     "Anatomy",
+    "Coverage",
+    "CtAnatomy",
+    "CtGrid",
+    "CtNiftiCase",
+    "CtRenderSettings",
+    "CtTissue",
     "DceLayout",
     "EnhancementCurve",
     "GridCentre",
     "Kidney",
+    "KidneyTruth",
     "Layer",
     "Orientation",
     "ProtocolRanges",
     "RenderSettings",
     "RigidMotion",
+    "Side",
     "SmoothDeformation",
+    "SyntheticCT",
+    "SyntheticCTStudy",
     "SyntheticMR",
     "SyntheticStudy",
     "Tissue",
@@ -63,7 +94,11 @@ __all__ = [
     "default_phase_times",
     "geometry_image",
     "make_anatomy",
+    "make_ct_anatomy",
     "paper_protocol",
+    "synthesize_ct",
     "synthesize_mr",
+    "write_ct_nifti_case",
+    "write_ct_study",
     "write_mr_study",
 ]

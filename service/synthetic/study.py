@@ -520,21 +520,27 @@ def _encode_elements(ds: pydicom.Dataset) -> list[tuple[int, bytes]]:
     return parts
 
 
-def _write_part10(path: Path, sop_instance_uid: str, parts: list[tuple[int, bytes]]) -> None:
+def _write_part10(
+    path: Path,
+    sop_instance_uid: str,
+    parts: list[tuple[int, bytes]],
+    *,
+    sop_class_uid: str = MRImageStorage,
+) -> None:
     """Write a PS3.10 file: preamble, File Meta Information, then elements in tag order."""
     buffer = DicomBytesIO()
     buffer.is_little_endian = True
     buffer.is_implicit_VR = False
     buffer.write(b"\x00" * 128 + b"DICM")
-    write_file_meta_info(buffer, _file_meta(sop_instance_uid), enforce_standard=True)
+    write_file_meta_info(buffer, _file_meta(sop_instance_uid, sop_class_uid), enforce_standard=True)
     for _, chunk in sorted(parts, key=lambda part: part[0]):
         buffer.write(chunk)
     path.write_bytes(buffer.getvalue())
 
 
-def _file_meta(sop_instance_uid: str) -> FileMetaDataset:
+def _file_meta(sop_instance_uid: str, sop_class_uid: str = MRImageStorage) -> FileMetaDataset:
     meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = MRImageStorage
+    meta.MediaStorageSOPClassUID = sop_class_uid
     meta.MediaStorageSOPInstanceUID = sop_instance_uid
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
     return meta
