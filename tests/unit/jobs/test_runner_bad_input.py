@@ -4,13 +4,14 @@ naming the study, the series and the reason, and the next study's job still succ
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
 import pydicom
 import pytest
 from sqlalchemy import select
+from sqlalchemy.orm import sessionmaker
 
 from service.config import ProcessingSettings, Settings
 from service.config.settings import ClassificationRules
@@ -96,75 +97,72 @@ def _store_study(store: InstanceStore, study: SyntheticStudy, work: Path,
                              expected_sop_class=str(ds.SOPClassUID), calling_aet="MODALITY")
 
 
-@pytest.mark.parametrize(("mutate", "reason"), CASES)
-def test_broken_dce_fails_its_own_job_and_the_next_study_succeeds(
-    tmp_path: Path, sqlite_url: str, studies: tuple[SyntheticStudy, SyntheticStudy],
-    mutate: Mutation, reason: str,
-) -> None:
-    good, bad = studies
+@pytest.fixture
+def archive(tmp_path: Path, sqlite_url: str) -> Iterator[tuple[sessionmaker, InstanceStore]]:
+    """A migrated SQLite index and an empty archive."""
     upgrade(sqlite_url)
     engine = make_engine(sqlite_url)
     sessions = make_sessionmaker(engine)
-    try:
-        store = InstanceStore(tmp_path / "archive", sessions)
-        # The broken study arrives first, so its job runs first.
-        _store_study(store, bad, tmp_path / "in-bad", mutate)
-        _store_study(store, good, tmp_path / "in-good")
-        with sessions.begin() as session:
-            queued = sweep(session, stable_age_seconds=0, rules=ClassificationRules(),
-                           mr_pipeline=PIPELINE)
-            assert [job.state for job in queued] == [JobState.QUEUED, JobState.QUEUED]
-        settings = Settings(processing=ProcessingSettings(device="cpu", mr_pipeline=PIPELINE))
-        runner = JobRunner(settings=settings, sessions=sessions, store=store, device="cpu")
-        assert runner.run_pending() == 2
+    yield sessions, InstanceStore(tmp_path / "archive", sessions)
+    engine.dispose()
 
-        with sessions() as session:
-            jobs = {uid: job for job, uid in session.execute(
-                select(Job, Study.study_instance_uid).join(Study, Job.study_pk == Study.id))}
-            failed, succeeded = jobs[bad.study_instance_uid], jobs[good.study_instance_uid]
-            assert failed.state is JobState.FAILED, failed.error
-            assert failed.error.startswith(f"study {bad.study_instance_uid}: "), failed.error
-            (dce_uid,) = bad.dce_series_uids
-            assert f"series {dce_uid}: " in failed.error
-            assert re.search(reason, failed.error), failed.error
-            assert failed.finished_at is not None and failed.attempts == 1
-            assert session.scalars(select(Result).where(Result.job_pk == failed.id)).all() == []
 
-            assert succeeded.state is JobState.SUCCEEDED, succeeded.error
-            assert succeeded.error is None
-            (result,) = session.scalars(select(Result).where(Result.job_pk == succeeded.id))
-            assert result.structure == "kidney" and result.volume_ml > 0
-            assert result.source_series_instance_uid in good.dce_series_uids
-        assert runner.run_pending() == 0  # nothing left queued or stuck
-    finally:
-        engine.dispose()
+def _queue_all(sessions: sessionmaker, store: InstanceStore) -> JobRunner:
+    """Queue a job per stable study; the runner that will run them."""
+    with sessions.begin() as session:
+        sweep(session, stable_age_seconds=0, rules=ClassificationRules(), mr_pipeline=PIPELINE)
+    settings = Settings(processing=ProcessingSettings(device="cpu", mr_pipeline=PIPELINE))
+    return JobRunner(settings=settings, sessions=sessions, store=store, device="cpu")
+
+
+@pytest.mark.parametrize(("mutate", "reason"), CASES)
+def test_broken_dce_fails_its_own_job_and_the_next_study_succeeds(
+    tmp_path: Path, archive: tuple[sessionmaker, InstanceStore],
+    studies: tuple[SyntheticStudy, SyntheticStudy], mutate: Mutation, reason: str,
+) -> None:
+    good, bad = studies
+    sessions, store = archive
+    # The broken study arrives first, so its job runs first.
+    _store_study(store, bad, tmp_path / "in-bad", mutate)
+    _store_study(store, good, tmp_path / "in-good")
+    runner = _queue_all(sessions, store)
+    assert runner.run_pending() == 2
+
+    with sessions() as session:
+        jobs = {uid: job for job, uid in session.execute(
+            select(Job, Study.study_instance_uid).join(Study, Job.study_pk == Study.id))}
+        failed, succeeded = jobs[bad.study_instance_uid], jobs[good.study_instance_uid]
+        assert failed.state is JobState.FAILED, failed.error
+        assert failed.error.startswith(f"study {bad.study_instance_uid}: "), failed.error
+        (dce_uid,) = bad.dce_series_uids
+        assert f"series {dce_uid}: " in failed.error
+        assert re.search(reason, failed.error), failed.error
+        assert failed.finished_at is not None and failed.attempts == 1
+        assert session.scalars(select(Result).where(Result.job_pk == failed.id)).all() == []
+
+        assert succeeded.state is JobState.SUCCEEDED, succeeded.error
+        assert succeeded.error is None
+        (result,) = session.scalars(select(Result).where(Result.job_pk == succeeded.id))
+        assert result.structure == "kidney" and result.volume_ml > 0
+        assert result.source_series_instance_uid in good.dce_series_uids
+    assert runner.run_pending() == 0  # nothing left queued or stuck
 
 
 def test_an_unexpected_error_fails_the_job_instead_of_leaving_it_running(
-    tmp_path: Path, sqlite_url: str, studies: tuple[SyntheticStudy, SyntheticStudy],
-    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path, archive: tuple[sessionmaker, InstanceStore],
+    studies: tuple[SyntheticStudy, SyntheticStudy], monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     good, _ = studies
-    upgrade(sqlite_url)
-    engine = make_engine(sqlite_url)
-    sessions = make_sessionmaker(engine)
-    try:
-        store = InstanceStore(tmp_path / "archive", sessions)
-        _store_study(store, good, tmp_path / "in-good")
-        with sessions.begin() as session:
-            sweep(session, stable_age_seconds=0, rules=ClassificationRules(),
-                  mr_pipeline=PIPELINE)
-        settings = Settings(processing=ProcessingSettings(device="cpu", mr_pipeline=PIPELINE))
-        runner = JobRunner(settings=settings, sessions=sessions, store=store, device="cpu")
+    sessions, store = archive
+    _store_study(store, good, tmp_path / "in-good")
+    runner = _queue_all(sessions, store)
 
-        def broken(_self, _work):  # a bug: an exception no handler expects
-            raise KeyError("boom")
+    def broken(_self, _work):  # noqa: ANN001, ANN202 - a bug no handler expects
+        raise KeyError("boom")
 
-        monkeypatch.setattr(JobRunner, "_load", broken)
-        assert runner.run_pending() == 1
-        with sessions() as session:
-            (job,) = session.scalars(select(Job))
-            assert job.state is JobState.FAILED
-            assert job.error == f"study {good.study_instance_uid}: internal error KeyError: 'boom'"
-    finally:
-        engine.dispose()
+    monkeypatch.setattr(JobRunner, "_load", broken)
+    assert runner.run_pending() == 1
+    with sessions() as session:
+        (job,) = session.scalars(select(Job))
+        assert job.state is JobState.FAILED
+        assert job.error == f"study {good.study_instance_uid}: internal error KeyError: 'boom'"
