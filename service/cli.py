@@ -25,6 +25,13 @@ __all__ = ["main"]
 logger = logging.getLogger("kidney-node")
 
 
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text} is not a positive integer")
+    return value
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="kidney-node", description=__doc__)
     p.add_argument("--config", type=Path, help="YAML config file (else KIDNEY_NODE_CONFIG)")
@@ -57,6 +64,16 @@ def _parser() -> argparse.ArgumentParser:
     jobs.add_argument("--limit", type=int, default=50)
     outbox = sub.add_parser("outbox", help="results queued for the destinations")
     outbox.add_argument("--json", action="store_true")
+    train = sub.add_parser("train", help="train a model from annotated data")
+    train_sub = train.add_subparsers(dest="train_model", required=True)
+    cortex = train_sub.add_parser("cortex", help="the renal-cortex ensemble (7 U-Nets)")
+    cortex.add_argument("data_dir", type=Path,
+                        help="<case>_ct.nii.gz + <case>_cortex.nii.gz [+ <case>_kidneys.nii.gz]")
+    cortex.add_argument("--out", type=Path, required=True, help="model folder to write")
+    cortex.add_argument("--epochs", type=_positive_int, default=30)
+    cortex.add_argument("--width", type=_positive_int, default=16,
+                        help="channels of the top level")
+    cortex.add_argument("--seed", type=int, default=0)
     demo = sub.add_parser("demo", help="send a synthetic study to the running node")
     demo.add_argument("--host", default="127.0.0.1")
     demo.add_argument("--timeout", type=float, default=300.0)
@@ -194,6 +211,15 @@ def _cmd_outbox(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_train(settings: Settings, args: argparse.Namespace) -> int:
+    from service.cortex import train_cortex
+
+    manifest = train_cortex(args.data_dir, args.out, epochs=args.epochs, width=args.width,
+                            seed=args.seed)
+    print(f"wrote {manifest}")
+    return 0
+
+
 def _cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
     from service.dicom.scu import send_files
     from service.synthetic import write_mr_study
@@ -256,7 +282,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         handler = {"segment": _cmd_segment, "volumes": _cmd_volumes, "patients": _cmd_patients,
                    "baseline": _cmd_baseline, "jobs": _cmd_jobs,
-                   "outbox": _cmd_outbox, "demo": _cmd_demo}[args.command]
+                   "outbox": _cmd_outbox, "train": _cmd_train, "demo": _cmd_demo}[args.command]
         return handler(settings, args)
     except KidneyNodeError as exc:
         print(f"kidney-node: {exc}", file=sys.stderr)

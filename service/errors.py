@@ -8,9 +8,11 @@ __all__ = [
     "DestinationError",
     "IngestError",
     "KidneyNodeError",
+    "ModelFilesError",
     "PipelineError",
     "SeriesLoadError",
     "StorageError",
+    "TrainingDataError",
 ]
 
 
@@ -62,3 +64,19 @@ class DestinationError(KidneyNodeError):
     def __init__(self, message: str, *, permanent: bool) -> None:
         super().__init__(message)
         self.permanent = permanent
+
+
+class ModelFilesError(KidneyNodeError):
+    """Installed model files are missing, unreadable or differ from their manifest."""
+
+    def __init__(self, path: object, message: str) -> None:
+        super().__init__(f"{path}: {message}")
+        self.path = path
+
+
+class TrainingDataError(KidneyNodeError):
+    """A training data folder holds no usable case, or a case's files disagree."""
+
+    def __init__(self, path: object, message: str) -> None:
+        super().__init__(f"{path}: {message}")
+        self.path = path
