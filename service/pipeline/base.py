@@ -16,6 +16,8 @@ from service.imaging.series import LoadedSeries, LoadedVolume, tm_seconds
 
 __all__ = [
     "KIDNEY",
+    "KIDNEY_LEFT",
+    "KIDNEY_RIGHT",
     "Pipeline",
     "PipelineOutput",
     "SegmentSpec",
@@ -32,11 +34,21 @@ class SegmentSpec:
     text: str  # Segment Label shown by viewers
     category: Code
     property_type: Code
+    #: SCT 24028007 Right or 7771000 Left, for paired organs; the SEG carries it as the
+    #: property type's modifier, the SR as the finding site's laterality.
+    laterality: Code | None = None
 
 
 #: The whole kidney (graft): SCT 64033007, category Anatomical Structure (SCT 91723000).
 KIDNEY = SegmentSpec(label=1, structure="kidney", text="Kidney",
                      category=codes.SCT.AnatomicalStructure, property_type=codes.SCT.Kidney)
+#: Native kidneys, by the patient's side (not the image's).
+KIDNEY_RIGHT = SegmentSpec(label=1, structure="kidney_right", text="Right kidney",
+                           category=codes.SCT.AnatomicalStructure,
+                           property_type=codes.SCT.Kidney, laterality=codes.SCT.Right)
+KIDNEY_LEFT = SegmentSpec(label=2, structure="kidney_left", text="Left kidney",
+                          category=codes.SCT.AnatomicalStructure,
+                          property_type=codes.SCT.Kidney, laterality=codes.SCT.Left)
 
 
 @dataclass(frozen=True)

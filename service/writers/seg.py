@@ -85,4 +85,12 @@ def build_segmentation(
         specific_character_set=sources[0].get("SpecificCharacterSet"),
     )
     seg.SeriesDescription = f"Kidney SEG ({pipeline_name})"[:64]
+    by_number = {spec.label: spec for spec in output.segments}
+    for item in seg.SegmentSequence:
+        spec = by_number[int(item.SegmentNumber)]
+        if spec.laterality is not None:
+            # PS3.3 C.8.20.2: laterality modifies the segmented property type.
+            item.SegmentedPropertyTypeCodeSequence[0].SegmentedPropertyTypeModifierCodeSequence = [
+                hd.sr.CodedConcept(spec.laterality.value, spec.laterality.scheme_designator,
+                                   spec.laterality.meaning)]
     return seg

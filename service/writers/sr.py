@@ -60,6 +60,8 @@ def build_volume_report(
                 segment_number=spec.label, source_series=source_series),
             finding_type=spec.property_type,
             finding_category=spec.category,
+            finding_sites=None if spec.laterality is None else [hd.sr.FindingSite(
+                anatomic_location=spec.property_type, laterality=spec.laterality)],
             algorithm_id=algorithm,
             measurements=[hd.sr.Measurement(
                 name=codes.SCT.Volume,
