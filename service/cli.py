@@ -71,7 +71,9 @@ def _parser() -> argparse.ArgumentParser:
                         help="<case>_ct.nii.gz + <case>_cortex.nii.gz [+ <case>_kidneys.nii.gz]")
     cortex.add_argument("--out", type=Path, required=True, help="model folder to write")
     cortex.add_argument("--epochs", type=_positive_int, default=30)
-    cortex.add_argument("--width", type=_positive_int, default=16,
+    # Width 8: 7 networks infer a study in about 20 s on one CPU core; width 16 takes
+    # over the 60 s budget (benchmarks/results/cortex_eval.md).
+    cortex.add_argument("--width", type=_positive_int, default=8,
                         help="channels of the top level")
     cortex.add_argument("--seed", type=int, default=0)
     demo = sub.add_parser("demo", help="send a synthetic study to the running node")

@@ -20,7 +20,7 @@ __all__ = ["train_cortex"]
 logger = logging.getLogger(__name__)
 
 
-def train_cortex(data_dir: Path, out_dir: Path, *, epochs: int = 30, width: int = 16,
+def train_cortex(data_dir: Path, out_dir: Path, *, epochs: int = 30, width: int = 8,
                  seed: int = 0, fold_models: int = 5, full_models: int = 2) -> Path:
     """Train the cortex ensemble on a data folder and write the model folder.
 
