@@ -12,30 +12,22 @@ from pynetdicom import _config, evt
 from pynetdicom.events import Event
 from pynetdicom.transport import AssociationSocket
 
-__all__ = ["DUL_POLL_SECONDS", "NODELAY_HANDLER", "client_tls_context", "configure_reception",
-           "server_tls_context",
+from service.dicom.polling import mark_active
+
+__all__ = ["NODELAY_HANDLER", "client_tls_context", "configure_reception", "server_tls_context",
            "set_nodelay"]
 
 logger = logging.getLogger(__name__)
 
-#: How long pynetdicom's DUL reactor sleeps when it finds nothing to do, on the node's
-#: associations. Its default of 1 ms delays every PDU that arrives during the sleep and every
-#: response the node sends; 0.2 ms keeps most of that latency off each C-STORE (measured
-#: idle cost: an open association and its client took 15.7 % of a core instead of 6.5 %).
-DUL_POLL_SECONDS = 0.0002
-
-
 def set_nodelay(event: Event) -> None:
     """EVT_CONN_OPEN handler: disable Nagle's algorithm on the association's socket and
-    shorten the DUL reactor's idle sleep (:data:`DUL_POLL_SECONDS`).
+    start it on the short reactor sleep of :mod:`service.dicom.polling`.
 
     pynetdicom never sets TCP_NODELAY; without it, each small PDU can wait ~40 ms for
     the peer's delayed ACK.
     """
-    dul = event.assoc.dul
-    if hasattr(dul, "_run_loop_delay"):
-        dul._run_loop_delay = DUL_POLL_SECONDS
-    sock = getattr(getattr(dul, "socket", None), "socket", None)
+    mark_active(event)
+    sock = getattr(getattr(event.assoc.dul, "socket", None), "socket", None)
     if sock is None:
         logger.warning("no socket on association %s to set TCP_NODELAY", event.assoc.name)
         return

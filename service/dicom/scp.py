@@ -15,6 +15,7 @@ from pynetdicom.transport import ThreadedAssociationServer
 from service.config import DicomSettings
 from service.dicom.contexts import scp_contexts
 from service.dicom.net import NODELAY_HANDLER, configure_reception, server_tls_context
+from service.dicom.polling import ACTIVITY_HANDLER, IdleRelaxer
 from service.errors import ConfigError, DatasetMismatchError, IngestError, StorageError
 from service.storage import InstanceStore
 
@@ -69,6 +70,7 @@ class StorageSCP:
             (evt.EVT_C_ECHO, _handle_echo),
             (evt.EVT_REJECTED, _log_rejected),
             NODELAY_HANDLER,
+            ACTIVITY_HANDLER,
         ]
         tls = self.settings.tls
         try:
@@ -88,6 +90,9 @@ class StorageSCP:
             self._server.verify_request = types.MethodType(  # type: ignore[method-assign]
                 lambda _server, request, address: peer_allowed(address, networks),
                 self._server)
+        server = self._server
+        self._relaxer = IdleRelaxer(lambda: server.active_associations)
+        self._relaxer.start()
         port = self._server.server_address[1]
         logger.info("DICOM SCP %s listening on %s:%s%s (calling AEs allowed: %s; peers: %s)",
                     self.settings.ae_title, self.settings.host, port,
@@ -100,6 +105,7 @@ class StorageSCP:
 
     def stop(self) -> None:
         if self._server is not None:
+            self._relaxer.stop()
             self._server.shutdown()
             self._server = None
 
