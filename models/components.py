@@ -157,19 +157,24 @@ def label_components(mask: np.ndarray) -> tuple[np.ndarray, int]:
     return labels, int(n)
 
 
-def largest_component(mask: np.ndarray, support: np.ndarray | None = None) -> np.ndarray:
-    """Keep the largest 6-connected component of a 3D mask.
+def largest_component(mask: np.ndarray, support: np.ndarray | None = None, *,
+                      structure: np.ndarray = FACE_CONNECTIVITY) -> np.ndarray:
+    """Keep the largest component of a mask (6-connected 3D by default).
 
     Parameters
     ----------
     mask : numpy.ndarray
-        Boolean (z, y, x) mask.
+        Boolean mask with as many dimensions as ``structure``: (z, y, x) by default.
     support : numpy.ndarray, optional
         Boolean mask of the same shape. When given, components are ranked by how many
         ``support`` voxels they contain instead of by their own size (ties go to the bigger
         component). Used to rank components of a morphologically closed mask by the raw
         voxels they hold, so that a bundle of thin structures that closing merged into a
         big blob does not outrank a solid organ.
+
+    structure : numpy.ndarray
+        Connectivity (``scipy.ndimage.label``), e.g. a 3 x 3 block of ones for 8-connected
+        components of a 2D slice.
 
     Returns
     -------
@@ -179,16 +184,17 @@ def largest_component(mask: np.ndarray, support: np.ndarray | None = None) -> np
     Raises
     ------
     ValueError
-        If the masks are not 3D boolean masks or their shapes differ.
+        If the masks are not boolean masks of ``structure``'s dimension or their shapes
+        differ.
     """
-    arr = _as_mask(mask)
-    labels, n = label_components(arr)
+    arr = _as_mask(mask, ndim=structure.ndim)
+    labels, n = ndi.label(arr, structure=structure, output=np.int32)
     if n == 0:
         return np.zeros_like(arr)
     sizes = np.bincount(labels.ravel(), minlength=n + 1).astype(np.float64)
     score = sizes
     if support is not None:
-        sup = _as_mask(support, "support")
+        sup = _as_mask(support, "support", ndim=structure.ndim)
         if sup.shape != arr.shape:
             raise ValueError(f"support shape {sup.shape} does not match mask shape {arr.shape}")
         hits = np.bincount(labels[sup], minlength=n + 1).astype(np.float64)

@@ -33,9 +33,9 @@ from collections.abc import Sequence
 import numpy as np
 import SimpleITK as sitk
 import torch
-from scipy import ndimage as ndi
 from torch import nn
 
+from models.components import largest_component
 from models.cortex_data import (
     crop_around,
     kidney_regions,
@@ -55,16 +55,6 @@ __all__ = [
 ]
 
 _EIGHT = np.ones((3, 3), dtype=bool)
-_FACE_3D = ndi.generate_binary_structure(3, 1)
-
-
-def _largest(mask: np.ndarray, structure: np.ndarray) -> np.ndarray:
-    labels, n = ndi.label(mask, structure=structure)
-    if n == 0:
-        return np.zeros(mask.shape, dtype=bool)
-    sizes = np.bincount(labels.ravel())
-    sizes[0] = 0
-    return labels == int(np.argmax(sizes))
 
 
 def keep_largest_component(prob: np.ndarray, *, threshold: float = 0.5,
@@ -92,11 +82,11 @@ def keep_largest_component(prob: np.ndarray, *, threshold: float = 0.5,
         raise ValueError(f"prob must be 2D or 3D, got shape {p.shape}")
     fg = p > threshold
     if p.ndim == 2:
-        keep = _largest(fg, _EIGHT)
+        keep = largest_component(fg, structure=_EIGHT)
     elif per_slice:
-        keep = np.stack([_largest(s, _EIGHT) for s in fg])
+        keep = np.stack([largest_component(s, structure=_EIGHT) for s in fg])
     else:
-        keep = _largest(fg, _FACE_3D)
+        keep = largest_component(fg)
     return np.where(keep, p, np.float32(0.0))
 
 

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import struct
+
+from pydicom.errors import BytesLengthException, InvalidDicomError
+
 __all__ = [
+    "DICOM_READ_ERRORS",
     "ConfigError",
     "DatasetMismatchError",
     "DestinationError",
@@ -14,6 +19,13 @@ __all__ = [
     "StorageError",
     "TrainingDataError",
 ]
+
+
+#: What pydicom raises on a file that is not (valid) DICOM, or on an element whose value
+#: does not fit its VR or whose VR is unknown (elements are decoded when first read).
+DICOM_READ_ERRORS: tuple[type[Exception], ...] = (
+    InvalidDicomError, BytesLengthException, struct.error, EOFError, ValueError, TypeError,
+    KeyError, OverflowError, AttributeError, NotImplementedError)
 
 
 class KidneyNodeError(Exception):

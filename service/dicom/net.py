@@ -19,6 +19,7 @@ __all__ = ["NODELAY_HANDLER", "client_tls_context", "configure_reception", "serv
 
 logger = logging.getLogger(__name__)
 
+
 def set_nodelay(event: Event) -> None:
     """EVT_CONN_OPEN handler: disable Nagle's algorithm on the association's socket and
     start it on the short reactor sleep of :mod:`service.dicom.polling`.

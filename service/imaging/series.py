@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import logging
 import math
-import struct
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -31,10 +30,9 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import SimpleITK as sitk
-from pydicom.errors import BytesLengthException, InvalidDicomError
 from pydicom.pixels import apply_modality_lut, pixel_array
 
-from service.errors import SeriesLoadError
+from service.errors import DICOM_READ_ERRORS, SeriesLoadError
 from service.imaging.dcmtk_decode import dcmtk_decodes, decode_jpeg_extended
 
 __all__ = [
@@ -92,19 +90,9 @@ _PIXEL_ERRORS: tuple[type[Exception], ...] = (
     ValueError,
 )
 
-#: Errors dcmread raises on files that are not (valid) DICOM, or pydicom on decoding an
-#: element whose value does not fit its VR (or whose VR is unknown).
-_READ_ERRORS: tuple[type[Exception], ...] = (
-    InvalidDicomError,
-    BytesLengthException,
-    NotImplementedError,
-    struct.error,
-    OSError,
-    EOFError,
-    ValueError,
-    KeyError,
-    TypeError,
-)
+#: Errors of reading a series file: pydicom's on a corrupt file or element, the file
+#: system's on an unreadable one.
+_READ_ERRORS: tuple[type[Exception], ...] = (*DICOM_READ_ERRORS, OSError)
 
 
 @dataclass(frozen=True)

@@ -158,15 +158,24 @@ def index_instance(
         return IndexOutcome(True, new_series.id, new_series.study_pk,
                             moved_from=old_path if old_path != relpath else None)
     series = _get_or_create_series(session, header)
-    session.add(Instance(
-        series=series, sop_instance_uid=header.sop_uid, sop_class_uid=header.sop_class_uid,
-        transfer_syntax_uid=transfer_syntax_uid, instance_number=header.instance_number,
-        temporal_position=header.temporal_position, path=relpath, size_bytes=size_bytes,
-        origin=origin, calling_aet=calling_aet))
+    session.add(Instance(series=series, **_instance_values(
+        header, relpath=relpath, size_bytes=size_bytes, transfer_syntax_uid=transfer_syntax_uid,
+        calling_aet=calling_aet, origin=origin)))
     if origin is InstanceOrigin.RECEIVED:
         series.study.last_received_at = utcnow()
     session.flush()
     return IndexOutcome(True, series.id, series.study.id)
+
+
+def _instance_values(header: InstanceHeader, *, relpath: str, size_bytes: int,
+                     transfer_syntax_uid: str, calling_aet: str | None,
+                     origin: InstanceOrigin) -> dict[str, object]:
+    """The columns of an instance row, for the ORM path and the one-INSERT path alike."""
+    return {"sop_instance_uid": header.sop_uid, "sop_class_uid": header.sop_class_uid,
+            "transfer_syntax_uid": transfer_syntax_uid,
+            "instance_number": header.instance_number,
+            "temporal_position": header.temporal_position, "path": relpath,
+            "size_bytes": size_bytes, "origin": origin, "calling_aet": calling_aet}
 
 
 def _get_or_create_series(session: Session, header: InstanceHeader) -> Series:
@@ -210,11 +219,8 @@ def insert_into_known_series(
     """
     now = utcnow()
     conn.execute(_INSERT_INSTANCE, {
-        "series_pk": series_pk, "sop_instance_uid": header.sop_uid,
-        "sop_class_uid": header.sop_class_uid, "transfer_syntax_uid": transfer_syntax_uid,
-        "instance_number": header.instance_number,
-        "temporal_position": header.temporal_position, "path": relpath,
-        "size_bytes": size_bytes, "origin": origin, "calling_aet": calling_aet,
-        "received_at": now})
+        "series_pk": series_pk, "received_at": now, **_instance_values(
+            header, relpath=relpath, size_bytes=size_bytes,
+            transfer_syntax_uid=transfer_syntax_uid, calling_aet=calling_aet, origin=origin)})
     if origin is InstanceOrigin.RECEIVED:
         conn.execute(_TOUCH_STUDY, {"study_pk": study_pk, "now": now})

@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-import struct
 import tempfile
 import threading
 from collections import OrderedDict
@@ -14,12 +13,11 @@ from pathlib import Path
 
 from pydicom import dcmread
 from pydicom.dataset import Dataset
-from pydicom.errors import BytesLengthException, InvalidDicomError
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from service.db.tables import InstanceOrigin
-from service.errors import DatasetMismatchError, IngestError, StorageError
+from service.errors import DICOM_READ_ERRORS, DatasetMismatchError, IngestError, StorageError
 from service.storage.index import (
     IndexOutcome,
     InstanceHeader,
@@ -37,9 +35,6 @@ logger = logging.getLogger(__name__)
 _KNOWN_SERIES_MAX = 1024
 
 _REQUIRED = ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID")
-#: What pydicom raises on a corrupt file or element (elements are decoded when first read).
-_HEADER_ERRORS = (InvalidDicomError, BytesLengthException, struct.error, EOFError, ValueError,
-                  TypeError, KeyError, OverflowError, AttributeError, NotImplementedError)
 
 
 @dataclass(frozen=True)
@@ -78,7 +73,7 @@ def read_header(
         try:
             ds = dcmread(fh, stop_before_pixels=True)
             missing = [k for k in _REQUIRED if not str(ds.get(k, "") or "").strip()]
-        except _HEADER_ERRORS as exc:
+        except DICOM_READ_ERRORS as exc:
             raise IngestError(f"instance {label}: unreadable header: {exc}") from exc
         if missing:
             raise IngestError(
@@ -158,7 +153,7 @@ class InstanceStore:
                          expected_sop_class=expected_sop_class)
         try:
             header = InstanceHeader.from_dataset(ds)
-        except _HEADER_ERRORS as exc:  # e.g. a Patient ID whose VR says 8-byte floats
+        except DICOM_READ_ERRORS as exc:  # e.g. a Patient ID whose VR says 8-byte floats
             raise IngestError(f"instance {expected_sop_uid or temp_path}: unreadable header: "
                               f"{exc}") from exc
         tsyntax = str(getattr(ds.file_meta, "TransferSyntaxUID", "") or "")
@@ -169,8 +164,9 @@ class InstanceStore:
             existed = final.exists()
             with open(temp_path, "rb+") as fh:
                 os.fsync(fh.fileno())
-            size = temp_path.stat().st_size
-            if temp_path.stat().st_dev == final.parent.stat().st_dev:
+                stat = os.fstat(fh.fileno())
+            size = stat.st_size
+            if stat.st_dev == final.parent.stat().st_dev:
                 os.replace(temp_path, final)
             else:  # another filesystem: copy next to the target, then rename
                 staged = self.incoming / (final.name + ".part")
