@@ -1,0 +1,114 @@
+"""Body outline and spine track of an abdominal CT, on a patient-aligned working grid.
+
+Everything here works on a CT resampled by :func:`to_working_grid`: axes ``(z, y, x)``
+along the patient's superior, posterior and left directions (DICOM LPS, "LPS" in
+SimpleITK's ``DICOMOrient``), isotropic voxels. A patient-aligned grid lets the kidney
+search speak of "lateral", "posterior" and "right" whatever the acquisition's
+orientation (supine or prone tables, feet-first, flipped arrays).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import SimpleITK as sitk
+from scipy import ndimage as ndi
+
+__all__ = ["AIR_HU", "SpineTrack", "body_mask", "spine_track", "to_working_grid"]
+
+#: Fill value outside the scanned field (air).
+AIR_HU = -1024.0
+
+
+def to_working_grid(ct: sitk.Image, spacing_mm: float) -> sitk.Image:
+    """``ct`` resampled to isotropic ``spacing_mm`` voxels on an LPS-aligned grid.
+
+    The grid covers the CT's physical extent; linear interpolation; air outside.
+    """
+    image = sitk.Cast(ct, sitk.sitkFloat32)
+    direction = np.array(image.GetDirection()).reshape(3, 3)
+    size = np.array(image.GetSize())
+    spacing = np.array(image.GetSpacing())
+    origin = np.array(image.GetOrigin())
+    corners = []
+    for c in np.ndindex(2, 2, 2):
+        index = (np.array(c) * (size - 1)).astype(float)
+        corners.append(origin + direction @ (index * spacing))
+    corners = np.array(corners)
+    lo, hi = corners.min(axis=0), corners.max(axis=0)
+    new_size = [max(1, int(np.floor((h - low) / spacing_mm)) + 1)
+                for low, h in zip(lo, hi, strict=True)]
+    return sitk.Resample(image, new_size, sitk.Transform(), sitk.sitkLinear,
+                         tuple(float(v) for v in lo), (spacing_mm,) * 3,
+                         tuple(float(v) for v in np.eye(3).ravel()), AIR_HU,
+                         sitk.sitkFloat32)
+
+
+def body_mask(hu: np.ndarray, *, threshold_hu: float = -400.0) -> np.ndarray:
+    """The patient's body: the largest connected region above ``threshold_hu``, with
+    each axial slice's holes (lungs, bowel gas) filled. The table, thin and apart from the
+    body, is left out by the largest-component choice."""
+    tissue = ndi.binary_opening(hu > threshold_hu, iterations=1)
+    labels, n = ndi.label(tissue)
+    if n == 0:
+        return np.zeros(hu.shape, dtype=bool)
+    sizes = np.bincount(labels.ravel())
+    sizes[0] = 0
+    body = labels == int(np.argmax(sizes))
+    for k in range(body.shape[0]):
+        body[k] = ndi.binary_fill_holes(body[k])
+    return body
+
+
+@dataclass(frozen=True)
+class SpineTrack:
+    """Centre of the vertebral column per axial slice (voxel x and y), interpolated
+    across slices without bone; ``found`` marks the slices where it was seen."""
+
+    x: np.ndarray
+    y: np.ndarray
+    found: np.ndarray
+
+    @property
+    def any(self) -> bool:
+        return bool(self.found.any())
+
+
+def spine_track(hu: np.ndarray, body: np.ndarray, spacing_mm: float, *,
+                bone_hu: float = 250.0, band_mm: float = 35.0) -> SpineTrack:
+    """The vertebral column, slice by slice.
+
+    On each axial slice, bone (> ``bone_hu``) within ``band_mm`` of the body's mid-line
+    and in the posterior 65 % of the body is taken; its median position is the column's
+    centre there. The median keeps a contrast-filled aorta (a disc beside a whole
+    vertebra) from pulling the centre far. A running median over 5 slices removes
+    outliers; slices without bone are interpolated from their neighbours.
+    """
+    nz = hu.shape[0]
+    xs = np.full(nz, np.nan)
+    ys = np.full(nz, np.nan)
+    band = band_mm / spacing_mm
+    min_pixels = max(4, int(150.0 / spacing_mm ** 2))  # ~1.5 cm² of bone
+    for k in range(nz):
+        yy, xx = np.nonzero(body[k])
+        if yy.size < 50:
+            continue
+        x_mid = 0.5 * (xx.min() + xx.max())
+        y_front, y_back = yy.min(), yy.max()
+        y_cut = y_front + 0.35 * (y_back - y_front)
+        by, bx = np.nonzero(hu[k] > bone_hu)
+        keep = (np.abs(bx - x_mid) <= band) & (by >= y_cut) & body[k][by, bx]
+        if keep.sum() < min_pixels:
+            continue
+        xs[k] = np.median(bx[keep])
+        ys[k] = np.median(by[keep])
+    found = ~np.isnan(xs)
+    if found.sum() >= 3:
+        xs[found] = ndi.median_filter(xs[found], size=5, mode="nearest")
+        ys[found] = ndi.median_filter(ys[found], size=5, mode="nearest")
+    if found.any():
+        idx = np.arange(nz)
+        xs = np.interp(idx, idx[found], xs[found])
+        ys = np.interp(idx, idx[found], ys[found])
+    return SpineTrack(x=xs, y=ys, found=found)

@@ -1,0 +1,398 @@
+"""Both kidneys in an abdominal CT, without trained weights.
+
+The method (issue 6; findings that led to it in ``docs/notes/ct-kidney-localisation.md``):
+
+1. **Working grid.** The CT is resampled to isotropic voxels on a patient-aligned (LPS)
+   grid (:func:`models.ct_body.to_working_grid`), so "right", "lateral" and "posterior"
+   are array directions whatever the acquisition's orientation.
+2. **Search zone per side.** The vertebral column is tracked slice by slice
+   (:func:`models.ct_body.spine_track`); each kidney is searched in a paravertebral box
+   on its own side: ``lateral_mm`` from the column's centre, ``ap_mm`` around it, inside
+   the body, outside bone (cortical bone closed and hole-filled, so the cancellous bone of
+   vertebrae, ribs and iliac wings is excluded too).
+3. **Candidates by intensity window.** A kidney's HU depends on the contrast phase (about
+   30 unenhanced, 150–250 for the cortico-medullary cortex): rather than assume one, every
+   window ``[lo, lo + w)`` of a grid of windows is tried; the voxels of the zone in the
+   window are opened by one voxel (to cut thin bridges to neighbours) and split into
+   connected components; components of plausible volume are candidates.
+4. **Score.** Each candidate is scored by how kidney-like it is, with no learned
+   parameter: the share of its outer shell that differs in HU from it (a kidney is
+   wrapped in perirenal fat and differs from the liver, spleen and psoas it touches),
+   its compactness (volume over that of the ellipsoid with its second moments), the
+   size of its principal semi-axes against an adult kidney's (about 55 × 30 × 22 mm), and
+   how little of its shell is bone. The best candidate of a side is its kidney if its
+   score reaches ``min_score``; otherwise that side has none and says why.
+5. **Delineation.** The chosen component is closed, hole-filled (the renal sinus and a
+   medulla darker than the cortex belong to the kidney's volume) and given back the rim
+   the opening took, limited to non-fat voxels; the mask is resampled to the CT's grid.
+
+A field of view without kidneys yields no candidate above the score threshold on
+either side: the caller reports "no kidney in field of view" rather than a volume.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import SimpleITK as sitk
+from scipy import ndimage as ndi
+
+from models.ct_body import SpineTrack, body_mask, spine_track, to_working_grid
+
+__all__ = ["CtKidneyConfig", "CtKidneys", "FoundKidney", "segment_ct_kidneys"]
+
+SIDES = ("right", "left")
+
+
+@dataclass(frozen=True)
+class CtKidneyConfig:
+    """Settings of the method (defaults are the method's, not tuned per study)."""
+
+    #: Working grid spacing in mm (the CT is resampled to it, isotropic).
+    working_spacing_mm: float = 2.5
+    #: Lateral distance of the search zone from the column's centre, mm.
+    lateral_mm: tuple[float, float] = (25.0, 140.0)
+    #: Antero-posterior extent of the zone around the column's centre (anterior < 0), mm.
+    ap_mm: tuple[float, float] = (-75.0, 60.0)
+    #: Lower ends of the HU windows tried, and their widths.
+    window_lows_hu: tuple[float, ...] = tuple(float(v) for v in range(-20, 260, 10))
+    window_widths_hu: tuple[float, ...] = (30.0, 50.0, 80.0, 120.0, 180.0)
+    #: Plausible kidney volume (ml) of a candidate before delineation.
+    candidate_ml: tuple[float, float] = (25.0, 600.0)
+    #: A shell voxel "differs" from the candidate by more than this many HU.
+    contrast_hu: float = 25.0
+    #: Adult kidney semi-axes (mm) and the log-normal spread of the shape term.
+    semi_axes_mm: tuple[float, float, float] = (55.0, 30.0, 22.0)
+    shape_sigma: float = 0.35
+    #: Long axis tilt from the body's axis that costs nothing, and the spread beyond it.
+    max_tilt_deg: float = 35.0
+    tilt_sigma_deg: float = 20.0
+    #: Candidates with more of their shell next to bone than this are not kidneys.
+    max_bone_share: float = 0.12
+    #: Candidates are closed by a ball of this many voxels and hole-filled before their
+    #: shape is scored (the renal sinus opens medially: the raw component is a "C").
+    score_closing_voxels: int = 2
+    #: Best distinct candidates of a side that are grown by merging before the choice.
+    merge_seeds: int = 4
+    #: Non-fat voxels this many voxels around the chosen region are added back (the
+    #: one-voxel opening of the candidates takes a rim off).
+    rim_voxels: int = 1
+    #: Radius (voxels) of the opening that detaches vessels and the ureter from the kidney.
+    detach_voxels: int = 2
+    #: Lowest score of a kidney.
+    min_score: float = 0.2
+    #: Voxels above this HU are cortical bone; below ``fat_hu`` fat.
+    bone_hu: float = 300.0
+    fat_hu: float = -30.0
+
+
+@dataclass(frozen=True)
+class FoundKidney:
+    """One kidney: a boolean ``(z, y, x)`` mask on the input CT's grid."""
+
+    side: str  # "right" or "left": the patient's side, from the direction matrix
+    mask: np.ndarray
+    volume_ml: float
+    #: The candidate's score in [0, 1] (how kidney-like it looked).
+    score: float
+    #: True when the mask touches the first or last slice (kidney may be cut off).
+    touches_edge: bool
+
+
+@dataclass(frozen=True)
+class CtKidneys:
+    """What the method found: each side's kidney, or None with the reason."""
+
+    right: FoundKidney | None
+    left: FoundKidney | None
+    #: Why a side has no kidney, by side.
+    reasons: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def found(self) -> tuple[FoundKidney, ...]:
+        return tuple(k for k in (self.right, self.left) if k is not None)
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A connected component of one window, with its score terms (working grid)."""
+
+    window: tuple[float, float]
+    bbox: tuple[slice, slice, slice]
+    mask: np.ndarray  # within bbox
+    volume_ml: float
+    contrast: float
+    compactness: float
+    shape: float
+    bone_share: float
+    #: How close the long axis is to the body's long axis (kidneys: 15–35° off it).
+    upright: float
+    #: 1 with no bone along the shell, falling linearly to 0 at ``max_bone_share``.
+    bone_free: float
+
+    @property
+    def score(self) -> float:
+        return (self.contrast ** 2 * self.compactness ** 2 * self.shape * self.upright
+                * self.bone_free)
+
+
+_BALL1 = ndi.generate_binary_structure(3, 1)
+
+
+def segment_ct_kidneys(ct: sitk.Image, config: CtKidneyConfig | None = None) -> CtKidneys:
+    """Find and segment the right and left kidney of ``ct`` (HU, any orientation).
+
+    Returns
+    -------
+    CtKidneys
+        Each side's kidney on ``ct``'s grid, or None and the reason.
+    """
+    config = config or CtKidneyConfig()
+    s = config.working_spacing_mm
+    work = to_working_grid(ct, s)
+    hu = sitk.GetArrayFromImage(work)
+    body = body_mask(hu)
+    spine = spine_track(hu, body, s)
+    if not spine.any:
+        reason = "no vertebral column found to place the kidney search"
+        return CtKidneys(None, None, {side: reason for side in SIDES})
+    bone = bone_mask(hu, config.bone_hu)
+    found: dict[str, FoundKidney | None] = {}
+    reasons: dict[str, str] = {}
+    for side in SIDES:
+        zone = search_zone(body, bone, spine, side, s, config)
+        candidates = find_candidates(hu, zone, bone, s, config)
+        best = None
+        for seed in _distinct_best(candidates, config.merge_seeds):
+            grown = merge_neighbours(hu, bone, seed, candidates, s, config)
+            if best is None or grown.score > best.score:
+                best = grown
+        if best is None or best.score < config.min_score:
+            found[side] = None
+            reasons[side] = (
+                f"no kidney-like region on the {side} (best score "
+                f"{0.0 if best is None else best.score:.2f} < {config.min_score})")
+            continue
+        mask = delineate(hu, best, zone, config)
+        found[side] = _on_ct_grid(side, mask, work, ct, best.score)
+    return CtKidneys(found["right"], found["left"], reasons)
+
+
+def _distinct_best(candidates: list[Candidate], n: int) -> list[Candidate]:
+    """The ``n`` best-scoring candidates whose boxes' centres are apart (> 4 voxels)."""
+    chosen: list[Candidate] = []
+    for c in sorted(candidates, key=lambda c: -c.score):
+        centre = np.array([(b.start + b.stop) / 2 for b in c.bbox])
+        if all(np.abs(centre - np.array([(b.start + b.stop) / 2 for b in o.bbox])).max() > 4
+               for o in chosen):
+            chosen.append(c)
+        if len(chosen) == n:
+            break
+    return chosen
+
+
+def bone_mask(hu: np.ndarray, bone_hu: float) -> np.ndarray:
+    """Cortical bone, closed within each axial slice and hole-filled, so that the
+    cancellous bone inside vertebrae, ribs and iliac wings counts as bone too."""
+    bone = hu > bone_hu
+    disc = np.ones((1, 5, 5), dtype=bool)
+    bone = ndi.binary_closing(bone, structure=disc)
+    for k in range(bone.shape[0]):
+        bone[k] = ndi.binary_fill_holes(bone[k])
+    return bone
+
+
+def search_zone(body: np.ndarray, bone: np.ndarray, spine: SpineTrack, side: str,
+                spacing_mm: float, config: CtKidneyConfig) -> np.ndarray:
+    """The paravertebral box where ``side``'s kidney is searched (LPS working grid:
+    the patient's right is the low-x side)."""
+    nz, ny, nx = body.shape
+    x = np.arange(nx)[None, None, :]
+    y = np.arange(ny)[None, :, None]
+    dx = (x - spine.x[:, None, None]) * spacing_mm
+    dy = (y - spine.y[:, None, None]) * spacing_mm
+    lateral = -dx if side == "right" else dx
+    lo, hi = config.lateral_mm
+    a0, a1 = config.ap_mm
+    zone = (lateral >= lo) & (lateral <= hi) & (dy >= a0) & (dy <= a1)
+    return zone & body & ~bone
+
+
+def find_candidates(hu: np.ndarray, zone: np.ndarray, bone: np.ndarray, spacing_mm: float,
+                    config: CtKidneyConfig) -> list[Candidate]:
+    """Every window's connected components of plausible volume, scored."""
+    if not zone.any():
+        return []
+    bbox = ndi.find_objects(zone.astype(np.uint8))[0]
+    sub = hu[bbox]
+    z_in = zone[bbox]
+    voxel_ml = spacing_mm ** 3 / 1000.0
+    min_vox = config.candidate_ml[0] / voxel_ml
+    max_vox = config.candidate_ml[1] / voxel_ml
+    out: list[Candidate] = []
+    for lo in config.window_lows_hu:
+        for w in config.window_widths_hu:
+            window = (lo, lo + w)
+            m = z_in & (sub >= lo) & (sub < lo + w)
+            m = ndi.binary_opening(m, structure=_BALL1)
+            labels, n = ndi.label(m)
+            if n == 0:
+                continue
+            sizes = np.bincount(labels.ravel())
+            objects = ndi.find_objects(labels)
+            for lab in np.nonzero((sizes >= min_vox) & (sizes <= max_vox))[0]:
+                if lab == 0:
+                    continue
+                obj = objects[lab - 1]
+                if obj[0].start == 0 and obj[0].stop == z_in.shape[0]:
+                    continue  # neither pole in view: not measurable as a kidney
+                where = tuple(slice(o.start + b.start, o.stop + b.start)
+                              for o, b in zip(obj, bbox, strict=True))
+                out.append(score_region(hu, bone, where, labels[obj] == lab, window,
+                                        spacing_mm, config))
+    return out
+
+
+def _grow_box(box: tuple[slice, ...], pad: int, shape: tuple[int, ...]) -> tuple[slice, ...]:
+    return tuple(slice(max(0, b.start - pad), min(n, b.stop + pad))
+                 for b, n in zip(box, shape, strict=True))
+
+
+def _place(mask: np.ndarray, where: tuple[slice, ...], box: tuple[slice, ...]) -> np.ndarray:
+    """``mask`` (covering ``where``) as an array covering the larger ``box``."""
+    out = np.zeros(tuple(b.stop - b.start for b in box), dtype=bool)
+    out[tuple(slice(w.start - b.start, w.stop - b.start)
+              for w, b in zip(where, box, strict=True))] = mask
+    return out
+
+
+def score_region(hu: np.ndarray, bone: np.ndarray, where: tuple[slice, ...],
+                 comp: np.ndarray, window: tuple[float, float], spacing_mm: float,
+                 config: CtKidneyConfig) -> Candidate:
+    """Solidify a region (``comp`` covering ``where`` on the working grid) and score it."""
+    box = _grow_box(where, config.score_closing_voxels + 2, hu.shape)
+    inner = solidify(_place(comp, where, box), config.score_closing_voxels)
+    volume_ml = float(inner.sum()) * spacing_mm ** 3 / 1000.0
+    shell = ndi.binary_dilation(inner, structure=_BALL1, iterations=2) & ~inner
+    values = hu[box]
+    median = float(np.median(values[inner]))
+    shell_values = values[shell]
+    contrast = float(np.mean(np.abs(shell_values - median) > config.contrast_hu)) \
+        if shell_values.size else 0.0
+    bone_share = float(np.mean(bone[box][shell])) if shell_values.size else 0.0
+    pts = np.argwhere(inner).astype(float) * spacing_mm
+    cov = np.cov(pts.T) if len(pts) > 3 else np.eye(3)
+    eigval, eigvec = np.linalg.eigh(cov)
+    semi = np.sqrt(5.0 * np.clip(eigval[::-1], 1e-6, None))  # solid ellipsoid: var = a²/5
+    ellipsoid_ml = 4.0 / 3.0 * math.pi * float(np.prod(semi)) / 1000.0
+    compactness = min(1.0, volume_ml / ellipsoid_ml) if ellipsoid_ml > 0 else 0.0
+    tilt = math.degrees(math.acos(min(1.0, abs(float(eigvec[0, -1])))))
+    excess = max(0.0, tilt - config.max_tilt_deg)
+    upright = math.exp(-excess ** 2 / (2 * config.tilt_sigma_deg ** 2))
+    ref = np.log(np.array(config.semi_axes_mm))
+    shape = float(np.exp(-np.sum((np.log(semi) - ref) ** 2) / (2 * config.shape_sigma ** 2)))
+    bone_free = max(0.0, 1.0 - bone_share / config.max_bone_share)
+    return Candidate(window=window, bbox=box, mask=inner, volume_ml=volume_ml,
+                     contrast=contrast, compactness=compactness, shape=shape,
+                     bone_share=bone_share, upright=upright, bone_free=bone_free)
+
+
+def merge_neighbours(hu: np.ndarray, bone: np.ndarray, seed: Candidate,
+                     candidates: list[Candidate], spacing_mm: float, config: CtKidneyConfig,
+                     *, rounds: int = 3) -> Candidate:
+    """Grow ``seed`` by the union with touching candidates of other windows while that
+    raises its score: an enhanced kidney is a bright cortex around a darker medulla, two
+    windows' components that only together look like a kidney."""
+    best = seed
+    for _ in range(rounds):
+        reach = _grow_box(best.bbox, 1, hu.shape)
+        near = ndi.binary_dilation(_place(best.mask, best.bbox, reach), structure=_BALL1)
+        improved = None
+        seen: set[tuple] = set()
+        for other in candidates:
+            if not all(o.start < r.stop and r.start < o.stop
+                       for o, r in zip(other.bbox, reach, strict=True)):
+                continue
+            box = tuple(slice(min(a.start, b.start), max(a.stop, b.stop))
+                        for a, b in zip(reach, other.bbox, strict=True))
+            mine = _place(near, reach, box)
+            theirs = _place(other.mask, other.bbox, box)
+            extra = theirs & ~_place(best.mask, best.bbox, box)
+            if not (mine & theirs).any() or extra.sum() < 0.1 * theirs.sum():
+                continue
+            key = (tuple((s.start, s.stop) for s in box), int(extra.sum()))
+            if key in seen:
+                continue
+            seen.add(key)
+            union = _place(best.mask, best.bbox, box) | theirs
+            merged = score_region(hu, bone, box, union, best.window, spacing_mm, config)
+            if merged.score > (improved or best).score:
+                improved = merged
+        if improved is None:
+            break
+        best = improved
+    return best
+
+
+def delineate(hu: np.ndarray, best: Candidate, zone: np.ndarray,
+              config: CtKidneyConfig) -> np.ndarray:
+    """The kidney's mask on the working grid from its chosen (solidified) candidate.
+
+    The renal sinus fat, filled in to score the shape, is taken out again: the kidney's
+    volume is its parenchyma and collecting system, as reference segmentations draw it.
+    The largest remaining component is the kidney.
+    """
+    mask = np.zeros(hu.shape, dtype=bool)
+    mask[best.bbox] = best.mask
+    if config.rim_voxels > 0:
+        rim = ndi.binary_dilation(mask, structure=_BALL1, iterations=config.rim_voxels)
+        mask |= rim & zone
+    mask &= hu > config.fat_hu
+    r = config.detach_voxels
+    if r > 0:
+        # Cut tubes thinner than the ball (renal vein, ureter) and keep the body they
+        # hang from, then give that body back its fine outline.
+        box = _grow_box(ndi.find_objects(mask.astype(np.uint8))[0], r + 1, hu.shape)
+        core = _largest(ndi.binary_opening(mask[box], structure=_ball(r)))
+        if core.any():
+            mask[box] &= ndi.binary_dilation(core, structure=_ball(r))
+    return _largest(mask)
+
+
+def _largest(mask: np.ndarray) -> np.ndarray:
+    labels, n = ndi.label(mask)
+    if n <= 1:
+        return mask
+    sizes = np.bincount(labels.ravel())
+    sizes[0] = 0
+    return labels == int(np.argmax(sizes))
+
+
+def solidify(mask: np.ndarray, radius: int) -> np.ndarray:
+    """``mask`` closed by a ball of ``radius`` voxels and hole-filled (same shape)."""
+    if radius > 0:
+        padded = np.pad(mask, radius)
+        closed = ndi.binary_closing(padded, structure=_ball(radius))
+        mask = closed[(slice(radius, -radius),) * 3]
+    return ndi.binary_fill_holes(mask)
+
+
+def _ball(r: int) -> np.ndarray:
+    g = np.arange(-r, r + 1)
+    return (g[:, None, None] ** 2 + g[None, :, None] ** 2 + g[None, None, :] ** 2) <= r * r
+
+
+def _on_ct_grid(side: str, mask: np.ndarray, work: sitk.Image, ct: sitk.Image,
+                score: float) -> FoundKidney:
+    """The working-grid mask resampled (linear, then > 0.5) to ``ct``'s grid."""
+    m = sitk.GetImageFromArray(mask.astype(np.float32))
+    m.CopyInformation(work)
+    back = sitk.Resample(m, ct, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32)
+    arr = sitk.GetArrayFromImage(back) > 0.5
+    voxel_ml = float(np.prod(ct.GetSpacing())) / 1000.0
+    z_any = arr.any(axis=(1, 2))
+    touches = bool(z_any[0] or z_any[-1]) if arr.shape[0] else False
+    return FoundKidney(side=side, mask=arr, volume_ml=float(arr.sum()) * voxel_ml,
+                       score=float(score), touches_edge=touches)

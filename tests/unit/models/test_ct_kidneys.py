@@ -1,0 +1,149 @@
+"""Whole-kidney CT segmentation without weights (models.ct_kidneys, models.ct_body)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from models.ct_body import body_mask, spine_track, to_working_grid
+from models.ct_kidneys import (
+    CtKidneyConfig,
+    score_region,
+    segment_ct_kidneys,
+    solidify,
+)
+from service.synthetic.ct_phantom import Coverage, CtGrid, SyntheticCT, synthesize_ct
+from service.synthetic.ct_tissues import CtTissue
+from service.synthetic.study import geometry_image
+
+
+def _dice(a: np.ndarray, b: np.ndarray) -> float:
+    return 2.0 * float((a & b).sum()) / max(1.0, float(a.sum() + b.sum()))
+
+
+def _image(ct: SyntheticCT) -> sitk.Image:
+    return sitk.Cast(geometry_image(ct.hu, ct.geometry), sitk.sitkFloat32)
+
+
+def _truth(ct: SyntheticCT, label: int) -> np.ndarray:
+    """The kidney as reference segmentations draw it: without the renal sinus fat."""
+    return (ct.kidneys == label) & (ct.tissues != CtTissue.SINUS_FAT)
+
+
+@pytest.fixture(scope="module")
+def case() -> SyntheticCT:
+    return synthesize_ct(2, grid=CtGrid.small())
+
+
+@pytest.fixture(scope="module")
+def found(case: SyntheticCT):
+    return segment_ct_kidneys(_image(case))
+
+
+def test_both_kidneys_found_on_their_own_side(case: SyntheticCT, found) -> None:
+    assert found.right is not None and found.left is not None, found.reasons
+    image = _image(case)
+    for kidney, label in ((found.right, 1), (found.left, 2)):
+        assert _dice(kidney.mask, _truth(case, label)) >= 0.85
+        truth_ml = float(_truth(case, label).sum()) * np.prod(image.GetSpacing()) / 1000
+        assert kidney.volume_ml == pytest.approx(truth_ml, rel=0.15)
+        assert 0 < kidney.score <= 1
+        assert not kidney.touches_edge
+    # The patient's right is -x in DICOM LPS: the right kidney's centre lies there.
+    def centre_x(mask: np.ndarray) -> float:
+        k, j, i = np.argwhere(mask).mean(axis=0)
+        return image.TransformContinuousIndexToPhysicalPoint((i, j, k))[0]
+
+    assert centre_x(found.right.mask) < centre_x(found.left.mask)
+
+
+def test_sides_follow_the_patient_not_the_array(case: SyntheticCT, found) -> None:
+    """The same CT stored with its columns reversed (direction x negated) gives the same
+    kidneys on the same patient sides."""
+    image = _image(case)
+    flipped = sitk.Flip(image, [True, False, False])
+    again = segment_ct_kidneys(flipped)
+    assert again.right is not None and again.left is not None
+    for before, after in ((found.right, again.right), (found.left, again.left)):
+        assert _dice(before.mask, after.mask[:, :, ::-1]) >= 0.9
+
+
+def test_no_kidney_in_view() -> None:
+    ct = synthesize_ct(1, grid=CtGrid.small(Coverage.NO_KIDNEYS))
+    assert not ct.kidney_in_view
+    result = segment_ct_kidneys(_image(ct))
+    assert result.found == ()
+    assert set(result.reasons) == {"right", "left"}
+    assert all("no kidney-like region" in why for why in result.reasons.values())
+
+
+def test_no_column_no_search() -> None:
+    water = sitk.Image([40, 40, 20], sitk.sitkFloat32)
+    water.SetSpacing((4.0, 4.0, 5.0))
+    result = segment_ct_kidneys(water)
+    assert result.found == ()
+    assert "vertebral column" in result.reasons["right"]
+
+
+def test_spine_track_follows_the_column(case: SyntheticCT) -> None:
+    work = to_working_grid(_image(case), 2.5)
+    hu = sitk.GetArrayFromImage(work)
+    track = spine_track(hu, body_mask(hu), 2.5)
+    assert track.found.mean() > 0.8
+    # The column lies between the kidneys, on the working grid's x axis.
+    truth = sitk.Resample(geometry_image(case.kidneys, case.geometry), work,
+                          sitk.Transform(), sitk.sitkNearestNeighbor, 0)
+    lab = sitk.GetArrayFromImage(truth)
+    right_x = np.argwhere(lab == 1)[:, 2].mean()
+    left_x = np.argwhere(lab == 2)[:, 2].mean()
+    assert right_x < np.median(track.x) < left_x
+
+
+def test_working_grid_is_patient_aligned() -> None:
+    img = sitk.Image([10, 8, 6], sitk.sitkFloat32)
+    img.SetSpacing((1.0, 2.0, 3.0))
+    img.SetDirection((-1, 0, 0, 0, -1, 0, 0, 0, 1))
+    work = to_working_grid(img, 2.0)
+    assert work.GetDirection() == (1, 0, 0, 0, 1, 0, 0, 0, 1)
+    assert work.GetSpacing() == (2.0, 2.0, 2.0)
+    assert work.GetSize() == (5, 8, 8)
+
+
+def test_solidify_fills_a_c_shape() -> None:
+    c = np.zeros((9, 20, 20), dtype=bool)
+    c[2:7, 4:16, 4:16] = True
+    c[2:7, 8:12, 10:16] = False  # a notch open on one side, like the renal sinus
+    assert not solidify(c, 0)[4, 10, 12]  # open notch: hole filling alone cannot
+    filled = solidify(c, 3)
+    assert filled[4, 10, 12]
+    assert filled.sum() > c.sum()
+
+
+def _ellipsoid(shape: tuple[int, int, int], semi_vox: tuple[float, float, float]) -> np.ndarray:
+    zz, yy, xx = np.indices(shape, dtype=float)
+    c = [(n - 1) / 2 for n in shape]
+    return ((zz - c[0]) / semi_vox[0]) ** 2 + ((yy - c[1]) / semi_vox[1]) ** 2 + \
+        ((xx - c[2]) / semi_vox[2]) ** 2 <= 1
+
+
+def test_score_prefers_an_upright_kidney_in_fat_to_a_slab() -> None:
+    config = CtKidneyConfig()
+    shape = (60, 40, 40)
+    hu = np.full(shape, -100.0, dtype=np.float32)  # fat
+    kidney = _ellipsoid(shape, (22, 12, 9))  # 55 x 30 x 22 mm at 2.5 mm
+    hu[kidney] = 150.0
+    bone = np.zeros(shape, dtype=bool)
+    whole = (slice(0, 60), slice(0, 40), slice(0, 40))
+    good = score_region(hu, bone, whole, kidney, (100.0, 200.0), 2.5, config)
+    assert good.score > 0.5
+    lying = score_region(hu, bone, whole, _ellipsoid(shape, (9, 12, 19)), (100.0, 200.0),
+                         2.5, config)
+    assert lying.upright < 0.5 and lying.score < good.score
+    # The same kidney against equally bright tissue has no contrast.
+    flat = np.full(shape, 150.0, dtype=np.float32)
+    assert score_region(flat, bone, whole, kidney, (100.0, 200.0), 2.5, config).score < 0.05
+    # Bone all around is not a kidney.
+    bony = score_region(hu, np.ones(shape, dtype=bool), whole, kidney, (100.0, 200.0), 2.5,
+                        config)
+    assert bony.bone_free == 0.0 and bony.score == 0.0
