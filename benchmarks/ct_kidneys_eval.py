@@ -6,6 +6,8 @@ Runs :func:`models.ct_kidneys.segment_ct_kidneys` on
   3 mm, whole trunk, both kidneys complete) against the relabelled reference
   ``derived/example_ct_kidneys_R1_L2.nii.gz`` (1 right, 2 left; model-made by
   TotalSegmentator --fast). Targets: Dice >= 0.85 per side, volume within 10 %;
+* the same CT stored feet first, resampled to 0.8 x 0.8 x 5 mm, and with Gaussian noise
+  of sigma 25 HU added (robustness checks, no target);
 * the real 30-slice slab ``example_ct_sm`` (kidneys cut off at the lower edge: reported,
   no target);
 * the real JPEG 2000 slab ``example_ct_dicom`` (upper abdomen, no kidney): both sides must
@@ -89,6 +91,7 @@ def real_cases() -> list[tuple[str, sitk.Image, np.ndarray | None]]:
     if ct.exists() and ref.exists():
         cases.append(("real example_ct", sitk.ReadImage(str(ct), sitk.sitkFloat32),
                       sitk.GetArrayFromImage(sitk.ReadImage(str(ref)))))
+        cases.extend(_variants(*cases[-1][1:]))
     slab = REAL / "totalseg" / "example_ct_sm.nii.gz"
     slab_seg = REAL / "totalseg" / "example_seg.nii.gz"
     if slab.exists() and slab_seg.exists():
@@ -103,6 +106,30 @@ def real_cases() -> list[tuple[str, sitk.Image, np.ndarray | None]]:
         cases.append(("real example_ct_dicom (no kidney)",
                       sitk.Cast(reader.Execute(), sitk.sitkFloat32), None))
     return cases
+
+
+def _variants(image: sitk.Image, labels: np.ndarray
+              ) -> list[tuple[str, sitk.Image, np.ndarray | None]]:
+    """The real example altered as other scanners would store it: robustness checks."""
+    ref = sitk.GetImageFromArray(labels)
+    ref.CopyInformation(image)
+    flipped = sitk.Flip(image, [False, False, True])
+    out = [("real example_ct, stored feet first", flipped,
+            sitk.GetArrayFromImage(sitk.Flip(ref, [False, False, True])))]
+    spacing = (0.8, 0.8, 5.0)
+    size = [int(round(n * s / t)) for n, s, t in zip(image.GetSize(), image.GetSpacing(),
+                                                     spacing, strict=True)]
+    fine = sitk.Resample(image, size, sitk.Transform(), sitk.sitkLinear, image.GetOrigin(),
+                         spacing, image.GetDirection(), -1024.0, sitk.sitkFloat32)
+    fine_ref = sitk.Resample(ref, fine, sitk.Transform(), sitk.sitkNearestNeighbor, 0)
+    out.append(("real example_ct resampled to 0.8 x 0.8 x 5 mm", fine,
+                sitk.GetArrayFromImage(fine_ref)))
+    noisy = sitk.GetArrayFromImage(image) + np.random.default_rng(0).normal(
+        0.0, 25.0, labels.shape).astype(np.float32)
+    noisy_image = sitk.GetImageFromArray(noisy)
+    noisy_image.CopyInformation(image)
+    out.append(("real example_ct + noise sigma 25 HU", noisy_image, labels))
+    return out
 
 
 def synthetic_case(seed: int) -> tuple[str, sitk.Image, np.ndarray]:

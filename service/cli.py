@@ -118,7 +118,10 @@ def _cmd_segment(settings: Settings, args: argparse.Namespace) -> int:
                             device=resolve_device(settings.processing.device))
     for structure, ml in result.volumes_ml.items():
         print(f"{structure}: {ml:.1f} ml")
-    print(f"wrote {result.seg_path} and {result.result_path}")
+    if result.seg_path is None:
+        print(f"{result.finding}; wrote {result.result_path}")
+    else:
+        print(f"wrote {result.seg_path} and {result.result_path}")
     return 0
 
 
@@ -196,7 +199,7 @@ def _cmd_jobs(settings: Settings, args: argparse.Namespace) -> int:
         print(json.dumps(rows, indent=2))
     else:
         _print_table(rows, ["id", "state", "pipeline", "attempts", "created_at",
-                            "study_instance_uid", "error"])
+                            "study_instance_uid", "outcome", "error"])
     return 0
 
 

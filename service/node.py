@@ -11,8 +11,10 @@ from apscheduler.schedulers.background import BackgroundScheduler
 
 from service.api.app import create_app
 from service.config import Settings
+from service.cortex.installed import installed_ensemble
 from service.db import make_engine, make_sessionmaker, upgrade
 from service.dicom.scp import StorageSCP
+from service.errors import ModelFilesError
 from service.jobs.device import resolve_device
 from service.jobs.runner import JobRunner, recover_interrupted_jobs
 from service.outbox.sender import drain_outbox
@@ -44,7 +46,15 @@ class Node:
         self._stopped = threading.Event()
 
     def start(self) -> None:
-        """Migrate the database, requeue interrupted jobs, then open the ports."""
+        """Check the installed models, migrate the database, requeue interrupted jobs,
+        then open the ports.
+
+        Raises
+        ------
+        ModelFilesError
+            The configured cortex model folder differs from its manifest (logged too).
+        """
+        self._check_models()
         upgrade(self.settings.database.url)
         with self.sessions.begin() as session:
             recover_interrupted_jobs(session, max_attempts=self.settings.scheduler.max_attempts)
@@ -64,11 +74,27 @@ class Node:
                     self.settings.dicom.ae_title, self.dicom_port, self.device,
                     self.engine.url.render_as_string(hide_password=True))
 
+    def _check_models(self) -> None:
+        """Load the cortex ensemble once (every file checked) or say there is none."""
+        ct = self.settings.processing.ct
+        if ct.cortex_models_dir is None:
+            logger.info("CT: no cortex ensemble configured (processing.ct.cortex_models_dir): "
+                        "CT studies get their kidneys segmented, no renal cortex")
+            return
+        try:
+            ensemble = installed_ensemble(ct.cortex_models_dir, device=self.device)
+        except ModelFilesError as exc:
+            logger.error("refusing to start: processing.ct.cortex_models_dir: %s", exc)
+            raise
+        logger.info("CT: cortex ensemble of %d networks at %s, every weight file's sha256 "
+                    "matches its manifest", len(ensemble.models), ct.cortex_models_dir)
+
     def sweep_once(self) -> int:
         with self.sessions.begin() as session:
             jobs = sweep(session, stable_age_seconds=self.settings.scheduler.stable_age_seconds,
                          rules=self.settings.classification,
-                         mr_pipeline=self.settings.processing.mr_pipeline)
+                         mr_pipeline=self.settings.processing.mr_pipeline,
+                         ct_pipeline=self.settings.processing.ct_pipeline)
         if jobs:
             self.scheduler.modify_job(f"runner-{self.device}", next_run_time=_now())
         return len(jobs)

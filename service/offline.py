@@ -24,9 +24,11 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class OfflineResult:
-    seg_path: Path
+    #: None when the pipeline made a finding instead of segments (no SEG, no SR).
+    seg_path: Path | None
     result_path: Path
     volumes_ml: dict[str, float]
+    finding: str | None = None
 
 
 def _facts(series: LoadedSeries) -> SeriesFacts:
@@ -48,8 +50,9 @@ def segment_folder(
     processing: ProcessingSettings,
     device: str,
 ) -> OfflineResult:
-    """Classify the series found under ``input_dir``, run a pipeline, write the SEG and
-    ``result.json`` into ``out_dir``.
+    """Classify the series found under ``input_dir``, run a pipeline, write the SEG, the
+    SR and ``result.json`` into ``out_dir`` (only ``result.json``, with its ``finding``,
+    when the pipeline found nothing to segment).
 
     Raises
     ------
@@ -73,7 +76,8 @@ def segment_folder(
         study_uids.add(str(series.volumes[0].datasets[0].StudyInstanceUID))
     if len(study_uids) > 1:
         raise PipelineError(f"{input_dir} holds several studies: {sorted(study_uids)}")
-    chosen, reason = choose_pipeline(roles, mr_pipeline=processing.mr_pipeline)
+    chosen, reason = choose_pipeline(roles, mr_pipeline=processing.mr_pipeline,
+                                     ct_pipeline=processing.ct_pipeline)
     name = pipeline_name or chosen
     if name is None:
         raise PipelineError(f"{input_dir}: {reason}")
@@ -81,28 +85,35 @@ def segment_folder(
     study_uid = study_uids.pop()
     output = pipeline.run(StudyInput(study_uid, {r: tuple(s) for r, s in by_role.items()}),
                           device=device)
-    seg, sr = build_result_objects(output, pipeline, processing, ResultUids(
-        seg_series=new_uid(), seg=new_uid(), sr_series=new_uid(), sr=new_uid(),
-        device=new_uid()))
     out_dir.mkdir(parents=True, exist_ok=True)
-    seg_path = out_dir / "seg.dcm"
-    seg.save_as(seg_path, enforce_file_format=True)
-    sr_path = out_dir / "sr.dcm"
-    sr.save_as(sr_path, enforce_file_format=True)
     result = {
         "study_instance_uid": study_uid,
         "pipeline": pipeline.name,
         "pipeline_version": pipeline.version,
         "device": device,
         "source_series_instance_uid": str(output.reference.datasets[0].SeriesInstanceUID),
-        "seg_sop_instance_uid": str(seg.SOPInstanceUID),
-        "seg_file": seg_path.name,
-        "sr_sop_instance_uid": str(sr.SOPInstanceUID),
-        "sr_file": sr_path.name,
+    }
+    seg_path = None
+    if output.segments:
+        seg, sr = build_result_objects(output, pipeline, processing, ResultUids(
+            seg_series=new_uid(), seg=new_uid(), sr_series=new_uid(), sr=new_uid(),
+            device=new_uid()))
+        seg_path = out_dir / "seg.dcm"
+        seg.save_as(seg_path, enforce_file_format=True)
+        sr_path = out_dir / "sr.dcm"
+        sr.save_as(sr_path, enforce_file_format=True)
+        result.update({
+            "seg_sop_instance_uid": str(seg.SOPInstanceUID),
+            "seg_file": seg_path.name,
+            "sr_sop_instance_uid": str(sr.SOPInstanceUID),
+            "sr_file": sr_path.name,
+        })
+    result.update({
         "volumes_ml": {k: round(v, 3) for k, v in output.volumes_ml.items()},
         "flags": list(output.flags),
+        "finding": output.finding,
         "series_roles": {uid: role.value for uid, role in roles.items()},
-    }
+    })
     result_path = out_dir / "result.json"
     result_path.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
-    return OfflineResult(seg_path, result_path, dict(output.volumes_ml))
+    return OfflineResult(seg_path, result_path, dict(output.volumes_ml), output.finding)

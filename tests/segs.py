@@ -8,6 +8,7 @@ from pathlib import Path
 import highdicom as hd
 import numpy as np
 import SimpleITK as sitk
+from pydicom import dcmread
 from pydicom.sr.codedict import codes
 
 from service.imaging.series import LoadedVolume, group_by_series, load_series
@@ -39,3 +40,25 @@ def build_seg_case(root: Path, orientation: str, *, omit_empty_frames: bool) -> 
     buffer = io.BytesIO()
     seg.save_as(buffer, enforce_file_format=True)
     return phase, labels, hd.seg.segread(io.BytesIO(buffer.getvalue())), buffer.getvalue()
+
+
+def segment_masks(seg_path: Path, volume: LoadedVolume) -> dict[str, np.ndarray]:
+    """Each segment of a stored SEG on its source series' grid (z, y, x), by segment label.
+
+    Frames are placed by their own Source Image Sequence (which source slice), never by
+    their order, so this checks the SEG the way a viewer reads it.
+    """
+    seg = dcmread(seg_path)
+    labels = {int(s.SegmentNumber): str(s.SegmentLabel) for s in seg.SegmentSequence}
+    z_of = {ds.SOPInstanceUID: z for z, ds in enumerate(volume.datasets)}
+    shape = (len(volume.datasets), int(seg.Rows), int(seg.Columns))
+    masks = {label: np.zeros(shape, dtype=bool) for label in labels.values()}
+    frames = seg.pixel_array.reshape(-1, *shape[1:])
+    shared = seg.SharedFunctionalGroupsSequence[0]
+    for frame, group in zip(frames, seg.PerFrameFunctionalGroupsSequence, strict=True):
+        # With one segment highdicom may put its identification in the shared groups.
+        ident = group if "SegmentIdentificationSequence" in group else shared
+        number = int(ident.SegmentIdentificationSequence[0].ReferencedSegmentNumber)
+        source = group.DerivationImageSequence[0].SourceImageSequence[0]
+        masks[labels[number]][z_of[source.ReferencedSOPInstanceUID]] |= frame.astype(bool)
+    return masks

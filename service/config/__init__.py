@@ -3,6 +3,7 @@
 from service.config.loading import ENV_PREFIX, load_settings
 from service.config.settings import (
     ClassificationRules,
+    CtSettings,
     DatabaseSettings,
     Destination,
     DestinationTls,
@@ -21,6 +22,7 @@ from service.config.settings import (
 __all__ = [
     "ENV_PREFIX",
     "ClassificationRules",
+    "CtSettings",
     "DatabaseSettings",
     "Destination",
     "DestinationTls",

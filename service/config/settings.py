@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 __all__ = [
     "ClassificationRules",
+    "CtSettings",
     "DatabaseSettings",
     "Destination",
     "DicomSettings",
@@ -130,11 +131,25 @@ class GraftSettings(_Frozen):
     cpu_max_iterations: int = Field(default=80, ge=1)
 
 
+class CtSettings(_Frozen):
+    """Settings of the ``ct-kidneys`` pipeline (see service/pipeline/ct_kidneys.py)."""
+
+    #: Folder of the renal-cortex ensemble (``kidney-node train cortex --out``). Its
+    #: manifest and every weight file's sha256 are checked at start-up and before each
+    #: job. None: the kidneys only, no cortex segments.
+    cortex_models_dir: Path | None = None
+    #: CT series with fewer slices (localizers, single slabs) are not segmented.
+    min_slices: int = Field(default=10, ge=3)
+
+
 class ProcessingSettings(_Frozen):
     #: "auto" picks CUDA when torch sees it, else CPU; or "cpu", "cuda", "cuda:1".
     device: str = "auto"
     mr_pipeline: str = "mri-graft"
+    #: Pipeline of studies with a CT series and no DCE series.
+    ct_pipeline: str = "ct-kidneys"
     graft: GraftSettings = GraftSettings()
+    ct: CtSettings = CtSettings()
     #: Leave frames without any segmented pixel out of the SEG (highdicom default).
     omit_empty_frames: bool = True
     series_number: int = Field(default=9901, ge=1)

@@ -22,8 +22,8 @@ from models.cortex_unet import ARCHITECTURE_NAME, ARCHITECTURE_VERSION, CortexUN
 from service import __version__
 from service.errors import ModelFilesError
 
-__all__ = ["MANIFEST_NAME", "CortexEnsemble", "load_cortex_ensemble", "sha256_of",
-           "write_model_dir"]
+__all__ = ["MANIFEST_NAME", "CortexEnsemble", "check_model_dir", "load_cortex_ensemble",
+           "sha256_of", "write_model_dir"]
 
 MANIFEST_NAME = "manifest.json"
 MANIFEST_FORMAT = "kidney-node cortex ensemble"
@@ -102,6 +102,38 @@ def _read_manifest(path: Path) -> dict[str, Any]:
     return manifest
 
 
+def check_model_dir(model_dir: Path) -> dict[str, Any]:
+    """Check a model folder's manifest and every weight file's sha256, without loading.
+
+    Parameters
+    ----------
+    model_dir : pathlib.Path
+        Folder written by :func:`write_model_dir`.
+
+    Returns
+    -------
+    dict
+        The manifest.
+
+    Raises
+    ------
+    ModelFilesError
+        If the manifest is missing or invalid, a weight file is missing, or its sha256
+        differs from the manifest's (expected and found are named).
+    """
+    model_dir = Path(model_dir)
+    manifest = _read_manifest(model_dir / MANIFEST_NAME)
+    for entry in manifest["models"]:
+        path = model_dir / str(entry.get("file", ""))
+        if not path.is_file() or path.parent != model_dir:
+            raise ModelFilesError(path, "weight file listed in the manifest is missing")
+        found = sha256_of(path)
+        if found != entry.get("sha256"):
+            raise ModelFilesError(path, f"sha256 mismatch: manifest says {entry.get('sha256')}"
+                                  f", file has {found}")
+    return manifest
+
+
 def load_cortex_ensemble(model_dir: Path, *, device: str | torch.device = "cpu"
                          ) -> CortexEnsemble:
     """Load a model folder after checking every weight file against the manifest.
@@ -121,12 +153,10 @@ def load_cortex_ensemble(model_dir: Path, *, device: str | torch.device = "cpu"
     Raises
     ------
     ModelFilesError
-        If the manifest is missing or invalid, a weight file is missing, its sha256
-        differs from the manifest's (expected and found are named), or its tensors do
-        not fit the architecture.
+        As :func:`check_model_dir`, and if a file's tensors do not fit the architecture.
     """
     model_dir = Path(model_dir)
-    manifest = _read_manifest(model_dir / MANIFEST_NAME)
+    manifest = check_model_dir(model_dir)
     arch = manifest["architecture"]
     try:
         spec = CortexUNetSpec(width=int(arch["width"]), levels=int(arch["levels"]),
@@ -135,13 +165,7 @@ def load_cortex_ensemble(model_dir: Path, *, device: str | torch.device = "cpu"
         raise ModelFilesError(model_dir / MANIFEST_NAME, f"bad architecture: {exc}") from exc
     models = []
     for entry in manifest["models"]:
-        path = model_dir / str(entry.get("file", ""))
-        if not path.is_file() or path.parent != model_dir:
-            raise ModelFilesError(path, "weight file listed in the manifest is missing")
-        found = sha256_of(path)
-        if found != entry.get("sha256"):
-            raise ModelFilesError(path, f"sha256 mismatch: manifest says {entry.get('sha256')}"
-                                  f", file has {found}")
+        path = model_dir / str(entry["file"])
         net = CortexUNet(spec)
         try:
             net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))

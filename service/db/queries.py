@@ -69,6 +69,8 @@ class JobRow:
     finished_at: str | None
     timings: dict[str, float]
     error: str | None
+    #: What a succeeded job found when it wrote no result (e.g. no kidney in view).
+    outcome: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -175,7 +177,7 @@ def _trend_row(point: TrendPoint, row: VolumeRow) -> dict[str, Any]:
 def _job_row(job: Job, study_uid: str) -> JobRow:
     return JobRow(job.id, study_uid, job.pipeline, job.state.value, job.attempts,
                   _iso(job.created_at), _iso(job.started_at), _iso(job.finished_at),
-                  json.loads(job.timings) if job.timings else {}, job.error)
+                  json.loads(job.timings) if job.timings else {}, job.error, job.outcome)
 
 
 def list_jobs(session: Session, *, limit: int = 100) -> list[JobRow]:

@@ -181,6 +181,9 @@ class Job(Base):
     device: Mapped[str | None] = mapped_column(String(32))
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     error: Mapped[str | None] = mapped_column(Text)
+    #: What a succeeded job found when it wrote no result (e.g. "no kidney in field of
+    #: view (...)"); None otherwise.
+    outcome: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[dt.datetime] = mapped_column(_TS, default=utcnow)
     started_at: Mapped[dt.datetime | None] = mapped_column(_TS)
     finished_at: Mapped[dt.datetime | None] = mapped_column(_TS)

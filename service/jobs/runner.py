@@ -9,6 +9,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
+import highdicom as hd
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -28,9 +29,9 @@ from service.dicom.uids import derived_uid
 from service.errors import KidneyNodeError, SeriesLoadError
 from service.imaging.series import LoadedSeries, load_series
 from service.outbox.sender import enqueue
-from service.pipeline.base import StudyInput
+from service.pipeline.base import Pipeline, PipelineOutput, StudyInput
 from service.pipeline.registry import get_pipeline
-from service.storage import InstanceStore
+from service.storage import InstanceStore, StoredInstance
 from service.writers.result import ResultUids, build_result_objects
 
 __all__ = ["JobRunner", "recover_interrupted_jobs"]
@@ -39,7 +40,11 @@ logger = logging.getLogger(__name__)
 
 #: Roles a pipeline may read; others are not loaded.
 _LOADED_ROLES = (SeriesRole.DCE, SeriesRole.T2, SeriesRole.CT)
-_REQUIRED_ROLES = (SeriesRole.DCE, SeriesRole.CT)
+#: Every series of these roles must load, or the job fails.
+_REQUIRED_ROLES = (SeriesRole.DCE,)
+#: One series of these roles must load: the others (a CT localizer, an enhanced
+#: multi-frame reformat) are skipped with a warning.
+_ONE_NEEDED_ROLES = (SeriesRole.CT,)
 
 
 def recover_interrupted_jobs(session: Session, *, max_attempts: int) -> int:
@@ -57,6 +62,10 @@ def recover_interrupted_jobs(session: Session, *, max_attempts: int) -> int:
         logger.warning("job %d of study pk %d was interrupted: now %s", job.id, job.study_pk,
                        job.state.value)
     return requeued
+
+
+#: The SEG and SR of a result and where the archive stored them.
+_Written = tuple[hd.seg.Segmentation, hd.sr.Comprehensive3DSR, list[StoredInstance]]
 
 
 @dataclass
@@ -97,7 +106,7 @@ class JobRunner:
             claimed = session.execute(
                 update(Job).where(Job.id == job_id, Job.state == JobState.QUEUED)
                 .values(state=JobState.RUNNING, started_at=utcnow(), device=self.device,
-                        attempts=Job.attempts + 1, error=None)).rowcount
+                        attempts=Job.attempts + 1, error=None, outcome=None)).rowcount
             if claimed != 1:
                 return None
             job = session.get(Job, job_id)
@@ -120,6 +129,7 @@ class JobRunner:
 
     def _execute(self, work: _Work) -> None:
         timings: dict[str, float] = {}
+        written: _Written | None = None
         try:
             t0 = time.perf_counter()
             study = self._load(work)
@@ -128,16 +138,10 @@ class JobRunner:
             t0 = time.perf_counter()
             output = pipeline.run(study, device=self.device)
             timings["segment_s"] = time.perf_counter() - t0
-            t0 = time.perf_counter()
-            key = (work.study_uid, work.fingerprint, pipeline.name, pipeline.version)
-            seg, sr = build_result_objects(output, pipeline, self.settings.processing, ResultUids(
-                seg_series=derived_uid(*key, "seg-series"), seg=derived_uid(*key, "seg"),
-                sr_series=derived_uid(*key, "sr-series"), sr=derived_uid(*key, "sr"),
-                device=derived_uid(self.settings.dicom.ae_title, "device")))
-            # SEG first: the report references it, and the outbox sends in queue order.
-            stored = [self.store.store_dataset(obj, origin=InstanceOrigin.GENERATED)
-                      for obj in (seg, sr)]
-            timings["write_s"] = time.perf_counter() - t0
+            if output.segments:
+                t0 = time.perf_counter()
+                written = self._write(work, pipeline, output)
+                timings["write_s"] = time.perf_counter() - t0
         except (KidneyNodeError, ValueError, RuntimeError, OSError) as exc:
             # RuntimeError covers SimpleITK and torch failures; all end in the job record.
             self._finish(work.job_id, error=f"study {work.study_uid}: {exc}", timings=timings)
@@ -150,6 +154,16 @@ class JobRunner:
             logger.exception("job %d failed on study %s with an internal error", work.job_id,
                              work.study_uid)
             return
+        if written is None:
+            # A finding instead of segments (no kidney in view): nothing stored or sent.
+            with self.sessions.begin() as session:
+                job = session.get(Job, work.job_id)
+                job.outcome = output.finding
+                self._set_done(job, JobState.SUCCEEDED, None, timings)
+            logger.info("job %d succeeded on study %s without a result: %s", work.job_id,
+                        work.study_uid, output.finding)
+            return
+        seg, sr, stored = written
         with self.sessions.begin() as session:
             job = session.get(Job, work.job_id)
             for spec in output.segments:
@@ -171,17 +185,33 @@ class JobRunner:
                     ", ".join(f"{k} {v:.1f} ml" for k, v in output.volumes_ml.items()),
                     sum(timings.values()))
 
+    def _write(self, work: _Work, pipeline: Pipeline, output: PipelineOutput) -> _Written:
+        """Build the SEG and SR and store them in the archive (SEG first)."""
+        key = (work.study_uid, work.fingerprint, pipeline.name, pipeline.version)
+        seg, sr = build_result_objects(output, pipeline, self.settings.processing, ResultUids(
+            seg_series=derived_uid(*key, "seg-series"), seg=derived_uid(*key, "seg"),
+            sr_series=derived_uid(*key, "sr-series"), sr=derived_uid(*key, "sr"),
+            device=derived_uid(self.settings.dicom.ae_title, "device")))
+        # SEG first: the report references it, and the outbox sends in queue order.
+        stored = [self.store.store_dataset(obj, origin=InstanceOrigin.GENERATED)
+                  for obj in (seg, sr)]
+        return seg, sr, stored
+
     def _load(self, work: _Work) -> StudyInput:
         loaded: dict[SeriesRole, list[LoadedSeries]] = defaultdict(list)
         for role, by_series in work.paths.items():
+            errors: list[SeriesLoadError] = []
             for series_uid, files in sorted(by_series.items()):
                 try:
                     loaded[role].append(load_series(files))
                 except SeriesLoadError as exc:
                     if role in _REQUIRED_ROLES:
                         raise
+                    errors.append(exc)
                     logger.warning("study %s: skipping %s series %s: %s", work.study_uid,
                                    role.value, series_uid, exc)
+            if errors and role in _ONE_NEEDED_ROLES and not loaded[role]:
+                raise errors[0]
         return StudyInput(work.study_uid, {r: tuple(s) for r, s in loaded.items()})
 
     def _finish(self, job_id: int, *, error: str, timings: dict[str, float]) -> None:

@@ -1,4 +1,4 @@
-"""The pipeline interface: classified series in, a label mask on one source series out."""
+"""The pipeline interface: classified series in, segment masks on one source series out."""
 
 from __future__ import annotations
 
@@ -15,9 +15,13 @@ from service.errors import PipelineError
 from service.imaging.series import LoadedSeries, LoadedVolume, tm_seconds
 
 __all__ = [
+    "CORTEX_LEFT",
+    "CORTEX_RIGHT",
     "KIDNEY",
     "KIDNEY_LEFT",
     "KIDNEY_RIGHT",
+    "RENAL_CORTEX",
+    "AlgorithmSpec",
     "Pipeline",
     "PipelineOutput",
     "SegmentSpec",
@@ -49,6 +53,27 @@ KIDNEY_RIGHT = SegmentSpec(label=1, structure="kidney_right", text="Right kidney
 KIDNEY_LEFT = SegmentSpec(label=2, structure="kidney_left", text="Left kidney",
                           category=codes.SCT.AnatomicalStructure,
                           property_type=codes.SCT.Kidney, laterality=codes.SCT.Left)
+#: SCT 50403003 "Structure of cortex of kidney (body structure)": the code HL7 FHIR mCODE
+#: IG's TG263 -> SNOMED CT concept map gives TG263 "Kidney_Cortex". Cortex lies inside its
+#: kidney, so these segments overlap the kidney segments (masks, not a label map).
+RENAL_CORTEX = Code("50403003", "SCT", "Structure of cortex of kidney")
+CORTEX_RIGHT = SegmentSpec(label=3, structure="cortex_right", text="Right renal cortex",
+                           category=codes.SCT.AnatomicalStructure,
+                           property_type=RENAL_CORTEX, laterality=codes.SCT.Right)
+CORTEX_LEFT = SegmentSpec(label=4, structure="cortex_left", text="Left renal cortex",
+                          category=codes.SCT.AnatomicalStructure,
+                          property_type=RENAL_CORTEX, laterality=codes.SCT.Left)
+
+
+@dataclass(frozen=True)
+class AlgorithmSpec:
+    """The algorithm of some segments when it is not the pipeline's own (e.g. a network);
+    it goes into the SEG's Segmentation Algorithm Identification and the SR's groups."""
+
+    name: str
+    version: str
+    #: Algorithm family (CID 7162).
+    family: Code
 
 
 @dataclass(frozen=True)
@@ -94,15 +119,50 @@ def _phase_order(volume: LoadedVolume) -> tuple[float, int]:
     return (0.0, series_number)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class PipelineOutput:
-    """A label mask (z, y, x) on ``reference``'s grid: z index i is ``reference.datasets[i]``."""
+    """Segments on ``reference``'s grid (z index i is ``reference.datasets[i]``), or a finding.
+
+    The segments come either as a label map ``labels`` (z, y, x) holding each segment's
+    :attr:`SegmentSpec.label` (segments cannot overlap), or as ``masks``: one boolean
+    (z, y, x) array per segment, in ``segments`` order, which may overlap (cortex inside
+    kidney). With no segment at all, ``finding`` says what was found instead (e.g. "no
+    kidney in field of view"): the job succeeds with that outcome and writes nothing.
+    In the SEG, segment numbers are positions in ``segments``, from 1.
+    """
 
     reference: LoadedVolume
-    labels: np.ndarray
-    segments: tuple[SegmentSpec, ...]
-    volumes_ml: Mapping[str, float]
-    flags: tuple[str, ...] = field(default=())
+    segments: tuple[SegmentSpec, ...] = ()
+    labels: np.ndarray | None = None
+    masks: tuple[np.ndarray, ...] | None = None
+    volumes_ml: Mapping[str, float] = field(default_factory=dict)
+    flags: tuple[str, ...] = ()
+    finding: str | None = None
+    #: Algorithms of the segments not made by the pipeline's own method, by structure.
+    algorithms: Mapping[str, AlgorithmSpec] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.segments:
+            if self.finding is None:
+                raise ValueError("a pipeline output needs segments or a finding")
+            return
+        if (self.labels is None) == (self.masks is None):
+            raise ValueError("give the segments as labels or as masks, not both or neither")
+        if self.masks is not None and len(self.masks) != len(self.segments):
+            raise ValueError(f"{len(self.masks)} masks for {len(self.segments)} segments")
+
+    def segment_number(self, spec: SegmentSpec) -> int:
+        """The SEG's Segment Number of ``spec`` (its position in ``segments``, from 1)."""
+        return self.segments.index(spec) + 1
+
+    def segment_stack(self) -> np.ndarray:
+        """Boolean (z, y, x, segments) array, one channel per segment in ``segments`` order."""
+        if self.masks is not None:
+            return np.stack([np.asarray(m, dtype=bool) for m in self.masks], axis=-1)
+        if self.labels is None:
+            raise ValueError(f"no segments: {self.finding}")
+        labels = np.asarray(self.labels)
+        return np.stack([labels == spec.label for spec in self.segments], axis=-1)
 
 
 class Pipeline(Protocol):

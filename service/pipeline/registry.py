@@ -5,13 +5,15 @@ from __future__ import annotations
 from service.config import ProcessingSettings
 from service.errors import PipelineError
 from service.pipeline.base import Pipeline
+from service.pipeline.ct_kidneys import CtKidneysPipeline
 from service.pipeline.mri_baselines import OtsuPipeline, WatershedPipeline
 from service.pipeline.mri_graft import GRAFT_PIPELINES, GraftPipeline
 
 __all__ = ["PIPELINES", "get_pipeline"]
 
 PIPELINES: dict[str, Pipeline] = {
-    p.name: p for p in (*GRAFT_PIPELINES, OtsuPipeline(), WatershedPipeline())
+    p.name: p for p in (*GRAFT_PIPELINES, OtsuPipeline(), WatershedPipeline(),
+                        CtKidneysPipeline())
 }
 
 
@@ -30,4 +32,6 @@ def get_pipeline(name: str, processing: ProcessingSettings | None = None) -> Pip
             f"unknown pipeline {name!r}; known: {', '.join(sorted(PIPELINES))}") from None
     if processing is not None and isinstance(pipeline, GraftPipeline):
         return pipeline.configured(processing.graft)
+    if processing is not None and isinstance(pipeline, CtKidneysPipeline):
+        return pipeline.configured(processing.ct)
     return pipeline

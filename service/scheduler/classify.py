@@ -60,13 +60,17 @@ def classify_series(facts: SeriesFacts, rules: ClassificationRules) -> SeriesRol
 
 
 def choose_pipeline(
-    roles: Mapping[str, SeriesRole], *, mr_pipeline: str
+    roles: Mapping[str, SeriesRole], *, mr_pipeline: str, ct_pipeline: str
 ) -> tuple[str | None, str]:
-    """The pipeline for a study's classified series, or None and the reason why none fits."""
+    """The pipeline for a study's classified series, or None and the reason why none fits.
+
+    A study with a DCE series goes to ``mr_pipeline`` (even when it holds CT series too);
+    else one with a CT series goes to ``ct_pipeline``.
+    """
     present = set(roles.values())
     if SeriesRole.DCE in present:
         return mr_pipeline, "DCE series present"
-    summary = ", ".join(f"{uid}={role.value}" for uid, role in sorted(roles.items())) or "none"
     if SeriesRole.CT in present:
-        return None, f"CT studies have no pipeline installed yet (series: {summary})"
-    return None, f"no DCE MR series to segment (series: {summary})"
+        return ct_pipeline, "CT series present"
+    summary = ", ".join(f"{uid}={role.value}" for uid, role in sorted(roles.items())) or "none"
+    return None, f"no DCE MR or CT series to segment (series: {summary})"

@@ -67,6 +67,7 @@ def sweep(
     stable_age_seconds: float,
     rules: ClassificationRules,
     mr_pipeline: str,
+    ct_pipeline: str,
     now: dt.datetime | None = None,
 ) -> list[Job]:
     """Queue jobs for studies that are stable and changed since they were last looked at.
@@ -96,7 +97,8 @@ def sweep(
                  for f in _series_facts(session, study.id)}
         if not any(r is not r.DERIVED for r in roles.values()):
             continue  # only derived objects (e.g. SEGs sent back to us): nothing to do
-        pipeline, reason = choose_pipeline(roles, mr_pipeline=mr_pipeline)
+        pipeline, reason = choose_pipeline(roles, mr_pipeline=mr_pipeline,
+                                           ct_pipeline=ct_pipeline)
         job = Job(study_pk=study.id, pipeline=pipeline, fingerprint=fingerprint,
                   state=JobState.QUEUED, attempts=0,
                   series_roles=json.dumps({k: v.value for k, v in roles.items()}))

@@ -1,18 +1,25 @@
-"""DICOM SEG (PS3.3 A.51) of a pipeline's label mask, built with highdicom."""
+"""DICOM SEG (PS3.3 A.51) of a pipeline's segments, built with highdicom."""
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 
 import highdicom as hd
 import numpy as np
+from pydicom import Dataset
 from pydicom.sr.coding import Code
 
-from service.pipeline.base import PipelineOutput
+from service.pipeline.base import AlgorithmSpec, PipelineOutput
 
 __all__ = ["MANUFACTURER", "SegOptions", "build_segmentation"]
 
 MANUFACTURER = "kidney-node"
+
+#: Type 2 Patient and General Study attributes (PS3.3 C.7.1.1, C.7.2.1) the SEG and SR
+#: copy from the first source image; some sources (anonymised, converted) leave them out.
+_TYPE2_COPIED = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate",
+                 "StudyTime", "AccessionNumber", "StudyID", "ReferringPhysicianName")
 
 
 @dataclass(frozen=True)
@@ -35,38 +42,47 @@ def build_segmentation(
 ) -> hd.seg.Segmentation:
     """A BINARY SEG with one segment per structure, frames on the source slices.
 
-    Each frame is built from its source slice's own Image Position/Orientation (highdicom
-    derives the plane positions from ``source_images``), so no reorientation can mirror
-    it; every frame keeps its Source Image Sequence and the Referenced Series Sequence
-    names the source series, which OHIF needs.
+    Segments may overlap (PS3.3 C.8.20.1 Segments Overlap: the cortex lies inside its
+    kidney): each segment is encoded in frames of its own, numbered by its position in
+    ``output.segments`` (:meth:`PipelineOutput.segment_number`), with the pipeline's
+    algorithm or the one ``output.algorithms`` names for its structure.
+
+    Each frame is built from its source slice's own Image Position/Orientation
+    (highdicom derives the plane positions from ``source_images``), so no reorientation
+    can mirror it; every frame keeps its Source Image Sequence and the Referenced Series
+    Sequence names the source series, which OHIF needs.
 
     Raises
     ------
     ValueError
-        When the mask does not match the source slices (frames, rows, columns).
+        When the output has no segment, or its masks do not match the source slices
+        (frames, rows, columns).
     """
     sources = list(output.reference.datasets)
-    labels = np.asarray(output.labels)
+    if not output.segments:
+        raise ValueError(f"series {sources[0].SeriesInstanceUID}: nothing to write, "
+                         f"{output.finding}")
+    stack = output.segment_stack()
     expected = (len(sources), int(sources[0].Rows), int(sources[0].Columns))
-    if labels.shape != expected:
-        raise ValueError(f"series {sources[0].SeriesInstanceUID}: mask shape {labels.shape} "
+    if stack.shape[:3] != expected:
+        raise ValueError(f"series {sources[0].SeriesInstanceUID}: mask shape {stack.shape[:3]} "
                          f"does not match the source slices {expected}")
-    algorithm = hd.AlgorithmIdentificationSequence(
-        name=pipeline_name, family=family, version=pipeline_version, source=MANUFACTURER)
+    own = AlgorithmSpec(pipeline_name, pipeline_version, family)
     descriptions = [
         hd.seg.SegmentDescription(
-            segment_number=spec.label,
+            segment_number=output.segment_number(spec),
             segment_label=spec.text,
             segmented_property_category=spec.category,
             segmented_property_type=spec.property_type,
             algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
-            algorithm_identification=algorithm,
+            algorithm_identification=_identification(output.algorithms.get(spec.structure,
+                                                                            own)),
         )
         for spec in output.segments
     ]
     seg = hd.seg.Segmentation(
-        source_images=sources,
-        pixel_array=labels.astype(np.uint8),
+        source_images=[_with_type2_attributes(sources[0]), *sources[1:]],
+        pixel_array=stack.astype(np.uint8),
         segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
         segment_descriptions=descriptions,
         series_instance_uid=options.series_instance_uid,
@@ -85,7 +101,7 @@ def build_segmentation(
         specific_character_set=sources[0].get("SpecificCharacterSet"),
     )
     seg.SeriesDescription = f"Kidney SEG ({pipeline_name})"[:64]
-    by_number = {spec.label: spec for spec in output.segments}
+    by_number = {output.segment_number(spec): spec for spec in output.segments}
     for item in seg.SegmentSequence:
         spec = by_number[int(item.SegmentNumber)]
         if spec.laterality is not None:
@@ -94,3 +110,21 @@ def build_segmentation(
                 hd.sr.CodedConcept(spec.laterality.value, spec.laterality.scheme_designator,
                                    spec.laterality.meaning)]
     return seg
+
+
+def _identification(algorithm: AlgorithmSpec) -> hd.AlgorithmIdentificationSequence:
+    return hd.AlgorithmIdentificationSequence(
+        name=algorithm.name, family=algorithm.family, version=algorithm.version,
+        source=MANUFACTURER)
+
+
+def _with_type2_attributes(source: Dataset) -> Dataset:
+    """``source``, or a copy of it with its missing Type 2 patient and study attributes
+    present and empty (highdicom copies them and fails on an absent one)."""
+    missing = [k for k in _TYPE2_COPIED if k not in source]
+    if not missing:
+        return source
+    filled = copy.deepcopy(source)  # Dataset.copy() would share the elements
+    for keyword in missing:
+        setattr(filled, keyword, None)
+    return filled

@@ -48,16 +48,20 @@ def build_volume_report(
     # Not ReferencedSegment.from_segmentation: it reads the segment number from per-frame
     # groups, where highdicom does not put it when the SEG has a single segment.
     source_series = hd.sr.SourceSeriesForSegmentation(str(sources[0].SeriesInstanceUID))
-    algorithm = hd.sr.AlgorithmIdentification(name=pipeline_name, version=pipeline_version)
     groups = []
     for spec in output.segments:
+        number = output.segment_number(spec)
+        other = output.algorithms.get(spec.structure)
+        algorithm = hd.sr.AlgorithmIdentification(
+            name=pipeline_name if other is None else other.name,
+            version=pipeline_version if other is None else other.version)
         groups.append(hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
             tracking_identifier=hd.sr.TrackingIdentifier(
-                uid=derived_uid(str(seg.SOPInstanceUID), "segment", str(spec.label)),
-                identifier=f"{spec.text} (segment {spec.label})"),
+                uid=derived_uid(str(seg.SOPInstanceUID), "segment", str(number)),
+                identifier=f"{spec.text} (segment {number})"),
             referenced_segment=hd.sr.ReferencedSegment(
                 sop_class_uid=str(seg.SOPClassUID), sop_instance_uid=str(seg.SOPInstanceUID),
-                segment_number=spec.label, source_series=source_series),
+                segment_number=number, source_series=source_series),
             finding_type=spec.property_type,
             finding_category=spec.category,
             finding_sites=None if spec.laterality is None else [hd.sr.FindingSite(

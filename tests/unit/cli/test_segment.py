@@ -34,7 +34,7 @@ def test_segment_without_dce_says_why(tmp_path, capsys):
         if _series_of(path) != study.t2_series_uid:
             path.unlink()
     assert main(["segment", str(study.root), "--out", str(tmp_path / "out")]) == 2
-    assert "no DCE MR series" in capsys.readouterr().err
+    assert "no DCE MR or CT series" in capsys.readouterr().err
 
 
 def test_unknown_pipeline_is_named(tmp_path, capsys):
@@ -48,3 +48,20 @@ def _series_of(path):
     from pydicom import dcmread
 
     return dcmread(path, stop_before_pixels=True).SeriesInstanceUID
+
+
+def test_segment_ct_without_kidney_writes_the_finding_only(tmp_path, capsys, monkeypatch):
+    from service.pipeline import ct_kidneys
+    from service.synthetic import CtGrid, synthesize_ct, write_ct_study
+    from tests.ct_cases import fake_segmenter
+
+    study = write_ct_study(tmp_path / "in", synthesize_ct(2, grid=CtGrid.small()))
+    monkeypatch.setattr(ct_kidneys, "segment_ct_kidneys",
+                        fake_segmenter(study.kidneys_path, sides=()))
+    out = tmp_path / "out"
+    assert main(["segment", str(study.root), "--out", str(out)]) == 0
+    result = json.loads((out / "result.json").read_text())
+    assert result["pipeline"] == "ct-kidneys" and result["volumes_ml"] == {}
+    assert result["finding"].startswith("no kidney in field of view")
+    assert sorted(p.name for p in out.iterdir()) == ["result.json"]
+    assert "no kidney in field of view" in capsys.readouterr().out

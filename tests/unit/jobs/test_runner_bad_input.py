@@ -110,7 +110,8 @@ def archive(tmp_path: Path, sqlite_url: str) -> Iterator[tuple[sessionmaker, Ins
 def _queue_all(sessions: sessionmaker, store: InstanceStore) -> JobRunner:
     """Queue a job per stable study; the runner that will run them."""
     with sessions.begin() as session:
-        sweep(session, stable_age_seconds=0, rules=ClassificationRules(), mr_pipeline=PIPELINE)
+        sweep(session, stable_age_seconds=0, rules=ClassificationRules(), mr_pipeline=PIPELINE,
+              ct_pipeline="ct-kidneys")
     settings = Settings(processing=ProcessingSettings(device="cpu", mr_pipeline=PIPELINE))
     return JobRunner(settings=settings, sessions=sessions, store=store, device="cpu")
 

@@ -9,6 +9,7 @@ import SimpleITK as sitk
 from models.ct_body import body_mask, spine_track, to_working_grid
 from models.ct_kidneys import (
     CtKidneyConfig,
+    detach_appendages,
     score_region,
     segment_ct_kidneys,
     solidify,
@@ -147,3 +148,17 @@ def test_score_prefers_an_upright_kidney_in_fat_to_a_slab() -> None:
     bony = score_region(hu, np.ones(shape, dtype=bool), whole, kidney, (100.0, 200.0), 2.5,
                         config)
     assert bony.bone_free == 0.0 and bony.score == 0.0
+
+
+def test_detach_appendages_cuts_a_tube_but_not_a_thin_kidney() -> None:
+    body = np.zeros((60, 40, 40), dtype=bool)
+    body[:40] = _ellipsoid((40, 40, 40), (16, 12, 12))
+    with_tube = body.copy()
+    with_tube[20:58, 18:22, 18:22] = True  # a 4-voxel tube leaving the lower pole
+    cut = detach_appendages(with_tube, 4, 0.15)
+    assert with_tube[50:].any() and not cut[50:].any()  # the tube is gone
+    assert cut[body].mean() > 0.98  # the body is whole
+    # A plate thinner than every ball is left as it is rather than cut away.
+    plate = np.zeros((20, 30, 30), dtype=bool)
+    plate[9:12, 5:25, 5:25] = True
+    assert np.array_equal(detach_appendages(plate, 4, 0.15), plate)

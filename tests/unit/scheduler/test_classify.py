@@ -40,8 +40,12 @@ def test_custom_rules_change_the_role():
 
 
 def test_choose_pipeline():
-    assert choose_pipeline({"1": SeriesRole.DCE, "2": SeriesRole.T2}, mr_pipeline="p")[0] == "p"
-    name, reason = choose_pipeline({"1.2": SeriesRole.T2}, mr_pipeline="p")
-    assert name is None and "no DCE" in reason and "1.2=t2" in reason
-    name, reason = choose_pipeline({"9": SeriesRole.CT}, mr_pipeline="p")
-    assert name is None and "CT" in reason
+    def choose(roles):
+        return choose_pipeline(roles, mr_pipeline="p", ct_pipeline="c")
+
+    assert choose({"1": SeriesRole.DCE, "2": SeriesRole.T2})[0] == "p"
+    name, reason = choose({"1.2": SeriesRole.T2})
+    assert name is None and "no DCE MR or CT" in reason and "1.2=t2" in reason
+    assert choose({"9": SeriesRole.CT, "8": SeriesRole.DERIVED}) == ("c", "CT series present")
+    # A study with DCE keeps the MRI pipeline, even with a CT series in it.
+    assert choose({"9": SeriesRole.CT, "1": SeriesRole.DCE})[0] == "p"

@@ -42,7 +42,7 @@ def _study(session, uid_="1.2.3"):
 
 def _sweep(session, now):
     return sweep(session, stable_age_seconds=60, rules=RULES, mr_pipeline="mri-watershed",
-                 now=now)
+                 ct_pipeline="ct-kidneys", now=now)
 
 
 def test_stable_study_gets_one_job_and_a_resend_none(migrated_sessions):

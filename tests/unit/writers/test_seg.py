@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import io
 import shutil
 
@@ -73,3 +74,30 @@ def test_mask_of_the_wrong_shape_is_refused(seg_case):
         build_segmentation(bad, pipeline_name="p", pipeline_version="1",
                            family=codes.cid7162.MorphologicalOperations,
                            options=SegOptions("1.2", "1.2.3", 1, "X", "0"))
+
+
+def test_sources_without_type2_patient_attributes_still_give_a_valid_seg(seg_case, tmp_path):
+    """Anonymised or converted images often lack Type 2 attributes (no birth date, sex or
+    accession number): the SEG carries them empty instead of failing."""
+    phase, labels, *_ = seg_case("axial")
+    datasets = []
+    for ds in phase.datasets:
+        ds = copy.deepcopy(ds)
+        for keyword in ("PatientBirthDate", "PatientSex", "AccessionNumber",
+                        "ReferringPhysicianName"):
+            if keyword in ds:
+                delattr(ds, keyword)
+        datasets.append(ds)
+    stripped = PipelineOutput(reference=type(phase)(phase.image, tuple(datasets),
+                                                    phase.temporal_position,
+                                                    phase.acquisition_time_s),
+                              labels=labels, segments=(KIDNEY,), volumes_ml={})
+    seg = build_segmentation(stripped, pipeline_name="p", pipeline_version="1",
+                             family=codes.cid7162.MorphologicalOperations,
+                             options=SegOptions("1.2", "1.2.3", 1, "X^Y", "0"))
+    for keyword in ("PatientBirthDate", "PatientSex", "AccessionNumber"):
+        assert keyword in seg and not seg[keyword].value, keyword
+    assert "PatientBirthDate" not in datasets[0]  # the source headers are left as they are
+    path = tmp_path / "seg.dcm"
+    seg.save_as(path, enforce_file_format=True)
+    assert dciodvfy_errors(path) == []

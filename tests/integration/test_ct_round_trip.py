@@ -1,0 +1,131 @@
+"""CT end to end with real peers: DCMTK storescu → node (ct-kidneys) → DCMTK storescp.
+
+The kidney method is the real one (models/ct_kidneys.py) on a small synthetic contrast CT
+(96 × 96 at 4 mm, 5 mm slices), checked against the phantom's ground truth.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from pydicom import dcmread
+from pydicom.uid import Comprehensive3DSRStorage, SegmentationStorage
+
+from service.imaging.series import LoadedVolume, load_series
+from service.synthetic import Coverage, CtGrid, SyntheticCTStudy, synthesize_ct, write_ct_study
+from tests.conftest import free_port
+from tests.ct_cases import truth_on
+from tests.peers import dciodvfy_errors, storescp, storescu
+from tests.segs import segment_masks
+
+pytestmark = pytest.mark.integration
+
+SEED = 1
+MIN_DICE = 0.8
+MAX_VOLUME_ERROR = 0.15
+#: Segment label -> (truth label, SNOMED CT laterality).
+SIDES = {"Right kidney": (1, "24028007"), "Left kidney": (2, "7771000")}
+
+
+def _objects_in(folder: Path, sop_class_uid: str) -> list[Path]:
+    return [path for path in folder.glob("*") if path.is_file()
+            and dcmread(path, stop_before_pixels=True).SOPClassUID == sop_class_uid]
+
+
+def _x_mm(volume: LoadedVolume, mask: np.ndarray) -> float:
+    """Patient x (LPS: + is the patient's left) of a mask's centroid."""
+    z, y, x = np.argwhere(mask).mean(axis=0)
+    return volume.image.TransformContinuousIndexToPhysicalPoint((x, y, z))[0]
+
+
+def _dice(a: np.ndarray, b: np.ndarray) -> float:
+    return 2.0 * float((a & b).sum()) / float(a.sum() + b.sum())
+
+
+def _job_of(node, study_uid: str) -> dict | None:  # noqa: ANN001
+    jobs = (node.study(study_uid) or {}).get("jobs", [])
+    return jobs[-1] if jobs and jobs[-1]["state"] in ("succeeded", "failed") else None
+
+
+def test_ct_kidneys_reach_the_destination_with_their_sides(make_node, sqlite_url, tmp_path):
+    study: SyntheticCTStudy = write_ct_study(
+        tmp_path / "ct", synthesize_ct(SEED, grid=CtGrid.small()), patient_id="IT-CT-0001")
+    dest_port = free_port()
+    with storescp(dest_port, tmp_path / "dest"):
+        node = make_node(sqlite_url, destinations=[
+            {"name": "dest", "ae_title": "DEST", "host": "127.0.0.1", "port": dest_port}])
+        node.start()
+        t0 = time.perf_counter()
+        sent = storescu(node.dicom_port, list(study.files))
+        assert sent.returncode == 0, sent.stderr
+        segs = node.wait_for(lambda: _objects_in(tmp_path / "dest", SegmentationStorage), 90,
+                             "the SEG at storescp")
+        t_round = time.perf_counter() - t0
+        reports = node.wait_for(lambda: _objects_in(tmp_path / "dest", Comprehensive3DSRStorage),
+                                30, "the SR at storescp")
+    (job,) = json.loads(node.cli("jobs", "--json").stdout)
+    assert (job["state"], job["pipeline"], job["outcome"]) == ("succeeded", "ct-kidneys", None)
+    assert len(segs) == 1 and len(reports) == 1
+    assert dciodvfy_errors(segs[0]) == [] and dciodvfy_errors(reports[0]) == []
+    seg = dcmread(segs[0], stop_before_pixels=True)
+    assert seg.StudyInstanceUID == study.study_instance_uid
+    assert [s.SeriesInstanceUID for s in seg.ReferencedSeriesSequence] == [
+        study.series_instance_uid]
+    for item in seg.SegmentSequence:
+        prop = item.SegmentedPropertyTypeCodeSequence[0]
+        modifier = prop.SegmentedPropertyTypeModifierCodeSequence[0]
+        assert (prop.CodeValue, modifier.CodeValue) == ("64033007", SIDES[item.SegmentLabel][1])
+
+    volume = load_series(list(study.files)).volumes[0]
+    truth = truth_on(volume.image, study.kidneys_path)
+    masks = segment_masks(segs[0], volume)
+    assert set(masks) == set(SIDES)
+    rows = {r["structure"]: r for r in json.loads(node.cli("volumes", study.patient_id,
+                                                           "--json").stdout)}
+    assert set(rows) == {"kidney_right", "kidney_left"}
+    measured = []
+    for label, (value, _) in SIDES.items():
+        side = label.split()[0].lower()
+        dice = _dice(masks[label], truth == value)
+        true_ml = study.truth[value].volume_ml
+        stored_ml = rows[f"kidney_{side}"]["volume_ml"]
+        error = stored_ml / true_ml - 1.0
+        measured.append(f"{side}: Dice {dice:.3f}, {stored_ml:.1f} ml vs {true_ml:.1f} ml "
+                        f"({100 * error:+.1f} %), flags {rows[f'kidney_{side}']['flags']}")
+        assert dice >= MIN_DICE, measured[-1]
+        assert abs(error) <= MAX_VOLUME_ERROR, measured[-1]
+    # The patient's sides: right kidney at smaller x (LPS) than the left, like the truth.
+    right, left = masks["Right kidney"], masks["Left kidney"]
+    assert _x_mm(volume, right) < 0 < _x_mm(volume, left)
+    assert abs(_x_mm(volume, right) - _x_mm(volume, truth == 1)) < 15.0
+    print(f"\nCT round trip: SEG at destination after {t_round:.1f} s, timings "
+          f"{job['timings']}; " + "; ".join(measured))
+
+
+def test_ct_without_kidney_succeeds_with_the_outcome_and_sends_nothing(make_node, sqlite_url,
+                                                                       tmp_path):
+    study = write_ct_study(tmp_path / "ct", synthesize_ct(
+        SEED, grid=CtGrid.small(Coverage.NO_KIDNEYS)), patient_id="IT-CT-0002")
+    assert not study.kidney_in_view
+    dest_port = free_port()
+    with storescp(dest_port, tmp_path / "dest"):
+        node = make_node(sqlite_url, destinations=[
+            {"name": "dest", "ae_title": "DEST", "host": "127.0.0.1", "port": dest_port}])
+        node.start()
+        assert storescu(node.dicom_port, list(study.files)).returncode == 0
+        job = node.wait_for(lambda: _job_of(node, study.study_instance_uid), 60, "the job")
+        time.sleep(2 * node.config["sender"]["poll_interval_seconds"])
+        assert list((tmp_path / "dest").glob("*")) == []
+    assert job["state"] == "succeeded" and job["error"] is None
+    assert job["outcome"].startswith("no kidney in field of view")
+    summary = node.study(study.study_instance_uid)
+    assert summary["results"] == [] and summary["sends"] == []
+    table = node.cli("jobs").stdout
+    assert "no kidney in field of view" in table
+    rows = json.loads(node.cli("volumes", study.patient_id, "--json", check=False).stdout)
+    assert rows == []
+    print(f"\nno-kidney CT: {job['outcome']}; timings {job['timings']}")
