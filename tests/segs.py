@@ -62,3 +62,23 @@ def segment_masks(seg_path: Path, volume: LoadedVolume) -> dict[str, np.ndarray]
         source = group.DerivationImageSequence[0].SourceImageSequence[0]
         masks[labels[number]][z_of[source.ReferencedSOPInstanceUID]] |= frame.astype(bool)
     return masks
+
+
+def write_seg_and_sr(output: PipelineOutput, root: Path, uid_root: str) -> dict[str, Path]:
+    """Build the SEG and SR of ``output`` as the CT pipeline would (algorithm "ct-test",
+    family Morphological Operations) and save them as ``seg.dcm`` and ``sr.dcm`` in
+    ``root``; the instances' UIDs are ``uid_root`` + ".1" ... ".5"."""
+    from service.writers.sr import SrOptions, build_volume_report
+
+    seg = build_segmentation(output, pipeline_name="ct-test", pipeline_version="1",
+                             family=codes.cid7162.MorphologicalOperations,
+                             options=SegOptions(f"{uid_root}.1", f"{uid_root}.2", 9901,
+                                                "KIDNEY^NODE", "0.1.0"))
+    sr = build_volume_report(output, seg, pipeline_name="ct-test", pipeline_version="1",
+                             options=SrOptions(f"{uid_root}.3", f"{uid_root}.4", 9902,
+                                               f"{uid_root}.5", "0.1.0"))
+    paths = {}
+    for name, obj in (("seg", seg), ("sr", sr)):
+        paths[name] = root / f"{name}.dcm"
+        obj.save_as(paths[name], enforce_file_format=True)
+    return paths

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 from pydicom import dcmread
-from sqlalchemy import func, select
+from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import sessionmaker
 
 from service.api.app import create_app
@@ -47,16 +47,22 @@ def study(tmp_path_factory: pytest.TempPathFactory) -> SyntheticCTStudy:
                                                                        grid=CtGrid.small()))
 
 
+def _empty_archive(tmp_path: Path, sqlite_url: str
+                   ) -> tuple[Engine, sessionmaker, InstanceStore, Path]:
+    """A migrated SQLite index, its archive and a folder for incoming files."""
+    upgrade(sqlite_url)
+    engine = make_engine(sqlite_url)
+    sessions = make_sessionmaker(engine)
+    incoming = tmp_path / "in"
+    incoming.mkdir()
+    return engine, sessions, InstanceStore(tmp_path / "archive", sessions), incoming
+
+
 @pytest.fixture
 def archive(tmp_path: Path, sqlite_url: str, study: SyntheticCTStudy
             ) -> Iterator[tuple[sessionmaker, InstanceStore]]:
     """A migrated SQLite index holding the CT study, stable (a job queued by the sweep)."""
-    upgrade(sqlite_url)
-    engine = make_engine(sqlite_url)
-    sessions = make_sessionmaker(engine)
-    store = InstanceStore(tmp_path / "archive", sessions)
-    incoming = tmp_path / "in"
-    incoming.mkdir()
+    engine, sessions, store, incoming = _empty_archive(tmp_path, sqlite_url)
     for path in study.files:
         store.store_file(Path(shutil.copy(path, incoming / path.name)), calling_aet="CT")
     with sessions.begin() as session:
@@ -156,12 +162,7 @@ def test_a_ct_series_that_cannot_load_is_skipped_when_another_loads(
         tmp_path, sqlite_url, study, monkeypatch, caplog):
     """A two-slice CT series (a localizer-like leftover) cannot be loaded: the job goes on
     with the study's other CT series."""
-    upgrade(sqlite_url)
-    engine = make_engine(sqlite_url)
-    sessions = make_sessionmaker(engine)
-    store = InstanceStore(tmp_path / "archive", sessions)
-    incoming = tmp_path / "in"
-    incoming.mkdir()
+    engine, sessions, store, incoming = _empty_archive(tmp_path, sqlite_url)
     short_series = new_uid()
     for n, path in enumerate(study.files):
         store.store_file(Path(shutil.copy(path, incoming / path.name)), calling_aet="CT")

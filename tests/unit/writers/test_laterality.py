@@ -14,9 +14,8 @@ from pydicom.sr.codedict import codes
 from service.imaging.series import load_series
 from service.pipeline.base import KIDNEY_LEFT, KIDNEY_RIGHT, PipelineOutput
 from service.synthetic import CtGrid, synthesize_ct, write_ct_study
-from service.writers.seg import SegOptions, build_segmentation
-from service.writers.sr import SrOptions, build_volume_report
 from tests.peers import dciodvfy_errors
+from tests.segs import write_seg_and_sr
 
 
 @pytest.fixture(scope="module")
@@ -34,19 +33,7 @@ def paired(tmp_path_factory: pytest.TempPathFactory):
                for spec in (KIDNEY_RIGHT, KIDNEY_LEFT)}
     output = PipelineOutput(reference=volume, labels=labels,
                             segments=(KIDNEY_RIGHT, KIDNEY_LEFT), volumes_ml=volumes)
-    seg = build_segmentation(output, pipeline_name="ct-test", pipeline_version="1",
-                             family=codes.cid7162.MorphologicalOperations,
-                             options=SegOptions("1.2.826.0.1.3680043.8.498.11",
-                                                "1.2.826.0.1.3680043.8.498.12", 9901,
-                                                "KIDNEY^NODE", "0.1.0"))
-    sr = build_volume_report(output, seg, pipeline_name="ct-test", pipeline_version="1",
-                             options=SrOptions("1.2.826.0.1.3680043.8.498.13",
-                                               "1.2.826.0.1.3680043.8.498.14", 9902,
-                                               "1.2.826.0.1.3680043.8.498.15", "0.1.0"))
-    paths = {}
-    for name, obj in (("seg", seg), ("sr", sr)):
-        paths[name] = root / f"{name}.dcm"
-        obj.save_as(paths[name], enforce_file_format=True)
+    paths = write_seg_and_sr(output, root, "1.2.826.0.1.3680043.8.498.1")
     return volume, labels, volumes, paths
 
 

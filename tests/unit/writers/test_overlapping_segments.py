@@ -20,10 +20,9 @@ from service.pipeline.base import (
     PipelineOutput,
 )
 from service.synthetic import CtGrid, synthesize_ct, write_ct_study
-from service.writers.seg import SegOptions, build_segmentation
-from service.writers.sr import SrOptions, build_volume_report
 from tests.ct_cases import truth_on
 from tests.peers import dciodvfy_errors
+from tests.segs import write_seg_and_sr
 
 SPECS = (KIDNEY_RIGHT, KIDNEY_LEFT, CORTEX_RIGHT, CORTEX_LEFT)
 NETWORK = AlgorithmSpec("test-ensemble", "7", codes.cid7162.ArtificialIntelligence)
@@ -42,19 +41,7 @@ def four(tmp_path_factory: pytest.TempPathFactory):
     output = PipelineOutput(reference=volume, segments=SPECS, masks=masks, volumes_ml=volumes,
                             algorithms={CORTEX_RIGHT.structure: NETWORK,
                                         CORTEX_LEFT.structure: NETWORK})
-    seg = build_segmentation(output, pipeline_name="ct-test", pipeline_version="1",
-                             family=codes.cid7162.MorphologicalOperations,
-                             options=SegOptions("1.2.826.0.1.3680043.8.498.21",
-                                                "1.2.826.0.1.3680043.8.498.22", 9901,
-                                                "KIDNEY^NODE", "0.1.0"))
-    sr = build_volume_report(output, seg, pipeline_name="ct-test", pipeline_version="1",
-                             options=SrOptions("1.2.826.0.1.3680043.8.498.23",
-                                               "1.2.826.0.1.3680043.8.498.24", 9902,
-                                               "1.2.826.0.1.3680043.8.498.25", "0.1.0"))
-    paths = {}
-    for name, obj in (("seg", seg), ("sr", sr)):
-        paths[name] = root / f"{name}.dcm"
-        obj.save_as(paths[name], enforce_file_format=True)
+    paths = write_seg_and_sr(output, root, "1.2.826.0.1.3680043.8.498.2")
     return volume, masks, volumes, paths
 
 
