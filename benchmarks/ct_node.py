@@ -218,8 +218,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cpu", help="processing.device of the node")
     parser.add_argument("--cortex-models", type=Path,
                         help="processing.ct.cortex_models_dir (default: none)")
-    parser.add_argument("--min-dice", type=float, default=0.8)
-    parser.add_argument("--max-volume-error-pct", type=float, default=15.0)
+    # Issue 6's targets on this CT: Dice >= 0.85 per side, volume within 10 %, and
+    # <= 60 s of segmentation per study on this CPU (checked with --cortex-models only:
+    # the target is for all 7 networks).
+    parser.add_argument("--min-dice", type=float, default=0.85)
+    parser.add_argument("--max-volume-error-pct", type=float, default=10.0)
+    parser.add_argument("--max-segment-s", type=float, default=60.0)
     parser.add_argument("--timeout", type=float, default=900.0, help="seconds per job")
     parser.add_argument("--out", type=Path, default=RESULTS / "ct_node")
     args = parser.parse_args(argv)
@@ -253,6 +257,10 @@ def main(argv: list[str] | None = None) -> int:
                          "round_trip_seconds": no_kidney["round_trip_seconds"]}
     verdicts = checks(sides, no_kidney_summary, min_dice=args.min_dice,
                       max_volume_error_pct=args.max_volume_error_pct)
+    seconds = (kidney_summary["job"].get("timings") or {}).get("segment_s")
+    if args.cortex_models is not None and seconds is not None:
+        verdicts[f"kidney CT segmented (kidneys + 7-network cortex) in <= "
+                 f"{args.max_segment_s:g} s"] = seconds <= args.max_segment_s
     run = {"code": _revision(), "host": f"{platform.machine()} {platform.node()}",
            "device": args.device, "stable_age_seconds": stable,
            "cortex_models": str(args.cortex_models) if args.cortex_models else None}
