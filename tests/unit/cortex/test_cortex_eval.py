@@ -17,9 +17,13 @@ def test_training_and_test_seeds_are_disjoint_across_runs():
         case_seeds(0, 0, 4)
 
 
-def _case(ensemble, singles, seconds):
+def _case(ensemble, singles, seconds, kidney_seconds=10.0):
+    """A test case's record; the 60 s target is on kidneys + ensemble (total_seconds)."""
     return {"ensemble_dice": ensemble, "single_dice": singles, "ceiling_dice": 0.98,
-            "inference_seconds": seconds}
+            "kidney_seconds": kidney_seconds, "inference_seconds": seconds,
+            "total_seconds": kidney_seconds + seconds,
+            "kidney_dice": {"right": 0.9, "left": None},
+            "kidneys_found": {"right": True, "left": False}}
 
 
 def test_summary_checks_each_target():
@@ -29,6 +33,8 @@ def test_summary_checks_each_target():
     assert s["best_single"] == "model_1"
     assert s["best_single_mean_dice"] == pytest.approx(0.88)
     assert all(s["checks"].values())
-    slow = summarise([_case(0.86, [0.87, 0.80, 0.80], 61.0)], MANIFEST, None)
+    assert s["kidney_mean_dice"] == {"right": pytest.approx(0.9), "left": None}
+    assert s["kidneys_not_found"] == 2
+    slow = summarise([_case(0.86, [0.87, 0.80, 0.80], 55.0)], MANIFEST, None)
     assert not any(slow["checks"].values())
     assert slow["train_seconds"] is None
