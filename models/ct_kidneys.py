@@ -54,6 +54,7 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage as ndi
 
+from models.components import FACE_CONNECTIVITY, ball, largest_component
 from models.ct_body import SpineTrack, body_mask, spine_track, to_working_grid
 
 __all__ = ["CtKidneyConfig", "CtKidneys", "FoundKidney", "segment_ct_kidneys"]
@@ -170,7 +171,7 @@ class Candidate:
                 * self.bone_free * self.pole_in_view * self.position)
 
 
-_BALL1 = ndi.generate_binary_structure(3, 1)
+_BALL1 = FACE_CONNECTIVITY
 
 
 def segment_ct_kidneys(ct: sitk.Image, config: CtKidneyConfig | None = None) -> CtKidneys:
@@ -417,7 +418,7 @@ def delineate(hu: np.ndarray, best: Candidate, zone: np.ndarray,
         rim = ndi.binary_dilation(mask, structure=_BALL1, iterations=config.rim_voxels)
         mask |= rim & zone
     mask &= hu > config.fat_hu
-    return _largest(detach_appendages(mask, config.detach_voxels, config.detach_max_share))
+    return largest_component(detach_appendages(mask, config.detach_voxels, config.detach_max_share))
 
 
 def detach_appendages(mask: np.ndarray, max_radius: int, max_share: float) -> np.ndarray:
@@ -434,10 +435,10 @@ def detach_appendages(mask: np.ndarray, max_radius: int, max_share: float) -> np
     box = _grow_box(ndi.find_objects(mask.astype(np.uint8))[0], max_radius + 1, mask.shape)
     sub = mask[box]
     for r in range(max_radius, 1, -1):
-        core = _main_parts(ndi.binary_opening(sub, structure=_ball(r)))
+        core = _main_parts(ndi.binary_opening(sub, structure=ball(r)))
         if not core.any():
             continue
-        kept = sub & ndi.binary_dilation(core, structure=_ball(r))
+        kept = sub & ndi.binary_dilation(core, structure=ball(r))
         if total - int(kept.sum()) <= max_share * total:
             out = np.zeros_like(mask)
             out[box] = kept
@@ -457,27 +458,13 @@ def _main_parts(mask: np.ndarray, share: float = 0.2) -> np.ndarray:
     return np.isin(labels, keep[keep > 0])
 
 
-def _largest(mask: np.ndarray) -> np.ndarray:
-    labels, n = ndi.label(mask)
-    if n <= 1:
-        return mask
-    sizes = np.bincount(labels.ravel())
-    sizes[0] = 0
-    return labels == int(np.argmax(sizes))
-
-
 def solidify(mask: np.ndarray, radius: int) -> np.ndarray:
     """``mask`` closed by a ball of ``radius`` voxels and hole-filled (same shape)."""
     if radius > 0:
         padded = np.pad(mask, radius)
-        closed = ndi.binary_closing(padded, structure=_ball(radius))
+        closed = ndi.binary_closing(padded, structure=ball(radius))
         mask = closed[(slice(radius, -radius),) * 3]
     return ndi.binary_fill_holes(mask)
-
-
-def _ball(r: int) -> np.ndarray:
-    g = np.arange(-r, r + 1)
-    return (g[:, None, None] ** 2 + g[None, :, None] ** 2 + g[None, None, :] ** 2) <= r * r
 
 
 def _on_ct_grid(side: str, mask: np.ndarray, work: sitk.Image, ct: sitk.Image,
