@@ -138,7 +138,7 @@ class CortexUNet(nn.Module):
 
 
 def cortex_probability(model: nn.Module, slices: torch.Tensor) -> torch.Tensor:
-    """Sigmoid of ``model(slices)``, computed in eval mode without gradient.
+    """Sigmoid of ``model(slices)``, computed in eval and inference mode (no autograd).
 
     Parameters
     ----------
@@ -155,7 +155,7 @@ def cortex_probability(model: nn.Module, slices: torch.Tensor) -> torch.Tensor:
     was_training = model.training
     model.eval()
     try:
-        with torch.no_grad():
+        with torch.inference_mode():
             return torch.sigmoid(model(slices))
     finally:
         model.train(was_training)

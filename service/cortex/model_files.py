@@ -172,5 +172,6 @@ def load_cortex_ensemble(model_dir: Path, *, device: str | torch.device = "cpu"
         except (RuntimeError, OSError, ValueError) as exc:
             raise ModelFilesError(path, f"weights do not fit {ARCHITECTURE_NAME}: {exc}"
                                   ) from exc
-        models.append(net.to(device).eval())
+        # Channels-last weights: about twice as fast on CPU (oneDNN), same results.
+        models.append(net.to(device, memory_format=torch.channels_last).eval())
     return CortexEnsemble(models=models, spec=spec, manifest=manifest)

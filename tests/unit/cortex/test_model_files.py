@@ -52,7 +52,10 @@ def test_loaded_ensemble_reproduces_the_saved_networks(model_dir):
     reference.load_state_dict(_trained()[0].state_dict)
     x = torch.rand(1, 1, 32, 32)
     assert not ensemble.models[0].training
-    assert torch.equal(ensemble.models[0](x), reference.eval()(x))
+    loaded = ensemble.models[0].state_dict()
+    assert all(torch.equal(loaded[k], v) for k, v in reference.state_dict().items())
+    # Channels-last weights change the summation order, not the function.
+    assert torch.allclose(ensemble.models[0](x), reference.eval()(x), atol=1e-5)
 
 
 def test_changed_weight_file_is_refused_before_loading(model_dir):

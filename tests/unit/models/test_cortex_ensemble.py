@@ -109,3 +109,22 @@ def test_segment_cortex_returns_each_kidneys_cortex_on_the_ct_grid():
     assert not out[5:8, 28:32, 55:65].any()
     for label in (1, 2):
         assert dice(out == label, cortex == label) > 0.85
+
+
+def test_segment_cortex_handles_a_kidney_cut_by_the_grid_and_keeps_to_its_margin():
+    shape = (30, 60, 70)  # (z, y, x) at 1.5 x 0.8 x 0.8 mm; the kidney runs off slice 0
+    zz, yy, xx = np.indices(shape)
+    r = np.sqrt(((zz - 4) / 12) ** 2 + ((yy - 30) / 15) ** 2 + ((xx - 35) / 18) ** 2)
+    hu = np.full(shape, -80.0, np.float32)
+    hu[r <= 1] = 60.0
+    hu[(r <= 1) & (r > 0.7)] = 190.0
+    hu[(r > 1.3) & (r <= 1.45)] = 190.0  # a bright shell well beyond the 3 mm margin
+    ct = sitk.GetImageFromArray(hu)
+    ct.SetSpacing((0.8, 0.8, 1.5))
+    lab = sitk.GetImageFromArray((r <= 1).astype(np.uint8))
+    lab.CopyInformation(ct)
+    out = segment_cortex(ct, lab, [_Bright()] * 3, size=96)
+    assert out.shape == shape
+    assert out[0].any()  # cortex on the cut face
+    assert not out[r > 1.3].any()
+    assert dice(out == 1, (r <= 1) & (r > 0.7)) > 0.8
