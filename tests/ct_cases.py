@@ -57,13 +57,26 @@ def fake_cortex(cortex_path: Path) -> Callable[..., np.ndarray]:
     return segment
 
 
-def tiny_model_dir(out_dir: Path, *, n: int = 2, width: int = 2) -> Path:
-    """A cortex model folder of ``n`` untrained networks (manifest and sha256 included)."""
+def tiny_model_dir(out_dir: Path, *, n: int = 2, width: int = 2,
+                   constant_logit: float | None = None) -> Path:
+    """A cortex model folder of ``n`` untrained networks (manifest and sha256 included).
+
+    With ``constant_logit`` each network's output layer is set to give that logit at every
+    pixel (zero weights, that bias): a predictable network, e.g. +10 calls everything in
+    the crop cortex, so what reaches the SEG is what the aggregation and the kidney margin
+    leave of it.
+    """
     spec = CortexUNetSpec(width=width)
     torch.manual_seed(0)
+    nets = [CortexUNet(spec) for _ in range(n)]
+    if constant_logit is not None:
+        for net in nets:
+            with torch.no_grad():
+                net.head.weight.zero_()
+                net.head.bias.fill_(constant_logit)
     trained = [TrainedModel(name=f"model_{i}", role="all", fold=None,
-                            state_dict=CortexUNet(spec).state_dict(), train_slices=1,
+                            state_dict=net.state_dict(), train_slices=1,
                             validation_slices=0, losses=[0.5], dice_per_epoch=[0.0])
-               for i in range(n)]
+               for i, net in enumerate(nets)]
     write_model_dir(out_dir, trained, spec=spec, training={"note": "untrained, for tests"})
     return out_dir
