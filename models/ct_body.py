@@ -21,12 +21,21 @@ __all__ = ["AIR_HU", "SpineTrack", "body_mask", "spine_track", "to_working_grid"
 AIR_HU = -1024.0
 
 
-def to_working_grid(ct: sitk.Image, spacing_mm: float) -> sitk.Image:
+def to_working_grid(ct: sitk.Image, spacing_mm: float, *, anti_alias: bool = True
+                    ) -> sitk.Image:
     """``ct`` resampled to isotropic ``spacing_mm`` voxels on an LPS-aligned grid.
 
-    The grid covers the CT's physical extent; linear interpolation; air outside.
+    The grid covers the CT's physical extent; linear interpolation; air outside. With
+    ``anti_alias``, axes sampled finer than ``spacing_mm`` are first smoothed by a
+    Gaussian of sigma ``(spacing_mm - spacing) / 2`` mm, so a thin-slice CT reaches the
+    working grid with its noise averaged over the coarser voxel (white noise of 20 HU at
+    0.74 x 0.74 x 1 mm leaves about 3 HU) instead of sampled voxel by voxel.
     """
     image = sitk.Cast(ct, sitk.sitkFloat32)
+    if anti_alias:
+        sigma = [max(0.0, spacing_mm - s) / 2.0 for s in image.GetSpacing()]
+        if any(sigma):
+            image = sitk.DiscreteGaussian(image, [v * v for v in sigma], 32, 0.01, True)
     direction = np.array(image.GetDirection()).reshape(3, 3)
     size = np.array(image.GetSize())
     spacing = np.array(image.GetSpacing())

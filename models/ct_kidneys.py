@@ -68,6 +68,11 @@ class CtKidneyConfig:
 
     #: Working grid spacing in mm (the CT is resampled to it, isotropic).
     working_spacing_mm: float = 2.5
+    #: Low-pass filter finer axes before resampling (see ``to_working_grid``).
+    anti_alias: bool = True
+    #: Typical fat HU: the kidney's outline is drawn half-way between its own median HU
+    #: and this (the 50 % partial-volume level), never below ``fat_hu``. None: ``fat_hu``.
+    fat_reference_hu: float | None = -100.0
     #: Radius (voxels) of the median filter on the working grid: windows on noisy,
     #: low-dose CT break into speckle without it; edges survive a median.
     median_radius: int = 0
@@ -184,7 +189,7 @@ def segment_ct_kidneys(ct: sitk.Image, config: CtKidneyConfig | None = None) -> 
     """
     config = config or CtKidneyConfig()
     s = config.working_spacing_mm
-    work = to_working_grid(ct, s)
+    work = to_working_grid(ct, s, anti_alias=config.anti_alias)
     if config.median_radius > 0:
         work = sitk.Median(work, [config.median_radius] * 3)
     hu = sitk.GetArrayFromImage(work)
@@ -414,10 +419,16 @@ def delineate(hu: np.ndarray, best: Candidate, zone: np.ndarray,
     """
     mask = np.zeros(hu.shape, dtype=bool)
     mask[best.bbox] = best.mask
+    level = config.fat_hu
+    if config.fat_reference_hu is not None:
+        inside = hu[best.bbox][best.mask]
+        inside = inside[inside > config.fat_hu]
+        if inside.size:
+            level = max(level, (float(np.median(inside)) + config.fat_reference_hu) / 2.0)
     if config.rim_voxels > 0:
         rim = ndi.binary_dilation(mask, structure=_BALL1, iterations=config.rim_voxels)
         mask |= rim & zone
-    mask &= hu > config.fat_hu
+    mask &= hu > level
     return largest_component(detach_appendages(mask, config.detach_voxels, config.detach_max_share))
 
 

@@ -17,7 +17,7 @@ from service.synthetic.ct_study import (
     write_ct_nifti_case,
     write_ct_study,
 )
-from service.synthetic.ct_tissues import CT_HU_RANGES, CtTissue
+from service.synthetic.ct_tissues import CT_HU_RANGES, CtPhase, CtTissue, hu_ranges
 from service.synthetic.phantom import (
     BODY_CENTRE_XY,
     KIDNEY_SEMI_AXES_MM,
@@ -58,6 +58,7 @@ __all__ = [
     "CT_HU_RANGES",
     "CT_SERIES_DESCRIPTION",
     "CT_SERIES_NUMBER",
+    "CtPhase",
     "DCE_SERIES_NUMBER",
     "KIDNEY_SEMI_AXES_MM",
     "PAPER_RANGES",
@@ -93,6 +94,7 @@ __all__ = [
     "VolumeGeometry",
     "default_phase_times",
     "geometry_image",
+    "hu_ranges",
     "make_anatomy",
     "make_ct_anatomy",
     "paper_protocol",

@@ -34,7 +34,7 @@ from scipy import ndimage as ndi
 
 from service.synthetic.ct_anatomy import CtAnatomy, Side, make_ct_anatomy
 from service.synthetic.ct_shapes import RenalKidney, _contains_xyz
-from service.synthetic.ct_tissues import CT_TEXTURE_HU, CtTissue, draw_hu
+from service.synthetic.ct_tissues import CT_TEXTURE_HU, CtPhase, CtTissue, draw_hu
 from service.synthetic.geometry import VolumeGeometry, _SampleGrid
 from service.synthetic.shapes import Shape
 
@@ -194,6 +194,7 @@ class SyntheticCT:
     anatomy: CtAnatomy
     noise_sigma_hu: float
     seed: int = field(default=0)
+    phase: CtPhase = CtPhase.CORTICOMEDULLARY
 
     @property
     def kidney_in_view(self) -> bool:
@@ -208,6 +209,7 @@ def synthesize_ct(
     settings: CtRenderSettings | None = None,
     right_kidney_scale: float = 1.0,
     left_kidney_scale: float = 1.0,
+    phase: CtPhase | str = CtPhase.CORTICOMEDULLARY,
 ) -> SyntheticCT:
     """Render a synthetic contrast CT of the abdomen with kidney ground truth.
 
@@ -223,6 +225,9 @@ def synthesize_ct(
         Image formation; default ``CtRenderSettings()``.
     right_kidney_scale, left_kidney_scale : float
         Factor on that kidney's semi-axes; 0 removes it.
+    phase : CtPhase or str
+        Contrast phase: the HU ranges the tissues are drawn from
+        (:func:`~service.synthetic.ct_tissues.hu_ranges`).
 
     Returns
     -------
@@ -240,7 +245,8 @@ def synthesize_ct(
         seed, right_kidney_scale=right_kidney_scale, left_kidney_scale=left_kidney_scale
     )
     streams = [np.random.default_rng(s) for s in np.random.SeedSequence([seed, 7]).spawn(4)]
-    hu_table = draw_hu(streams[0])
+    phase = CtPhase(phase)
+    hu_table = draw_hu(streams[0], phase)
     geometry = _geometry(anatomy, grid, streams[1])
     step = geometry.spacing_mm[0]
     sub = _odd_at_least(math.ceil(step / settings.sub_slice_mm - 1e-9))
@@ -280,6 +286,7 @@ def synthesize_ct(
         anatomy=anatomy,
         noise_sigma_hu=settings.noise_sigma_hu,
         seed=seed,
+        phase=phase,
     )
 
 

@@ -26,6 +26,7 @@ from pydicom.uid import CTImageStorage
 from service.dicom.uids import new_uid
 from service.synthetic.ct_anatomy import Side
 from service.synthetic.ct_phantom import KidneyTruth, SyntheticCT
+from service.synthetic.ct_tissues import CtPhase
 from service.synthetic.study import (
     _decimal,
     _encode_elements,
@@ -48,6 +49,13 @@ logger = logging.getLogger(__name__)
 #: Series Number and Series Description of the synthetic CT series.
 CT_SERIES_NUMBER = 2
 CT_SERIES_DESCRIPTION = "ABD C+ ARTERIAL"
+#: Series description of each contrast phase (the cortico-medullary one is the default's).
+_PHASE_DESCRIPTIONS: Mapping[CtPhase, str] = MappingProxyType({
+    CtPhase.CORTICOMEDULLARY: CT_SERIES_DESCRIPTION,
+    CtPhase.NEPHROGRAPHIC: "ABD C+ NEPHROGRAPHIC",
+    CtPhase.EXCRETORY: "ABD C+ DELAYED",
+    CtPhase.UNENHANCED: "ABD NON-CONTRAST",
+})
 _RESCALE_INTERCEPT = -1024
 _STUDY_TIME = datetime.time(9, 30, 0)
 _INJECTION_TIME = datetime.time(9, 34, 0)
@@ -190,7 +198,7 @@ def write_ct_study(
     fov = geometry.shape[2] * column_spacing
     header = {
         **_CT_PROTOCOL,
-        **_CONTRAST,
+        **({} if ct.phase == CtPhase.UNENHANCED else _CONTRAST),
         "SpecificCharacterSet": "ISO_IR 100",
         "SOPClassUID": CTImageStorage,
         "PatientName": "Synthetic^Abdomen",
@@ -203,11 +211,12 @@ def write_ct_study(
         "StudyID": "1",
         "AccessionNumber": f"SCT{ct.seed % 10**12:012d}",
         "ReferringPhysicianName": "Synthetic^Referrer",
-        "StudyDescription": "CT abdomen C+ (synthetic)",
+        "StudyDescription": ("CT abdomen (synthetic)" if ct.phase == CtPhase.UNENHANCED
+                             else "CT abdomen C+ (synthetic)"),
         "Modality": "CT",
         "SeriesInstanceUID": series_uid,
         "SeriesNumber": CT_SERIES_NUMBER,
-        "SeriesDescription": CT_SERIES_DESCRIPTION,
+        "SeriesDescription": _PHASE_DESCRIPTIONS[ct.phase],
         "ProtocolName": "Renal CT arterial",
         "SeriesDate": date,
         "SeriesTime": _tm(_SCAN_TIME),

@@ -7,17 +7,26 @@ about 30-40 s after an intravenous iodine bolus (late arterial / cortico-medulla
 the aorta at 250-350 HU, the renal cortex at 150-250 HU clearly brighter than the medulla
 (60-100 HU, not yet enhanced), the renal veins already opacified, the liver at 90-110 HU,
 the spleen brighter and mottled, the collecting system not yet opacified (urine 0-20 HU).
+
+Other acquisition phases (:class:`CtPhase`) change the ranges of the enhancing tissues
+only (:func:`hu_ranges`), typical adult values:
+
+- ``unenhanced``: no contrast; kidney 25-40 HU (cortex and medulla alike), below the
+  liver (50-65) and the psoas, so the kidney stands out from fat only;
+- ``nephrographic`` (about 100 s): cortex and medulla both 140-200 HU, homogeneous;
+- ``excretory`` (5-10 min): parenchyma 100-150 HU, the collecting system full of
+  contrast (urine 400-1200 HU, as dense as bone).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from enum import IntEnum
+from enum import IntEnum, StrEnum
 from types import MappingProxyType
 
 import numpy as np
 
-__all__ = ["CT_HU_RANGES", "CT_TEXTURE_HU", "CtTissue", "draw_hu"]
+__all__ = ["CT_HU_RANGES", "CT_TEXTURE_HU", "CtPhase", "CtTissue", "draw_hu", "hu_ranges"]
 
 
 class CtTissue(IntEnum):
@@ -90,17 +99,61 @@ CT_TEXTURE_HU: Mapping[CtTissue, float] = MappingProxyType(
 )
 
 
-def draw_hu(rng: np.random.Generator) -> dict[CtTissue, float]:
-    """Draw one case's CT number of every tissue, uniformly within :data:`CT_HU_RANGES`.
+class CtPhase(StrEnum):
+    """Contrast phase of the synthetic CT (see the module docstring)."""
+
+    CORTICOMEDULLARY = "corticomedullary"
+    NEPHROGRAPHIC = "nephrographic"
+    EXCRETORY = "excretory"
+    UNENHANCED = "unenhanced"
+
+
+_VESSELS_UNENHANCED = (35.0, 50.0)
+
+#: Ranges that differ from :data:`CT_HU_RANGES` in each other phase.
+_PHASE_RANGES: Mapping[CtPhase, Mapping[CtTissue, tuple[float, float]]] = MappingProxyType({
+    CtPhase.CORTICOMEDULLARY: MappingProxyType({}),
+    CtPhase.UNENHANCED: MappingProxyType({
+        CtTissue.LIVER: (50.0, 65.0), CtTissue.SPLEEN: (40.0, 50.0),
+        CtTissue.PANCREAS: (35.0, 50.0), CtTissue.BOWEL_WALL: (30.0, 45.0),
+        CtTissue.AORTA: _VESSELS_UNENHANCED, CtTissue.VEIN: _VESSELS_UNENHANCED,
+        CtTissue.RENAL_VEIN: _VESSELS_UNENHANCED, CtTissue.CORTEX: (28.0, 40.0),
+        CtTissue.MEDULLA: (25.0, 38.0), CtTissue.URINE: (0.0, 15.0)}),
+    CtPhase.NEPHROGRAPHIC: MappingProxyType({
+        CtTissue.LIVER: (100.0, 120.0), CtTissue.SPLEEN: (110.0, 130.0),
+        CtTissue.AORTA: (150.0, 200.0), CtTissue.VEIN: (140.0, 180.0),
+        CtTissue.RENAL_VEIN: (150.0, 190.0), CtTissue.CORTEX: (150.0, 200.0),
+        CtTissue.MEDULLA: (140.0, 190.0)}),
+    CtPhase.EXCRETORY: MappingProxyType({
+        CtTissue.LIVER: (80.0, 100.0), CtTissue.SPLEEN: (85.0, 105.0),
+        CtTissue.AORTA: (100.0, 130.0), CtTissue.VEIN: (100.0, 130.0),
+        CtTissue.RENAL_VEIN: (100.0, 130.0), CtTissue.CORTEX: (110.0, 150.0),
+        CtTissue.MEDULLA: (110.0, 150.0), CtTissue.URINE: (400.0, 1200.0)}),
+})
+
+
+def hu_ranges(phase: CtPhase | str = CtPhase.CORTICOMEDULLARY
+              ) -> Mapping[CtTissue, tuple[float, float]]:
+    """Range of each tissue's CT number (HU) in ``phase``."""
+    return MappingProxyType({**CT_HU_RANGES, **_PHASE_RANGES[CtPhase(phase)]})
+
+
+def draw_hu(rng: np.random.Generator, phase: CtPhase | str = CtPhase.CORTICOMEDULLARY
+            ) -> dict[CtTissue, float]:
+    """Draw one case's CT number of every tissue, uniformly within its range in ``phase``.
 
     Parameters
     ----------
     rng : numpy.random.Generator
-        Source of the draws (one per tissue, in label order).
+        Source of the draws (one per tissue, in label order, whatever the phase: a seed
+        gives the same anatomy and noise in every phase).
+    phase : CtPhase or str
+        Contrast phase (:func:`hu_ranges`).
 
     Returns
     -------
     dict of CtTissue to float
         HU of each tissue.
     """
-    return {tissue: float(rng.uniform(*CT_HU_RANGES[tissue])) for tissue in CtTissue}
+    ranges = hu_ranges(phase)
+    return {tissue: float(rng.uniform(*ranges[tissue])) for tissue in CtTissue}

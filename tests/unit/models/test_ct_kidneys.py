@@ -9,6 +9,7 @@ import SimpleITK as sitk
 from models.ct_body import body_mask, spine_track, to_working_grid
 from models.ct_kidneys import (
     CtKidneyConfig,
+    delineate,
     detach_appendages,
     score_region,
     segment_ct_kidneys,
@@ -111,6 +112,26 @@ def test_working_grid_is_patient_aligned() -> None:
     assert work.GetSize() == (5, 8, 8)
 
 
+def _noise_image(spacing: tuple[float, float, float], shape=(40, 64, 64)) -> sitk.Image:
+    img = sitk.GetImageFromArray(
+        np.random.default_rng(0).normal(40.0, 20.0, shape).astype(np.float32))
+    img.SetSpacing(spacing)
+    return img
+
+
+def test_working_grid_low_passes_thin_slices_only() -> None:
+    thin = _noise_image((0.75, 0.75, 1.0))
+    inner = (slice(3, -3),) * 3  # away from the air the grid's edge may sample
+    smooth = sitk.GetArrayFromImage(to_working_grid(thin, 2.5))[inner]
+    raw = sitk.GetArrayFromImage(to_working_grid(thin, 2.5, anti_alias=False))[inner]
+    assert smooth.std() < 6.0 < 12.0 < raw.std()
+    assert abs(float(smooth.mean()) - 40.0) < 1.0
+    coarse = _noise_image((3.0, 3.0, 3.0), shape=(12, 16, 16))
+    np.testing.assert_array_equal(
+        sitk.GetArrayFromImage(to_working_grid(coarse, 2.5)),
+        sitk.GetArrayFromImage(to_working_grid(coarse, 2.5, anti_alias=False)))
+
+
 def test_solidify_fills_a_c_shape() -> None:
     c = np.zeros((9, 20, 20), dtype=bool)
     c[2:7, 4:16, 4:16] = True
@@ -162,3 +183,27 @@ def test_detach_appendages_cuts_a_tube_but_not_a_thin_kidney() -> None:
     plate = np.zeros((20, 30, 30), dtype=bool)
     plate[9:12, 5:25, 5:25] = True
     assert np.array_equal(detach_appendages(plate, 4, 0.15), plate)
+
+
+@pytest.mark.parametrize("kidney_hu", [30.0, 160.0])
+def test_outline_follows_the_half_way_level_between_kidney_and_fat(kidney_hu: float) -> None:
+    """A blurred kidney in fat: the outline is where the blur is half-way (the true edge),
+    whether the kidney is plain (30 HU, level stays at the fat limit of -30 HU) or
+    enhanced (160 HU, level 30 HU); a fixed fat limit lets an enhanced kidney bleed."""
+    from scipy import ndimage as ndi
+
+    truth = _ellipsoid((36, 30, 30), (16.0, 9.0, 7.0))
+    hu = ndi.gaussian_filter(np.where(truth, kidney_hu, -100.0).astype(np.float32), 1.0)
+    config = CtKidneyConfig()
+    window = (kidney_hu - 40.0, kidney_hu + 40.0)
+    where = (slice(0, 36), slice(0, 30), slice(0, 30))
+    candidate = score_region(hu, np.zeros(hu.shape, bool), where, truth, window, 2.5,
+                             config)
+    zone = np.ones(hu.shape, bool)
+    outline = delineate(hu, candidate, zone, config)
+    assert abs(int(outline.sum()) / int(truth.sum()) - 1.0) < 0.05
+    fixed = delineate(hu, candidate, zone, CtKidneyConfig(fat_reference_hu=None))
+    if kidney_hu > 100:
+        assert fixed.sum() > 1.1 * truth.sum()
+    else:
+        np.testing.assert_array_equal(fixed, outline)

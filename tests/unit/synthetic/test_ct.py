@@ -17,6 +17,7 @@ from service.synthetic import (
     CT_SERIES_DESCRIPTION,
     Coverage,
     CtGrid,
+    CtPhase,
     CtRenderSettings,
     CtTissue,
     Side,
@@ -24,6 +25,7 @@ from service.synthetic import (
     SyntheticCTStudy,
     make_ct_anatomy,
     synthesize_ct,
+    hu_ranges,
     write_ct_nifti_case,
     write_ct_study,
 )
@@ -115,6 +117,29 @@ def test_ideal_rendering_gives_each_tissue_its_hu() -> None:
     for tissue, (low, high) in EXPECTED_HU.items():
         assert low <= ideal.hu_table[tissue] <= high, tissue
         assert np.any(ideal.tissues == tissue), f"{tissue.name} missing from the volume"
+
+
+def test_phases_change_the_enhancing_tissues_only(tmp_path: Path) -> None:
+    default = synthesize_ct(SEED, grid=CtGrid.small(), settings=CtRenderSettings.ideal())
+    assert default.phase == CtPhase.CORTICOMEDULLARY
+    cases = {phase: synthesize_ct(SEED, grid=CtGrid.small(), settings=CtRenderSettings.ideal(),
+                                  phase=phase) for phase in CtPhase}
+    for phase, ct in cases.items():
+        assert np.array_equal(ct.tissues, default.tissues), phase  # same anatomy
+        for tissue, value in ct.hu_table.items():
+            low, high = hu_ranges(phase)[tissue]
+            assert low <= value <= high, (phase, tissue)
+        for tissue in (CtTissue.FAT, CtTissue.MUSCLE, CtTissue.CORTICAL_BONE):
+            assert ct.hu_table[tissue] == default.hu_table[tissue], (phase, tissue)
+    plain = cases[CtPhase.UNENHANCED].hu_table
+    assert plain[CtTissue.CORTEX] < plain[CtTissue.LIVER] and plain[CtTissue.AORTA] < 60
+    late = cases[CtPhase.NEPHROGRAPHIC].hu_table
+    assert abs(late[CtTissue.CORTEX] - late[CtTissue.MEDULLA]) < 60
+    assert cases[CtPhase.EXCRETORY].hu_table[CtTissue.URINE] >= 400
+    assert cases[CtPhase.CORTICOMEDULLARY].hu_table == default.hu_table
+    study = write_ct_study(tmp_path, cases[CtPhase.UNENHANCED])
+    ds = pydicom.dcmread(study.files[0])
+    assert "ContrastBolusAgent" not in ds and ds.SeriesDescription == "ABD NON-CONTRAST"
 
 
 def test_rendered_hu_near_intended_values(ct: SyntheticCT) -> None:
