@@ -4,7 +4,8 @@ The method (issue 6; findings that led to it in ``docs/notes/ct-kidney-localisat
 
 1. **Working grid.** The CT is resampled to isotropic voxels on a patient-aligned (LPS)
    grid (:func:`models.ct_body.to_working_grid`), so "right", "lateral" and "posterior"
-   are array directions whatever the acquisition's orientation.
+   are array directions whatever the acquisition's orientation. Axes sampled finer than
+   the grid are low-passed first, so thin-slice noise is averaged, not sampled.
 2. **Search zone per side.** The vertebral column is tracked slice by slice
    (:func:`models.ct_body.spine_track`); each kidney is searched in a paravertebral box
    on its own side: ``lateral_mm`` from the column's centre, ``ap_mm`` around it, inside
@@ -31,17 +32,23 @@ The method (issue 6; findings that led to it in ``docs/notes/ct-kidney-localisat
    a kidney. The best grown candidate is the side's kidney if its score reaches
    ``min_score``; otherwise that side has none and says why.
 6. **Delineation.** The chosen region gets back the rim its opening took (within the
-   zone), loses the renal sinus fat again (reference segmentations leave it out: the
-   volume is parenchyma and collecting system) and the tubes hanging from it (extrarenal
+   zone), loses what is below the level half-way between its median HU and fat's
+   (``fat_reference_hu``; the 50 % partial-volume edge, never below ``fat_hu``), which
+   drops the renal sinus fat again (reference segmentations leave it out: the volume is
+   parenchyma and collecting system) and the tubes hanging from it (extrarenal
    pelvis, ureter, vessels: :func:`detach_appendages`); the mask is resampled to the CT's
    grid.
 
 A field of view without kidneys yields no candidate above the score threshold on
 either side: the caller reports "no kidney in field of view" rather than a volume.
 
-Known limits (``benchmarks/results/ct_kidneys.md``): added noise of σ 25 HU on the real
-3 mm example loses its right kidney (the windows fragment it); a transplanted kidney in
-the iliac fossa lies outside the paravertebral zone and is not searched for.
+Known limits (``benchmarks/results/ct_kidneys.md``):
+- Added noise of σ 25 HU on the real 3 mm example loses its right kidney: the windows
+  fragment it.
+- On unenhanced synthetic CT, 4 of 20 kidneys score below ``min_score``. A plain kidney
+  differs from the psoas and liver it touches by less than ``contrast_hu``.
+- A transplanted kidney in the iliac fossa lies outside the paravertebral zone and is
+  not searched for.
 """
 
 from __future__ import annotations
