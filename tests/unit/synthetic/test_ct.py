@@ -23,9 +23,9 @@ from service.synthetic import (
     Side,
     SyntheticCT,
     SyntheticCTStudy,
+    hu_ranges,
     make_ct_anatomy,
     synthesize_ct,
-    hu_ranges,
     write_ct_nifti_case,
     write_ct_study,
 )
