@@ -33,6 +33,7 @@ from collections.abc import Sequence
 import numpy as np
 import SimpleITK as sitk
 import torch
+from scipy import ndimage as ndi
 from torch import nn
 
 from models.components import largest_component
@@ -213,14 +214,11 @@ def _near_box(region: sitk.Image, margin_mm: float
     thin-slice CT.
     """
     arr = sitk.GetArrayViewFromImage(region)
-    pad = [int(np.ceil(margin_mm / s)) + 1 for s in reversed(region.GetSpacing())]
-    lo, hi = [], []
-    for axis in range(3):
-        others = tuple(a for a in range(3) if a != axis)
-        hits = np.flatnonzero(arr.any(axis=others))
-        lo.append(max(int(hits[0]) - pad[axis], 0) if hits.size else 0)
-        hi.append(min(int(hits[-1]) + 1 + pad[axis], arr.shape[axis]) if hits.size else 1)
-    box = tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))
-    cut = sitk.RegionOfInterest(region, [b - a for a, b in zip(lo[::-1], hi[::-1], strict=True)],
-                                lo[::-1])
+    found = ndi.find_objects(np.asarray(arr != 0, dtype=np.uint8))
+    bounds = found[0] if found else tuple(slice(0, 1) for _ in arr.shape)
+    pads = [int(np.ceil(margin_mm / s)) + 1 for s in reversed(region.GetSpacing())]
+    box = tuple(slice(max(b.start - p, 0), min(b.stop + p, n))
+                for b, p, n in zip(bounds, pads, arr.shape, strict=True))
+    cut = sitk.RegionOfInterest(region, [b.stop - b.start for b in reversed(box)],
+                                [b.start for b in reversed(box)])
     return box, cut

@@ -80,9 +80,6 @@ class CtKidneyConfig:
     #: Typical fat HU: the kidney's outline is drawn half-way between its own median HU
     #: and this (the 50 % partial-volume level), never below ``fat_hu``. None: ``fat_hu``.
     fat_reference_hu: float | None = -100.0
-    #: Radius (voxels) of the median filter on the working grid: windows on noisy,
-    #: low-dose CT break into speckle without it; edges survive a median.
-    median_radius: int = 0
     #: Lateral distance of the search zone from the column's centre, mm.
     lateral_mm: tuple[float, float] = (25.0, 140.0)
     #: Antero-posterior extent of the zone around the column's centre (anterior < 0), mm.
@@ -197,8 +194,6 @@ def segment_ct_kidneys(ct: sitk.Image, config: CtKidneyConfig | None = None) -> 
     config = config or CtKidneyConfig()
     s = config.working_spacing_mm
     work = to_working_grid(ct, s, anti_alias=config.anti_alias)
-    if config.median_radius > 0:
-        work = sitk.Median(work, [config.median_radius] * 3)
     hu = sitk.GetArrayFromImage(work)
     body = body_mask(hu)
     spine = spine_track(hu, body, s)
