@@ -17,6 +17,8 @@ from service.imaging.series import LoadedSeries, LoadedVolume, tm_seconds
 __all__ = [
     "CORTEX_LEFT",
     "CORTEX_RIGHT",
+    "GRAFT_LEFT",
+    "GRAFT_RIGHT",
     "KIDNEY",
     "KIDNEY_LEFT",
     "KIDNEY_RIGHT",
@@ -26,6 +28,8 @@ __all__ = [
     "PipelineOutput",
     "SegmentSpec",
     "StudyInput",
+    "TRANSPLANTED_KIDNEY",
+    "graft_segment",
 ]
 
 
@@ -63,6 +67,25 @@ CORTEX_RIGHT = SegmentSpec(label=3, structure="cortex_right", text="Right renal 
 CORTEX_LEFT = SegmentSpec(label=4, structure="cortex_left", text="Left renal cortex",
                           category=codes.SCT.AnatomicalStructure,
                           property_type=RENAL_CORTEX, laterality=codes.SCT.Left)
+
+#: The kidney graft. Its code is being verified (issue 16): until then the plain kidney.
+TRANSPLANTED_KIDNEY = codes.SCT.Kidney
+#: A kidney graft in the patient's right or left iliac fossa (or pelvis), by the side of the
+#: patient it lies on. Its volume is the one tracked over time ("graft").
+GRAFT_RIGHT = SegmentSpec(label=5, structure="graft", text="Transplanted kidney (right)",
+                          category=codes.SCT.AnatomicalStructure,
+                          property_type=TRANSPLANTED_KIDNEY, laterality=codes.SCT.Right)
+GRAFT_LEFT = SegmentSpec(label=5, structure="graft", text="Transplanted kidney (left)",
+                         category=codes.SCT.AnatomicalStructure,
+                         property_type=TRANSPLANTED_KIDNEY, laterality=codes.SCT.Left)
+
+
+def graft_segment(side: str) -> SegmentSpec:
+    """The graft's segment on ``side`` ("right" or "left", the patient's)."""
+    try:
+        return {"right": GRAFT_RIGHT, "left": GRAFT_LEFT}[side]
+    except KeyError:
+        raise ValueError(f"graft side must be 'right' or 'left', got {side!r}") from None
 
 
 @dataclass(frozen=True)
