@@ -94,7 +94,8 @@ class Node:
             jobs = sweep(session, stable_age_seconds=self.settings.scheduler.stable_age_seconds,
                          rules=self.settings.classification,
                          mr_pipeline=self.settings.processing.mr_pipeline,
-                         ct_pipeline=self.settings.processing.ct_pipeline)
+                         ct_pipeline=self.settings.processing.ct_pipeline,
+                         mr_nocontrast_pipeline=self.settings.processing.mr_nocontrast_pipeline)
         if jobs:
             self.scheduler.modify_job(f"runner-{self.device}", next_run_time=_now())
         return len(jobs)

@@ -77,7 +77,8 @@ def segment_folder(
     if len(study_uids) > 1:
         raise PipelineError(f"{input_dir} holds several studies: {sorted(study_uids)}")
     chosen, reason = choose_pipeline(roles, mr_pipeline=processing.mr_pipeline,
-                                     ct_pipeline=processing.ct_pipeline)
+                                     ct_pipeline=processing.ct_pipeline,
+                                     mr_nocontrast_pipeline=processing.mr_nocontrast_pipeline)
     name = pipeline_name or chosen
     if name is None:
         raise PipelineError(f"{input_dir}: {reason}")

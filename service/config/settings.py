@@ -103,6 +103,14 @@ class ClassificationRules(_Frozen):
     dce_patterns: tuple[str, ...] = (r"dce", r"dyn", r"perf", r"twist", r"tricks", r"vibe.*dyn",
                                      r"contrast", r"\bgd\b", r"gado")
     t2_patterns: tuple[str, ...] = (r"\bt2", r"t2w", r"haste", r"tse", r"ssfse", r"space")
+    #: T1-weighted series without contrast dynamics, Dixon images included (in-phase,
+    #: opposed-phase, water, fat). DCE is matched first, so "t1 vibe dyn" stays DCE; a
+    #: series matching both the T1 and the T2 patterns is T1 only when its text holds
+    #: "t1" and no "t2".
+    t1_patterns: tuple[str, ...] = (r"\bt1", r"t1w", r"vibe", r"dixon", r"\bin[-_ ]?phase",
+                                    r"\bout[-_ ]?phase", r"\bopp", r"\bin\b", r"\bwater\b",
+                                    r"\bfat\b", r"_[wf]$", r"\blava", r"\bflash", r"\bfl3d",
+                                    r"\bthrive", r"\bquick3d")
     exclude_patterns: tuple[str, ...] = (r"\bsub", r"mip", r"localizer", r"scout", r"survey",
                                          r"\bmpr\b", r"derived")
     #: An MR series with at least this many temporal positions is DCE even without a name match.
@@ -148,6 +156,9 @@ class ProcessingSettings(_Frozen):
     mr_pipeline: str = "mri-graft"
     #: Pipeline of studies with a CT series and no DCE series.
     ct_pipeline: str = "ct-kidneys"
+    #: Pipeline of MR studies with T2 and/or T1 (Dixon) series but no DCE series and no
+    #: CT series (gadolinium withheld): the graft method without contrast.
+    mr_nocontrast_pipeline: str = "mri-graft-nc"
     graft: GraftSettings = GraftSettings()
     ct: CtSettings = CtSettings()
     #: Leave frames without any segmented pixel out of the SEG (highdicom default).

@@ -73,6 +73,7 @@ class SendState(enum.StrEnum):
 class SeriesRole(enum.StrEnum):
     DCE = "dce"
     T2 = "t2"
+    T1 = "t1"  # T1-weighted without contrast dynamics, Dixon images included
     CT = "ct"
     OTHER_MR = "other-mr"
     DERIVED = "derived"  # SEG, SR, ... (ours or anyone's)

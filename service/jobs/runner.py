@@ -39,7 +39,7 @@ __all__ = ["JobRunner", "recover_interrupted_jobs"]
 logger = logging.getLogger(__name__)
 
 #: Roles a pipeline may read; others are not loaded.
-_LOADED_ROLES = (SeriesRole.DCE, SeriesRole.T2, SeriesRole.CT)
+_LOADED_ROLES = (SeriesRole.DCE, SeriesRole.T2, SeriesRole.T1, SeriesRole.CT)
 #: Every series of these roles must load, or the job fails.
 _REQUIRED_ROLES = (SeriesRole.DCE,)
 #: One series of these roles must load: the others (a CT localizer, an enhanced

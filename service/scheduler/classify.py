@@ -38,7 +38,11 @@ def _matches(patterns: tuple[str, ...], text: str) -> bool:
 
 
 def classify_series(facts: SeriesFacts, rules: ClassificationRules) -> SeriesRole:
-    """Give a series its role: DCE, T2, CT, another MR series, derived or unsupported."""
+    """Give a series its role: DCE, T2, T1, CT, another MR series, derived or unsupported.
+
+    DCE is decided first (temporal positions or name), then T2 and T1 by name; a name
+    matching both the T2 and the T1 patterns is T1 only when it says "t1" and not "t2".
+    """
     if not facts.sop_class_uids & IMAGE_SOP_CLASSES:
         modality = (facts.modality or "").upper()
         return SeriesRole.DERIVED if modality in {"SEG", "SR", "PR", "KO", "RTSTRUCT"} \
@@ -54,23 +58,54 @@ def classify_series(facts: SeriesFacts, rules: ClassificationRules) -> SeriesRol
     if facts.n_temporal_positions >= rules.dce_min_temporal_positions or _matches(
             rules.dce_patterns, text):
         return SeriesRole.DCE
-    if _matches(rules.t2_patterns, text):
+    t2 = _matches(rules.t2_patterns, text)
+    t1 = _matches(rules.t1_patterns, text)
+    if t1 and t2:  # "t1_tse" matches "tse", "t2 fat sat" matches "fat": the weighting says
+        weighted_t1 = re.search(r"t1", text, flags=re.IGNORECASE) is not None
+        weighted_t2 = re.search(r"t2", text, flags=re.IGNORECASE) is not None
+        return SeriesRole.T1 if weighted_t1 and not weighted_t2 else SeriesRole.T2
+    if t2:
         return SeriesRole.T2
+    if t1:
+        return SeriesRole.T1
     return SeriesRole.OTHER_MR
 
 
 def choose_pipeline(
-    roles: Mapping[str, SeriesRole], *, mr_pipeline: str, ct_pipeline: str
+    roles: Mapping[str, SeriesRole],
+    *,
+    mr_pipeline: str,
+    ct_pipeline: str,
+    mr_nocontrast_pipeline: str | None = None,
 ) -> tuple[str | None, str]:
     """The pipeline for a study's classified series, or None and the reason why none fits.
 
     A study with a DCE series goes to ``mr_pipeline`` (even when it holds CT series too);
-    else one with a CT series goes to ``ct_pipeline``.
+    else one with a CT series goes to ``ct_pipeline``; else one with a T2 or T1 series
+    (gadolinium withheld) goes to ``mr_nocontrast_pipeline`` when one is given.
+
+    Parameters
+    ----------
+    roles : mapping of str to SeriesRole
+        Series Instance UID -> role of every series of the study.
+    mr_pipeline, ct_pipeline : str
+        Pipelines of DCE studies and of CT studies.
+    mr_nocontrast_pipeline : str, optional
+        Pipeline of MR studies without contrast; ``None`` leaves them without a pipeline.
+
+    Returns
+    -------
+    tuple
+        The pipeline's name (or None) and the reason, for the log and the job's error.
     """
     present = set(roles.values())
     if SeriesRole.DCE in present:
         return mr_pipeline, "DCE series present"
     if SeriesRole.CT in present:
         return ct_pipeline, "CT series present"
+    plain = sorted(r.value for r in present & {SeriesRole.T2, SeriesRole.T1})
+    if plain and mr_nocontrast_pipeline is not None:
+        return mr_nocontrast_pipeline, f"no DCE series: {' and '.join(plain)} without contrast"
     summary = ", ".join(f"{uid}={role.value}" for uid, role in sorted(roles.items())) or "none"
-    return None, f"no DCE MR or CT series to segment (series: {summary})"
+    wanted = "DCE MR or CT" if mr_nocontrast_pipeline is None else "DCE, T2 or T1 MR or CT"
+    return None, f"no {wanted} series to segment (series: {summary})"

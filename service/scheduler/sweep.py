@@ -68,6 +68,7 @@ def sweep(
     rules: ClassificationRules,
     mr_pipeline: str,
     ct_pipeline: str,
+    mr_nocontrast_pipeline: str | None = None,
     now: dt.datetime | None = None,
 ) -> list[Job]:
     """Queue jobs for studies that are stable and changed since they were last looked at.
@@ -98,7 +99,8 @@ def sweep(
         if not any(r is not r.DERIVED for r in roles.values()):
             continue  # only derived objects (e.g. SEGs sent back to us): nothing to do
         pipeline, reason = choose_pipeline(roles, mr_pipeline=mr_pipeline,
-                                           ct_pipeline=ct_pipeline)
+                                           ct_pipeline=ct_pipeline,
+                                           mr_nocontrast_pipeline=mr_nocontrast_pipeline)
         job = Job(study_pk=study.id, pipeline=pipeline, fingerprint=fingerprint,
                   state=JobState.QUEUED, attempts=0,
                   series_roles=json.dumps({k: v.value for k, v in roles.items()}))

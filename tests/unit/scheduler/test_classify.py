@@ -21,7 +21,7 @@ def facts(desc, *, modality="MR", sop=MR, temporal=0, protocol=None):
     (facts("DCE SUB 3-1"), SeriesRole.OTHER_MR),  # subtraction images are excluded
     (facts("DCE MIP", temporal=4), SeriesRole.OTHER_MR),
     (facts("localizer"), SeriesRole.OTHER_MR),
-    (facts("t1 vibe"), SeriesRole.OTHER_MR),
+    (facts("t1 vibe"), SeriesRole.T1),  # T1 without dynamics (issue 16)
     (facts("abdomen", modality="CT", sop=frozenset({str(uid.CTImageStorage)})), SeriesRole.CT),
     (facts("Kidney SEG", modality="SEG", sop=frozenset({str(uid.SegmentationStorage)})),
      SeriesRole.DERIVED),
