@@ -20,6 +20,8 @@ from service.synthetic.ct_study import (
 from service.synthetic.ct_tissues import CT_HU_RANGES, CtPhase, CtTissue, hu_ranges
 from service.synthetic.phantom import (
     BODY_CENTRE_XY,
+    DIXON_IMAGES,
+    DIXON_SIGNALS,
     KIDNEY_SEMI_AXES_MM,
     PAPER_RANGES,
     T2_SLICE_THICKNESS_MM,
@@ -46,6 +48,7 @@ from service.synthetic.phantom import (
 )
 from service.synthetic.study import (
     DCE_SERIES_NUMBER,
+    DIXON_SERIES_NUMBER,
     T2_SERIES_NUMBER,
     DceLayout,
     SyntheticStudy,
@@ -60,6 +63,9 @@ __all__ = [
     "CT_SERIES_NUMBER",
     "CtPhase",
     "DCE_SERIES_NUMBER",
+    "DIXON_IMAGES",
+    "DIXON_SERIES_NUMBER",
+    "DIXON_SIGNALS",
     "KIDNEY_SEMI_AXES_MM",
     "PAPER_RANGES",
     "T2_SERIES_NUMBER",

@@ -71,7 +71,7 @@ about 11 s on two CPU cores, with a peak resident memory of about 0.9 GB; the de
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -129,6 +129,7 @@ from service.synthetic.shapes import Matrix as Matrix  # re-exported, as before 
 from service.synthetic.shapes import Vector as Vector  # re-exported, as before the split
 from service.synthetic.tissues import (
     _KIDNEY_TISSUES,
+    DIXON_SIGNALS,
     TISSUE_SIGNALS,
     EnhancementCurve,
     Tissue,
@@ -138,6 +139,8 @@ from service.synthetic.tissues import (
 
 __all__ = [
     "BODY_CENTRE_XY",
+    "DIXON_IMAGES",
+    "DIXON_SIGNALS",
     "KIDNEY_SEMI_AXES_MM",
     "PAPER_RANGES",
     "T2_SLICE_THICKNESS_MM",
@@ -168,6 +171,9 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+
+#: The images of a two-point Dixon series: in-phase, opposed-phase, water, fat.
+DIXON_IMAGES: tuple[str, ...] = ("in", "opp", "water", "fat")
 
 
 # --------------------------------------------------------------------------- painting
@@ -314,6 +320,12 @@ class SyntheticMR:
         without T2 or with ``t2_deformation_mm=0``.
     protocol : AcquisitionProtocol or None
         The acquisition rendered (grids and kidney scale).
+    t2_kidney_mask : numpy.ndarray or None
+        uint8 kidney mask in the T2 grid (at least half of the slice's thickness inside
+        the kidney at the voxel's in-plane centre), ``None`` without T2.
+    dixon : mapping of str to numpy.ndarray or None
+        Pre-contrast T1 Dixon images on the DCE grid, uint16, by :data:`DIXON_IMAGES`
+        name; ``None`` unless asked for.
     """
 
     anatomy: Anatomy
@@ -327,6 +339,15 @@ class SyntheticMR:
     t2_motion: RigidMotion | None
     t2_deformation: SmoothDeformation | None = None
     protocol: AcquisitionProtocol | None = field(default=None, repr=False)
+    t2_kidney_mask: np.ndarray | None = field(default=None, repr=False)
+    dixon: Mapping[str, np.ndarray] | None = field(default=None, repr=False)
+
+    @property
+    def t2_truth_volume_ml(self) -> float | None:
+        """Volume of the kidney mask in the T2 grid, ml; ``None`` without T2."""
+        if self.t2_kidney_mask is None or self.t2_geometry is None:
+            return None
+        return float(self.t2_kidney_mask.sum()) * self.t2_geometry.voxel_volume_ml
 
     @property
     def truth_volume_ml(self) -> float:
@@ -365,8 +386,8 @@ def _render_dce(
     settings: RenderSettings,
     bias_rng: np.random.Generator,
     noise_rng: np.random.Generator,
-) -> tuple[np.ndarray, np.ndarray]:
-    """DCE phases (uint16) and voxel-centre labels."""
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
+    """DCE phases (uint16), voxel-centre labels, texture factors and the bias field."""
     grid = _SampleGrid.of(geometry)
     labels = np.empty(geometry.shape, dtype=np.uint8)
     factors = np.empty(geometry.shape, dtype=np.float32)
@@ -397,7 +418,40 @@ def _render_dce(
         if bias_field is not None:
             image *= bias_field
         dce[p] = _to_uint16(_rician(image, sigma, noise_rng) if sigma > 0 else image)
-    return dce, labels
+    return dce, labels, factors, bias_field
+
+
+def _render_dixon(
+    labels: np.ndarray,
+    factors: np.ndarray,
+    geometry: VolumeGeometry,
+    settings: RenderSettings,
+    bias_field: np.ndarray | None,
+    noise_rng: np.random.Generator,
+) -> dict[str, np.ndarray]:
+    """Pre-contrast two-point Dixon images (uint16) on the DCE grid.
+
+    Water and fat signals are blurred apart and combined after, so the opposed-phase image
+    shows the dark line of the fat-water boundaries; same bias field as the DCE (one 3D
+    gradient-echo coil setting); noise at the DCE's SNR on the kidney's water signal.
+    """
+    psf = (settings.psf_sigma_through_plane, settings.psf_sigma_in_plane,
+           settings.psf_sigma_in_plane)
+    parts = []
+    for index in (0, 1):
+        table = _lookup({t: s[index] for t, s in DIXON_SIGNALS.items()})
+        part = table[labels]
+        part *= factors
+        _blur(part, psf)
+        if bias_field is not None:
+            part *= bias_field
+        parts.append(part)
+    water, fat = parts
+    kidney = float(np.mean([DIXON_SIGNALS[t][0] for t in _KIDNEY_TISSUES]))
+    sigma = _noise_sigma(settings.dce_snr, kidney, _DCE_REFERENCE_VOXEL_MM, geometry.spacing_mm)
+    clean = {"in": water + fat, "opp": np.abs(water - fat), "water": water, "fat": fat}
+    return {name: _to_uint16(_rician(clean[name], sigma, noise_rng) if sigma > 0
+                             else clean[name]) for name in DIXON_IMAGES}
 
 
 def _render_t2(
@@ -409,8 +463,9 @@ def _render_t2(
     settings: RenderSettings,
     bias_rng: np.random.Generator,
     noise_rng: np.random.Generator,
-) -> np.ndarray:
-    """The T2 image (uint16): sub-slices through the motion and deformation, averaged."""
+) -> tuple[np.ndarray, np.ndarray]:
+    """The T2 image (uint16): sub-slices through the motion and deformation, averaged;
+    and its kidney mask (uint8: at least half of the sub-slices in the kidney)."""
     n_sub = settings.t2_sub_slices
     scanner = _SampleGrid.of(geometry)
     fine = scanner.sub_slices(n_sub).seen_through(motion)
@@ -420,11 +475,14 @@ def _render_t2(
         margin, source = deformation.bound_mm, deformation.source
     table = _lookup({t: s.t2w for t, s in TISSUE_SIGNALS.items()})
     clean = np.empty(geometry.shape, dtype=np.float32)
+    kidney = np.empty(geometry.shape, dtype=np.uint8)
     rows, columns = geometry.shape[1:]
     slabs = _paint_grid(anatomy, fine, texture, displacement, margin or 0.0, source, multiple=n_sub)
     for k0, k1, slab in slabs:
         signal = table[slab.labels] * slab.factors
         clean[k0 // n_sub : k1 // n_sub] = signal.reshape(-1, n_sub, rows, columns).mean(axis=1)
+        inside = np.isin(slab.labels, _KIDNEY_TISSUES).reshape(-1, n_sub, rows, columns)
+        kidney[k0 // n_sub : k1 // n_sub] = 2 * inside.sum(axis=1) >= n_sub
     _blur(clean, (0.0, settings.psf_sigma_in_plane, settings.psf_sigma_in_plane))
     bias = _bias_function(bias_rng, anatomy.kidney.centre, settings.bias_amplitude)
     if settings.bias_amplitude > 0:
@@ -435,7 +493,7 @@ def _render_t2(
         _T2_REFERENCE_VOXEL_MM,
         geometry.spacing_mm,
     )
-    return _to_uint16(_rician(clean, sigma, noise_rng) if sigma > 0 else clean)
+    return _to_uint16(_rician(clean, sigma, noise_rng) if sigma > 0 else clean), kidney
 
 
 def _random_motion(rng: np.random.Generator, centre: Sequence[float]) -> RigidMotion:
@@ -462,6 +520,9 @@ def synthesize_mr(
     t2_spacing_mm: tuple[float, float, float] | None = None,
     grid_centre: GridCentre | str | None = None,
     settings: RenderSettings | None = None,
+    include_dce: bool = True,
+    dixon: bool = False,
+    lymphocele: bool = False,
 ) -> SyntheticMR:
     """Render the DCE phases (and a T2 image) of a synthetic kidney-graft study.
 
@@ -501,6 +562,16 @@ def synthesize_mr(
     settings : RenderSettings, optional
         Image formation (texture, point-spread function, bias, noise, deformation);
         default ``RenderSettings()``.
+    include_dce : bool
+        Render the DCE phases; ``False`` (gadolinium withheld) gives ``dce`` with no phase
+        and no phase times, the DCE grid still carrying the labels, the kidney mask and
+        the Dixon images.
+    dixon : bool
+        Also render a pre-contrast T1 two-point Dixon series on the DCE grid
+        (:attr:`SyntheticMR.dixon`; its noise has a stream of its own, so the other images
+        of the seed do not change).
+    lymphocele : bool
+        A lymphocele against the graft (:func:`~service.synthetic.anatomy.make_anatomy`).
 
     Returns
     -------
@@ -525,10 +596,12 @@ def synthesize_mr(
     )
     centring = GridCentre(grid_centre or (GridCentre.BODY if protocol else GridCentre.KIDNEY))
     times = tuple(float(t) for t in (phase_times_s or default_phase_times(phases)))
+    if not include_dce:
+        times = ()
     bias_seed, noise_seed, motion_seed, deformation_seed = np.random.SeedSequence([seed, 2]).spawn(
         4
     )
-    anatomy = make_anatomy(seed, kidney_scale=acquisition.kidney_scale)
+    anatomy = make_anatomy(seed, kidney_scale=acquisition.kidney_scale, lymphocele=lymphocele)
     kidney = anatomy.kidney
     texture = _Texture.generate(seed, anatomy, settings)
     noise_rng = np.random.default_rng(noise_seed)
@@ -542,10 +615,18 @@ def synthesize_mr(
         spacing_mm=acquisition.dce_spacing_mm,
         in_plane_centre=in_plane_centre,
     )
-    dce, labels = _render_dce(anatomy, dce_geometry, times, texture, settings, bias_rng, noise_rng)
+    dce, labels, factors, bias_field = _render_dce(
+        anatomy, dce_geometry, times, texture, settings, bias_rng, noise_rng
+    )
     mask = np.isin(labels, _KIDNEY_TISSUES).astype(np.uint8)
+    dixon_images = None
+    if dixon:
+        dixon_rng = np.random.default_rng(np.random.SeedSequence([seed, 6]))
+        dixon_images = _render_dixon(labels, factors, dce_geometry, settings, bias_field,
+                                     dixon_rng)
+    del factors
 
-    t2_geometry = t2 = motion = deformation = None
+    t2_geometry = t2 = motion = deformation = t2_mask = None
     if include_t2:
         motion = _random_motion(np.random.default_rng(motion_seed), kidney.centre)
         if settings.t2_deformation_mm > 0:
@@ -561,7 +642,7 @@ def synthesize_mr(
             spacing_mm=acquisition.t2_spacing_mm,
             in_plane_centre=in_plane_centre,
         )
-        t2 = _render_t2(
+        t2, t2_mask = _render_t2(
             anatomy, t2_geometry, motion, deformation, texture, settings, bias_rng, noise_rng
         )
 
@@ -577,4 +658,6 @@ def synthesize_mr(
         t2_motion=motion,
         t2_deformation=deformation,
         protocol=acquisition,
+        t2_kidney_mask=t2_mask,
+        dixon=dixon_images,
     )

@@ -12,7 +12,7 @@ from __future__ import annotations
 import datetime
 import logging
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 from types import MappingProxyType
@@ -27,6 +27,7 @@ from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage
 
 from service.dicom.uids import new_uid
 from service.synthetic.phantom import (
+    DIXON_IMAGES,
     AcquisitionProtocol,
     GridCentre,
     Orientation,
@@ -40,6 +41,7 @@ from service.synthetic.phantom import (
 
 __all__ = [
     "DCE_SERIES_NUMBER",
+    "DIXON_SERIES_NUMBER",
     "T2_SERIES_NUMBER",
     "DceLayout",
     "SyntheticStudy",
@@ -53,6 +55,12 @@ logger = logging.getLogger(__name__)
 T2_SERIES_NUMBER = 2
 #: Series Number of the DCE series (per-phase layout: of its first phase, then +1 each).
 DCE_SERIES_NUMBER = 3
+#: Series Number of the first Dixon series (in-phase), then +1 each (opp, water, fat).
+DIXON_SERIES_NUMBER = 11
+#: SeriesDescription suffix of each Dixon image, as a Siemens VIBE Dixon names them.
+_DIXON_SUFFIX = {"in": "in", "opp": "opp", "water": "W", "fat": "F"}
+_DIXON_IMAGE_TYPE = {"in": "IN_PHASE", "opp": "OPP_PHASE", "water": "WATER", "fat": "FAT"}
+_DIXON_TIME = datetime.time(10, 4, 0)
 
 _STUDY_TIME = datetime.time(10, 0, 0)
 _T2_TIME = datetime.time(10, 2, 0)
@@ -97,6 +105,13 @@ class SyntheticStudy:
     t2_deformation : SmoothDeformation or None
         Smooth non-rigid part of the T2 misalignment (see
         :meth:`~service.synthetic.phantom.SyntheticMR.t2_source_points`).
+    dixon_series_uids : mapping of str to str
+        UID of each Dixon series by image name (``in``, ``opp``, ``water``, ``fat``);
+        empty without Dixon.
+    t2_truth_mask : SimpleITK.Image or None
+        uint8 kidney mask in the T2 grid (the truth of a study without DCE).
+    t2_truth_volume_ml : float or None
+        Its volume, ml.
     """
 
     root: Path
@@ -111,6 +126,9 @@ class SyntheticStudy:
     phase_times_s: tuple[float, ...]
     t2_motion: RigidMotion | None
     t2_deformation: SmoothDeformation | None = None
+    dixon_series_uids: Mapping[str, str] = field(default_factory=dict)
+    t2_truth_mask: sitk.Image | None = None
+    t2_truth_volume_ml: float | None = None
 
 
 #: MR Image module and acquisition attributes of the DCE series (3D spoiled gradient echo).
@@ -129,6 +147,25 @@ _DCE_PROTOCOL: Mapping[str, object] = MappingProxyType(
         "NumberOfAverages": "1",
         "PixelBandwidth": "450",
         "TemporalResolution": "15000",
+    }
+)
+
+#: MR Image module and acquisition attributes of the Dixon series (3D gradient echo, two
+#: echoes; TE of the opposed-phase echo at 1.5 T).
+_DIXON_PROTOCOL: Mapping[str, object] = MappingProxyType(
+    {
+        "ScanningSequence": "GR",
+        "SequenceVariant": "SP",
+        "ScanOptions": "",
+        "MRAcquisitionType": "3D",
+        "SequenceName": "*fl3d2",
+        "AngioFlag": "N",
+        "RepetitionTime": "6.7",
+        "EchoTime": "2.39",
+        "EchoTrainLength": 2,
+        "FlipAngle": "10",
+        "NumberOfAverages": "1",
+        "PixelBandwidth": "500",
     }
 )
 
@@ -196,6 +233,7 @@ class _SeriesPlan:
     temporal_positions: tuple[int, ...] | None  # Temporal Position Identifier of each
     number_of_temporal_positions: int | None
     contrast: bool
+    image_type: tuple[str, ...] = ("ORIGINAL", "PRIMARY", "OTHER")
 
 
 def write_mr_study(
@@ -217,6 +255,9 @@ def write_mr_study(
     t2_spacing_mm: tuple[float, float, float] | None = None,
     grid_centre: GridCentre | str | None = None,
     settings: RenderSettings | None = None,
+    include_dce: bool = True,
+    dixon: bool = False,
+    lymphocele: bool = False,
 ) -> SyntheticStudy:
     """Write a synthetic kidney-graft MR study (DCE, optionally T2) as DICOM files.
 
@@ -259,6 +300,16 @@ def write_mr_study(
         ``"kidney"`` or ``"body"``; default ``"body"`` with a protocol, else ``"kidney"``.
     settings : RenderSettings, optional
         Image formation (texture, point-spread function, bias, noise, deformation).
+    include_dce : bool
+        Write the DCE series; ``False``: a study without contrast (``dce_series_uids``
+        empty, ``truth_mask`` still on the DCE grid, which the Dixon series share).
+    dixon : bool
+        Also write a pre-contrast T1 VIBE Dixon: four series on the DCE grid, "in"
+        (in-phase), "opp" (opposed-phase), "W" (water) and "F" (fat), numbered from
+        :data:`DIXON_SERIES_NUMBER`, acquired between the T2 and the DCE (no motion
+        relative to the DCE; the T2 moved).
+    lymphocele : bool
+        A lymphocele against the graft.
 
     Returns
     -------
@@ -286,6 +337,9 @@ def write_mr_study(
         t2_spacing_mm=t2_spacing_mm,
         grid_centre=grid_centre,
         settings=settings,
+        include_dce=include_dce,
+        dixon=dixon,
+        lymphocele=lymphocele,
     )
     study_uid = study_instance_uid or new_uid()
     study = {
@@ -302,7 +356,24 @@ def write_mr_study(
         "StudyDescription": "MR kidney graft (synthetic)",
         "FrameOfReferenceUID": new_uid(),
     }
-    dce_plans = _dce_plans(mr, layout)
+    dce_plans = _dce_plans(mr, layout) if include_dce else []
+    dixon_plans = {
+        name: _SeriesPlan(
+            uid=new_uid(),
+            number=DIXON_SERIES_NUMBER + k,
+            description=f"t1_vibe_dixon_tra_{_DIXON_SUFFIX[name]}",
+            protocol=_DIXON_PROTOCOL,
+            geometry=mr.dce_geometry,
+            phases=(image,),
+            times=(_DIXON_TIME,),
+            temporal_positions=None,
+            number_of_temporal_positions=None,
+            contrast=False,
+            image_type=("DERIVED", "PRIMARY", "DIXON", _DIXON_IMAGE_TYPE[name]),
+        )
+        for k, (name, image) in enumerate(
+            (n, mr.dixon[n]) for n in DIXON_IMAGES if mr.dixon is not None)
+    }
     t2_plan = None
     if mr.t2 is not None and mr.t2_geometry is not None:
         t2_plan = _SeriesPlan(
@@ -319,7 +390,7 @@ def write_mr_study(
         )
     out_dir = Path(out_dir)
     files: list[Path] = []
-    for plan in [*dce_plans, *([t2_plan] if t2_plan else [])]:
+    for plan in [*dce_plans, *([t2_plan] if t2_plan else []), *dixon_plans.values()]:
         files.extend(_write_series(out_dir, plan=plan, study=study, study_date=study_date))
     dce_uids = tuple(plan.uid for plan in dce_plans)
     t2_uid = t2_plan.uid if t2_plan else None
@@ -339,6 +410,11 @@ def write_mr_study(
         phase_times_s=mr.phase_times_s,
         t2_motion=mr.t2_motion,
         t2_deformation=mr.t2_deformation,
+        dixon_series_uids={name: plan.uid for name, plan in dixon_plans.items()},
+        t2_truth_mask=(geometry_image(mr.t2_kidney_mask, mr.t2_geometry)
+                       if mr.t2_kidney_mask is not None and mr.t2_geometry is not None
+                       else None),
+        t2_truth_volume_ml=mr.t2_truth_volume_ml,
     )
 
 
@@ -446,7 +522,7 @@ def _write_series(
         "ProtocolName": plan.description,
         "SeriesDate": date,
         "SeriesTime": _tm(plan.times[0]),
-        "ImageType": ["ORIGINAL", "PRIMARY", "OTHER"],
+        "ImageType": list(plan.image_type),
         "SOPClassUID": MRImageStorage,
         "SpecificCharacterSet": "ISO_IR 100",
         "InstanceCreationDate": date,

@@ -20,6 +20,7 @@ from types import MappingProxyType
 import numpy as np
 
 __all__ = [
+    "DIXON_SIGNALS",
     "TISSUE_SIGNALS",
     "EnhancementCurve",
     "Tissue",
@@ -188,6 +189,28 @@ TISSUE_SIGNALS: Mapping[Tissue, TissueSignal] = MappingProxyType(
             ),
             texture=0.05,
         ),
+    }
+)
+
+
+#: Pre-contrast T1-weighted 3D gradient echo, two-point Dixon: (water, fat) signal of each
+#: tissue. In-phase = water + fat, opposed-phase = |water - fat|, and the water and fat
+#: images. Fat bright on in-phase and fat images, dark on water; the kidney intermediate
+#: (cortex a little brighter than medulla, as on T1); urine, bowel fluid and a lymphocele
+#: dark; fatty marrow bright on fat; flowing blood intermediate.
+DIXON_SIGNALS: Mapping[Tissue, tuple[float, float]] = MappingProxyType(
+    {
+        Tissue.AIR: (0.0, 0.0),
+        Tissue.FAT: (35.0, 420.0),
+        Tissue.MUSCLE: (190.0, 12.0),
+        Tissue.BONE: (90.0, 260.0),
+        Tissue.BOWEL: (230.0, 15.0),
+        Tissue.BOWEL_CONTENT: (70.0, 0.0),
+        Tissue.BLADDER: (55.0, 0.0),
+        Tissue.ARTERY: (150.0, 0.0),
+        Tissue.VEIN: (140.0, 0.0),
+        Tissue.CORTEX: (300.0, 0.0),
+        Tissue.MEDULLA: (240.0, 0.0),
     }
 )
 
