@@ -7,6 +7,8 @@ about 30-40 s after an intravenous iodine bolus (late arterial / cortico-medulla
 the aorta at 250-350 HU, the renal cortex at 150-250 HU clearly brighter than the medulla
 (60-100 HU, not yet enhanced), the renal veins already opacified, the liver at 90-110 HU,
 the spleen brighter and mottled, the collecting system not yet opacified (urine 0-20 HU).
+A lymphocele beside a kidney graft is fluid of 0-15 HU in every phase (it does not
+enhance).
 
 Other acquisition phases (:class:`CtPhase`) change the ranges of the enhancing tissues
 only (:func:`hu_ranges`), typical adult values:
@@ -52,6 +54,8 @@ class CtTissue(IntEnum):
     MEDULLA = 17
     SINUS_FAT = 18
     URINE = 19
+    #: A fluid collection (lymphocele, seroma) beside a kidney graft.
+    LYMPH = 20
 
 
 #: Range of each tissue's CT number in this phase (low, high), HU.
@@ -77,6 +81,7 @@ CT_HU_RANGES: Mapping[CtTissue, tuple[float, float]] = MappingProxyType(
         CtTissue.MEDULLA: (60.0, 100.0),
         CtTissue.SINUS_FAT: (-110.0, -85.0),
         CtTissue.URINE: (0.0, 20.0),
+        CtTissue.LYMPH: (0.0, 15.0),
     }
 )
 
@@ -95,6 +100,7 @@ CT_TEXTURE_HU: Mapping[CtTissue, float] = MappingProxyType(
         CtTissue.CORTEX: 6.0,
         CtTissue.MEDULLA: 5.0,
         CtTissue.SINUS_FAT: 5.0,
+        CtTissue.LYMPH: 3.0,
     }
 )
 
