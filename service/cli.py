@@ -115,9 +115,13 @@ def _cmd_segment(settings: Settings, args: argparse.Namespace) -> int:
 
     result = segment_folder(args.input_dir, args.out, pipeline_name=args.pipeline,
                             rules=settings.classification, processing=settings.processing,
-                            device=resolve_device(settings.processing.device))
+                            device=resolve_device(settings.processing.device),
+                            qc=settings.qc)
     for structure, ml in result.volumes_ml.items():
-        print(f"{structure}: {ml:.1f} ml")
+        qc = result.qc.get(structure)
+        verdict = "" if qc is None else f" (QC {qc['verdict']}" + (
+            f": {'; '.join(qc['reasons'])})" if qc["reasons"] else ")")
+        print(f"{structure}: {ml:.1f} ml{verdict}")
     if result.seg_path is None:
         print(f"{result.finding}; wrote {result.result_path}")
     else:
@@ -137,6 +141,8 @@ def _cmd_volumes(settings: Settings, args: argparse.Namespace) -> int:
         print(json.dumps(rows, indent=2))
     elif fmt == "csv":
         columns = [c for c in rows[0] if c != "alert_reasons"] if rows else []
+        rows = [{k: "; ".join(v) if isinstance(v, list) else v for k, v in r.items()}
+                for r in rows]
         writer = csv.DictWriter(sys.stdout, fieldnames=columns, extrasaction="ignore",
                                 lineterminator="\n")
         if rows:
@@ -148,17 +154,30 @@ def _cmd_volumes(settings: Settings, args: argparse.Namespace) -> int:
     else:
         table = [{**r, "vs_previous_pct": r["change_from_previous_pct"],
                   "vs_baseline_pct": r["change_from_baseline_pct"],
-                  "alert": "ALERT" if r["alert"] else ""} for r in rows]
+                  "alert": "ALERT" if r["alert"] else "",
+                  "qc": _qc_cell(r)} for r in rows]
         _print_table(table, ["study_date", "structure", "volume_ml", "vs_previous_pct",
-                             "vs_baseline_pct", "alert", "pipeline", "study_instance_uid"])
+                             "vs_baseline_pct", "alert", "qc", "pipeline",
+                             "study_instance_uid"])
+        for r in rows:
+            if r["qc_reasons"]:
+                print(f"{r['study_date'] or '-'} {r['structure']} QC {r['qc_verdict']}: "
+                      + "; ".join(r["qc_reasons"]))
     return 0 if known else 1
+
+
+def _qc_cell(row: dict) -> str:
+    """The verdict, marked when the measurement is left out of the trend."""
+    verdict = row.get("qc_verdict") or "not assessed"
+    return verdict if row.get("in_trend", True) else f"{verdict.upper()} (not in trend)"
 
 
 def _alert_rules(settings: Settings):  # noqa: ANN202
     from service.trends import AlertRules
 
     return AlertRules(settings.trends.alert_fall_from_previous_pct,
-                      settings.trends.alert_fall_from_baseline_pct)
+                      settings.trends.alert_fall_from_baseline_pct,
+                      settings.trends.verdicts_used)
 
 
 def _cmd_patients(settings: Settings, args: argparse.Namespace) -> int:
@@ -174,9 +193,10 @@ def _cmd_patients(settings: Settings, args: argparse.Namespace) -> int:
     else:
         table = [{**r, "latest_volumes_ml": ", ".join(f"{k} {v:g}" for k, v in
                                                       r["latest_volumes_ml"].items()),
-                  "alert": "ALERT" if r["alert"] else ""} for r in rows]
+                  "alert": "ALERT" if r["alert"] else "",
+                  "needs_review": ", ".join(r["needs_review"])} for r in rows]
         _print_table(table, ["patient_id", "studies", "last_study_date", "latest_volumes_ml",
-                             "alert"])
+                             "alert", "needs_review"])
     return 0
 
 

@@ -110,7 +110,8 @@ class Node:
 
     def _start_http(self) -> None:
         trends = self.settings.trends
-        rules = AlertRules(trends.alert_fall_from_previous_pct, trends.alert_fall_from_baseline_pct)
+        rules = AlertRules(trends.alert_fall_from_previous_pct, trends.alert_fall_from_baseline_pct,
+                           trends.verdicts_used)
         app = create_app(self.sessions, rules=rules, storage_root=self.store.root,
                          token=self.settings.http.token)
         config = uvicorn.Config(app,

@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from service.config import ClassificationRules, ProcessingSettings
+from service.config import ClassificationRules, ProcessingSettings, QcSettings
 from service.db.tables import SeriesRole
 from service.dicom.uids import new_uid
 from service.errors import PipelineError, SeriesLoadError
 from service.imaging.series import LoadedSeries, group_by_series, load_series
 from service.pipeline.base import StudyInput
+from service.pipeline.quality import assess_output
 from service.pipeline.registry import get_pipeline
 from service.scheduler.classify import SeriesFacts, choose_pipeline, classify_series
 from service.writers.result import ResultUids, build_result_objects
@@ -29,6 +30,8 @@ class OfflineResult:
     result_path: Path
     volumes_ml: dict[str, float]
     finding: str | None = None
+    #: Quality control by structure: verdict, reasons, signals (as in result.json).
+    qc: dict[str, dict] = field(default_factory=dict)
 
 
 def _facts(series: LoadedSeries) -> SeriesFacts:
@@ -49,6 +52,7 @@ def segment_folder(
     rules: ClassificationRules,
     processing: ProcessingSettings,
     device: str,
+    qc: QcSettings | None = None,
 ) -> OfflineResult:
     """Classify the series found under ``input_dir``, run a pipeline, write the SEG, the
     SR and ``result.json`` into ``out_dir`` (only ``result.json``, with its ``finding``,
@@ -95,10 +99,11 @@ def segment_folder(
         "source_series_instance_uid": str(output.reference.datasets[0].SeriesInstanceUID),
     }
     seg_path = None
+    quality = assess_output(output, qc or QcSettings())  # no history offline
     if output.segments:
         seg, sr = build_result_objects(output, pipeline, processing, ResultUids(
             seg_series=new_uid(), seg=new_uid(), sr_series=new_uid(), sr=new_uid(),
-            device=new_uid()))
+            device=new_uid()), quality=quality)
         seg_path = out_dir / "seg.dcm"
         seg.save_as(seg_path, enforce_file_format=True)
         sr_path = out_dir / "sr.dcm"
@@ -112,9 +117,12 @@ def segment_folder(
     result.update({
         "volumes_ml": {k: round(v, 3) for k, v in output.volumes_ml.items()},
         "flags": list(output.flags),
+        "qc": {k: {"verdict": a.verdict.value, "reasons": list(a.reasons),
+                   "signals": dict(a.signals)} for k, a in quality.items()},
         "finding": output.finding,
         "series_roles": {uid: role.value for uid, role in roles.items()},
     })
     result_path = out_dir / "result.json"
     result_path.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
-    return OfflineResult(seg_path, result_path, dict(output.volumes_ml), output.finding)
+    return OfflineResult(seg_path, result_path, dict(output.volumes_ml), output.finding,
+                         result["qc"])

@@ -11,6 +11,12 @@ Rules (per patient and structure; documented in the README):
 * **Alert.** A study whose volume fell by more than ``fall_from_previous_pct`` (default
   10 %) from the previous study, or by more than ``fall_from_baseline_pct`` (default 15 %)
   from the baseline. Each alert says which rule fired.
+* **Quality control.** Only measurements whose verdict is in ``verdicts_used`` (default
+  ``pass``), or that were never assessed (written before quality control existed), are
+  *in the trend*: they alone are "the previous study", the default baseline, and raise
+  alerts. The others are listed with their verdict, ``in_trend`` false, their changes
+  from the trend's measurements for information, and never an alert. A baseline marked
+  by hand is the baseline whatever its verdict.
 """
 
 from __future__ import annotations
@@ -29,6 +35,8 @@ class AlertRules:
 
     fall_from_previous_pct: float = 10.0
     fall_from_baseline_pct: float = 15.0
+    #: Quality-control verdicts of the measurements the trend uses.
+    verdicts_used: tuple[str, ...] = ("pass",)
 
 
 @dataclass(frozen=True)
@@ -41,6 +49,9 @@ class Measurement:
     structure: str
     volume_ml: float
     baseline: bool = False
+    #: "pass", "review", "fail", or None when not assessed.
+    qc_verdict: str | None = None
+    qc_reasons: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -59,10 +70,15 @@ class TrendPoint:
     change_from_baseline_pct: float | None
     alert: bool
     alert_reasons: tuple[str, ...]
+    qc_verdict: str | None = None
+    qc_reasons: tuple[str, ...] = ()
+    #: Whether the measurement counts in the trend (its quality-control verdict).
+    in_trend: bool = True
 
     def as_dict(self) -> dict[str, Any]:
         row = asdict(self)
         row["alert_reasons"] = list(self.alert_reasons)
+        row["qc_reasons"] = list(self.qc_reasons)
         return row
 
 
@@ -88,24 +104,33 @@ def volume_trend(
     points: list[TrendPoint] = []
     for structure in sorted(by_structure):
         series = sorted(by_structure[structure], key=_order)
+        used = [m for m in series if _in_trend(m, rules)]
         marked = [m for m in series if m.baseline]
-        baseline = marked[0] if marked else series[0]
+        baseline = marked[0] if marked else (used[0] if used else None)
         previous: Measurement | None = None
         for m in series:
+            in_trend = _in_trend(m, rules)
             prev_ml, prev_pct = _change(m.volume_ml, previous.volume_ml if previous else None)
             is_base = m is baseline
-            base_ml, base_pct = _change(m.volume_ml, None if is_base else baseline.volume_ml)
+            base_ml, base_pct = _change(
+                m.volume_ml, None if is_base or baseline is None else baseline.volume_ml)
             reasons = []
-            if prev_pct is not None and prev_pct < -rules.fall_from_previous_pct:
+            if in_trend and prev_pct is not None and prev_pct < -rules.fall_from_previous_pct:
                 reasons.append(f"fell {-prev_pct:.1f} % since the previous study "
                                f"(threshold {rules.fall_from_previous_pct:g} %)")
-            if base_pct is not None and base_pct < -rules.fall_from_baseline_pct:
+            if in_trend and base_pct is not None and base_pct < -rules.fall_from_baseline_pct:
                 reasons.append(f"fell {-base_pct:.1f} % since the baseline "
                                f"(threshold {rules.fall_from_baseline_pct:g} %)")
             points.append(TrendPoint(
                 m.study_instance_uid,
                 m.study_date.isoformat() if m.study_date else None,
                 m.study_time, structure, round(m.volume_ml, 3), is_base,
-                prev_ml, prev_pct, base_ml, base_pct, bool(reasons), tuple(reasons)))
-            previous = m
+                prev_ml, prev_pct, base_ml, base_pct, bool(reasons), tuple(reasons),
+                m.qc_verdict, m.qc_reasons, in_trend))
+            if in_trend:
+                previous = m
     return points
+
+
+def _in_trend(m: Measurement, rules: AlertRules) -> bool:
+    return m.qc_verdict is None or m.qc_verdict in rules.verdicts_used

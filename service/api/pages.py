@@ -16,6 +16,7 @@ th, td { border: 1px solid #ccc; padding: 0.3em 0.6em; text-align: right; }
 th { background: #f2f2f2; }
 td.text { text-align: left; }
 tr.alert td { background: #fde2e2; }
+tr.review td { background: #fff4d6; }
 .muted { color: #777; font-size: 0.85em; }
 """
 
@@ -50,14 +51,20 @@ def patient_page(patient_id: str, rows: Iterable[Mapping[str, Any]]) -> str:
         alert = f"ALERT: {escape(reasons)}" if r.get("alert") else ""
         flags = ", ".join(r.get("flags") or [])
         baseline = " (baseline)" if r.get("baseline") else ""
+        verdict = str(r.get("qc_verdict") or "not assessed")
+        qc = verdict + ("" if r.get("in_trend", True) else ", not in trend")
+        if r.get("qc_reasons"):
+            qc += ": " + "; ".join(r["qc_reasons"])
+        css = "alert" if r.get("alert") else ("review" if not r.get("in_trend", True) else "ok")
         lines.append(
-            f"<tr class=\"{'alert' if r.get('alert') else 'ok'}\" "
-            f"data-study=\"{escape(uid)}\">"
+            f"<tr class=\"{css}\" data-study=\"{escape(uid)}\" "
+            f"data-qc=\"{escape(verdict)}\">"
             f"<td class=\"text\">{escape(r.get('study_date') or 'undated')}{baseline}</td>"
             f"<td class=\"text\">{escape(str(r['structure']))}</td>"
             f"<td>{_number(r['volume_ml'])}</td>"
             f"<td>{_change(r, 'previous')}</td><td>{_change(r, 'baseline')}</td>"
             f"<td class=\"text\">{alert}</td>"
+            f"<td class=\"text qc\">{escape(qc)}</td>"
             f"<td class=\"text\">{escape(flags)}</td>"
             f"<td class=\"text\"><a href=\"/api/studies/{quote(uid, safe='')}/preview.png\">"
             f"mask preview</a></td></tr>")
@@ -70,10 +77,12 @@ def patient_page(patient_id: str, rows: Iterable[Mapping[str, Any]]) -> str:
         f"onerror=\"document.body.dataset.chart='error'\">"
         "<table id=\"measurements\"><thead><tr><th>study date</th><th>structure</th>"
         "<th>volume (ml)</th><th>change from previous</th><th>change from baseline</th>"
-        "<th>alert</th><th>quality flags</th><th>check</th></tr></thead><tbody>"
-        + "".join(lines) + "</tbody></table>"
+        "<th>alert</th><th>quality control</th><th>method flags</th><th>check</th></tr>"
+        "</thead><tbody>" + "".join(lines) + "</tbody></table>"
         "<p class=\"muted\">Volumes from the node's latest result per study. Changes are "
-        "relative to the earlier volume; the alert thresholds are in the node's settings."
+        "relative to the earlier volume; the alert thresholds are in the node's settings. "
+        "A measurement that quality control did not accept is listed but left out of the "
+        "trend (its previous study, baseline and alerts) until a person has looked at it."
         "</p>")
     return _page(f"kidney-node: patient {patient_id}", body)
 
@@ -91,8 +100,10 @@ def patient_list_page(patients: Iterable[Mapping[str, Any]]) -> str:
             f"<td>{p.get('studies', '')}</td>"
             f"<td class=\"text\">{escape(str(p.get('last_study_date') or ''))}</td>"
             f"<td class=\"text\">{latest}</td>"
-            f"<td class=\"text\">{'ALERT' if p.get('alert') else ''}</td></tr>")
+            f"<td class=\"text\">{'ALERT' if p.get('alert') else ''}</td>"
+            f"<td class=\"text\">{escape(', '.join(p.get('needs_review') or []))}</td></tr>")
     body = ("<h1>kidney-node: patients</h1><table id=\"patients\"><thead><tr>"
             "<th>patient</th><th>studies</th><th>last study</th><th>latest volumes</th>"
-            "<th>alert</th></tr></thead><tbody>" + "".join(lines) + "</tbody></table>")
+            "<th>alert</th><th>needs review</th></tr></thead><tbody>" + "".join(lines)
+            + "</tbody></table>")
     return _page("kidney-node: patients", body)

@@ -11,6 +11,7 @@ from service.config.settings import (
     GraftSettings,
     HttpSettings,
     ProcessingSettings,
+    QcSettings,
     SchedulerSettings,
     SenderSettings,
     Settings,
@@ -35,6 +36,7 @@ __all__ = [
     "Settings",
     "StorageSettings",
     "TlsSettings",
+    "QcSettings",
     "TrendSettings",
     "load_settings",
 ]

@@ -21,6 +21,7 @@ __all__ = [
     "SenderSettings",
     "Settings",
     "StorageSettings",
+    "QcSettings",
     "TrendSettings",
 ]
 
@@ -223,6 +224,43 @@ class HttpSettings(_Frozen):
         return self
 
 
+class QcSettings(_Frozen):
+    """Quality control of every result (models/qc.py): a verdict per segment, ``pass``,
+    ``review`` or ``fail``, from its measured signals. ``review`` limits bound what is
+    plausible, ``fail`` limits what no kidney can be. Chosen on generated cases
+    (``python -m benchmarks.qc_eval``); see the README."""
+
+    enabled: bool = True
+    #: Volume (ml) of a whole kidney or graft.
+    volume_ml_review: tuple[float, float] = (40.0, 500.0)
+    volume_ml_fail: tuple[float, float] = (5.0, 1000.0)
+    #: Volume (ml) of a native kidney on CT (atrophic native kidneys of a transplant
+    #: recipient are small).
+    native_volume_ml_review: tuple[float, float] = (15.0, 450.0)
+    #: Volume (ml) of a renal cortex segment; cortex gets no shape checks.
+    cortex_volume_ml_review: tuple[float, float] = (5.0, 300.0)
+    #: Diameter of the largest ball inside the mask (mm).
+    thickness_mm_review: float = Field(default=18.0, ge=0)
+    thickness_mm_fail: float = Field(default=8.0, ge=0)
+    #: Longest principal extent (mm).
+    length_mm_review: tuple[float, float] = (45.0, 200.0)
+    #: Mask volume over its convex hull's volume.
+    solidity_review: float = Field(default=0.70, ge=0, le=1)
+    solidity_fail: float = Field(default=0.45, ge=0, le=1)
+    #: Share of the mask in its largest connected component.
+    main_share_review: float = Field(default=0.95, ge=0, le=1)
+    #: Share of the mask's surface on the first/last row, column or slice of the grid.
+    edge_share_review: float = Field(default=0.03, ge=0, le=1)
+    edge_share_fail: float = Field(default=0.15, ge=0, le=1)
+    #: Inside/outside band contrast in units of their robust spread.
+    contrast_review: float = Field(default=1.0, ge=0)
+    #: Gradient on the mask's surface over the gradient inside it.
+    gradient_ratio_review: float = Field(default=1.2, ge=0)
+    #: Change from the patient's previous accepted study (%) above which a volume is
+    #: not plausible between follow-ups.
+    change_pct_review: float = Field(default=35.0, gt=0)
+
+
 class TrendSettings(_Frozen):
     """Alert thresholds of the volume trend (see service/trends.py)."""
 
@@ -230,6 +268,10 @@ class TrendSettings(_Frozen):
     alert_fall_from_previous_pct: float = Field(default=10.0, gt=0)
     #: A fall of more than this % from the baseline study raises an alert.
     alert_fall_from_baseline_pct: float = Field(default=15.0, gt=0)
+    #: Quality-control verdicts whose results the trend's changes, baseline and alerts
+    #: use; the others are listed, marked, and never averaged in. Results written
+    #: before quality control existed (not assessed) are used as before.
+    verdicts_used: tuple[Literal["pass", "review", "fail"], ...] = ("pass",)
 
 
 class Settings(_Frozen):
@@ -243,6 +285,7 @@ class Settings(_Frozen):
     classification: ClassificationRules = ClassificationRules()
     http: HttpSettings = HttpSettings()
     trends: TrendSettings = TrendSettings()
+    qc: QcSettings = QcSettings()
     log_level: str = "INFO"
 
     @field_validator("destinations")

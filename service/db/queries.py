@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -32,6 +33,7 @@ __all__ = [
     "patient_exists",
     "patient_trend",
     "patient_volumes",
+    "previous_accepted_volumes",
     "result_files",
     "study_summary",
 ]
@@ -50,10 +52,14 @@ class VolumeRow:
     flags: tuple[str, ...] = ()
     baseline: bool = False
     study_time: str | None = None
+    #: "pass", "review", "fail", or None: written before quality control existed.
+    qc_verdict: str | None = None
+    qc_reasons: tuple[str, ...] = ()
 
     def as_dict(self) -> dict[str, Any]:
         row = asdict(self)
         row["flags"] = list(self.flags)
+        row["qc_reasons"] = list(self.qc_reasons)
         return row
 
 
@@ -91,7 +97,7 @@ def patient_volumes(session: Session, patient_id: str) -> list[VolumeRow]:
         select(Study.study_instance_uid, Study.study_date, Study.study_time, Study.is_baseline,
                Result.id, Result.structure, Result.volume_ml, Result.pipeline_name,
                Result.pipeline_version, Result.seg_sop_instance_uid, Result.job_pk,
-               Result.flags)
+               Result.flags, Result.qc_verdict, Result.qc_reasons)
         .select_from(Patient)
         .join(Study, Study.patient_pk == Patient.id)
         .join(Result, Result.study_pk == Study.id)
@@ -101,14 +107,37 @@ def patient_volumes(session: Session, patient_id: str) -> list[VolumeRow]:
         key = (row.study_instance_uid, row.structure)
         if key not in latest or row.id > latest[key].id:
             latest[key] = row
-    ordered = sorted(latest.values(), key=lambda r: (
-        r.study_date is None, r.study_date or dt.date.min, r.study_time or "",
-        r.study_instance_uid, r.structure))
+    ordered = sorted(latest.values(), key=lambda r: (*_study_order(r), r.structure))
     return [VolumeRow(r.study_instance_uid, _iso(r.study_date), r.structure,
                       round(r.volume_ml, 3), r.pipeline_name, r.pipeline_version,
                       r.seg_sop_instance_uid, r.job_pk, tuple(json.loads(r.flags or "[]")),
-                      bool(r.is_baseline), r.study_time)
+                      bool(r.is_baseline), r.study_time, r.qc_verdict,
+                      tuple(json.loads(r.qc_reasons or "[]")))
             for r in ordered]
+
+
+def _study_order(row: Any) -> tuple:
+    """Study date (undated last), time, UID: the trend's order (service.trends)."""
+    return (row.study_date is None, row.study_date or dt.date.min, row.study_time or "",
+            row.study_instance_uid)
+
+
+def previous_accepted_volumes(session: Session, study_instance_uid: str, *,
+                              verdicts: Sequence[str]) -> dict[str, float]:
+    """Per structure, the volume of the patient's latest study before this one (in trend
+    order) whose result has a verdict in ``verdicts`` (or was not assessed)."""
+    study = session.scalar(select(Study).where(Study.study_instance_uid == study_instance_uid))
+    if study is None:
+        return {}
+    this = _study_order(study)
+    found: dict[str, float] = {}
+    for row in patient_volumes(session, study.patient.patient_id):
+        earlier = (row.study_date is None, dt.date.fromisoformat(row.study_date)
+                   if row.study_date else dt.date.min, row.study_time or "",
+                   row.study_instance_uid) < this
+        if earlier and (row.qc_verdict is None or row.qc_verdict in verdicts):
+            found[row.structure] = row.volume_ml  # rows come in order: the last one wins
+    return found
 
 
 def patient_exists(session: Session, patient_id: str) -> bool:
@@ -130,7 +159,7 @@ def patient_trend(session: Session, patient_id: str, *, structure: str | None = 
               if structure is None or r.structure == structure}
     points = volume_trend(
         (Measurement(uid, dt.date.fromisoformat(r.study_date) if r.study_date else None,
-                     r.study_time, name, r.volume_ml, r.baseline)
+                     r.study_time, name, r.volume_ml, r.baseline, r.qc_verdict, r.qc_reasons)
          for (uid, name), r in latest.items()), rules)
     return [_trend_row(p, latest[(p.study_instance_uid, p.structure)]) for p in points]
 
@@ -140,7 +169,10 @@ def list_patients(session: Session, *, alerts_only: bool = False,
     """Patients with their number of studies, last study date and latest volumes.
 
     ``alert`` is true when the latest study of any structure raised an alert;
-    ``alerts_only`` keeps those patients only. Ordered by last study date, newest first.
+    ``alerts_only`` keeps those patients only. ``latest_volumes_ml`` are the latest
+    measurements in the trend (accepted by quality control); ``needs_review`` lists the
+    structures whose latest measurement is not (its verdict asks for a person's look).
+    Ordered by last study date, newest first.
     """
     rows = session.execute(
         select(Patient.patient_id, Patient.issuer, func.count(Study.id),
@@ -153,15 +185,19 @@ def list_patients(session: Session, *, alerts_only: bool = False,
     for patient_id, issuer, studies, last in rows:
         trend = patient_trend(session, patient_id, rules=rules)
         latest: dict[str, dict[str, Any]] = {}
+        newest: dict[str, dict[str, Any]] = {}
         for point in trend:  # ordered by structure then time: the last one wins
-            latest[point["structure"]] = point
-        alert = any(p["alert"] for p in latest.values())
+            newest[point["structure"]] = point
+            if point["in_trend"]:
+                latest[point["structure"]] = point
+        alert = any(p["alert"] for p in newest.values())
         if alerts_only and not alert:
             continue
         out.append({"patient_id": patient_id, "issuer": issuer, "studies": studies,
                     "last_study_date": _iso(last),
                     "latest_volumes_ml": {k: p["volume_ml"] for k, p in latest.items()},
-                    "alert": alert})
+                    "alert": alert,
+                    "needs_review": sorted(k for k, p in newest.items() if not p["in_trend"])})
         if len(out) >= limit:
             break
     return out
@@ -209,7 +245,9 @@ def study_summary(session: Session, study_instance_uid: str) -> dict[str, Any] |
         "results": [{"structure": r.structure, "volume_ml": round(r.volume_ml, 3),
                      "pipeline": r.pipeline_name, "pipeline_version": r.pipeline_version,
                      "seg_sop_instance_uid": r.seg_sop_instance_uid, "job_id": r.job_pk,
-                     "flags": json.loads(r.flags or "[]")}
+                     "flags": json.loads(r.flags or "[]"), "qc_verdict": r.qc_verdict,
+                     "qc_reasons": json.loads(r.qc_reasons or "[]"),
+                     "qc_signals": json.loads(r.qc_signals or "{}")}
                     for r in results],
         "sends": [_send_dict(s) for s in sends],
     }

@@ -210,6 +210,13 @@ class Result(Base):
     source_series_instance_uid: Mapped[str] = mapped_column(String(64))
     #: JSON list of quality flags of the result (e.g. "roi-touches-edge", "dce-only").
     flags: Mapped[str] = mapped_column(Text, default="[]", server_default="[]")
+    #: Quality control (models/qc.py): "pass", "review" or "fail"; NULL for results
+    #: written before quality control existed ("not assessed").
+    qc_verdict: Mapped[str | None] = mapped_column(String(8))
+    #: JSON list of the reasons of a "review" or "fail" verdict.
+    qc_reasons: Mapped[str] = mapped_column(Text, default="[]", server_default="[]")
+    #: JSON object of the measured signals the verdict came from.
+    qc_signals: Mapped[str] = mapped_column(Text, default="{}", server_default="{}")
     created_at: Mapped[dt.datetime] = mapped_column(_TS, default=utcnow)
 
     job: Mapped[Job] = relationship(back_populates="results")

@@ -6,6 +6,7 @@ import json
 import logging
 import time
 from collections import defaultdict
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,7 +14,9 @@ import highdicom as hd
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
+from models.qc import Verdict
 from service.config import Settings
+from service.db.queries import previous_accepted_volumes
 from service.db.tables import (
     Instance,
     InstanceOrigin,
@@ -30,6 +33,7 @@ from service.errors import KidneyNodeError, SeriesLoadError
 from service.imaging.series import LoadedSeries, load_series
 from service.outbox.sender import enqueue
 from service.pipeline.base import Pipeline, PipelineOutput, StudyInput
+from service.pipeline.quality import Assessment, assess_output
 from service.pipeline.registry import get_pipeline
 from service.storage import InstanceStore, StoredInstance
 from service.writers.result import ResultUids, build_result_objects
@@ -130,6 +134,7 @@ class JobRunner:
     def _execute(self, work: _Work) -> None:
         timings: dict[str, float] = {}
         written: _Written | None = None
+        quality: dict[str, Assessment] = {}
         try:
             t0 = time.perf_counter()
             study = self._load(work)
@@ -140,7 +145,11 @@ class JobRunner:
             timings["segment_s"] = time.perf_counter() - t0
             if output.segments:
                 t0 = time.perf_counter()
-                written = self._write(work, pipeline, output)
+                quality = assess_output(output, self.settings.qc,
+                                        previous_volumes_ml=self._previous_volumes(work))
+                timings["qc_s"] = time.perf_counter() - t0
+                t0 = time.perf_counter()
+                written = self._write(work, pipeline, output, quality)
                 timings["write_s"] = time.perf_counter() - t0
         except (KidneyNodeError, ValueError, RuntimeError, OSError) as exc:
             # RuntimeError covers SimpleITK and torch failures; all end in the job record.
@@ -167,6 +176,7 @@ class JobRunner:
         with self.sessions.begin() as session:
             job = session.get(Job, work.job_id)
             for spec in output.segments:
+                qc = quality.get(spec.structure)
                 session.add(Result(
                     job_pk=job.id, study_pk=job.study_pk, structure=spec.structure,
                     volume_ml=float(output.volumes_ml[spec.structure]),
@@ -175,7 +185,10 @@ class JobRunner:
                     seg_series_instance_uid=str(seg.SeriesInstanceUID),
                     source_series_instance_uid=str(
                         output.reference.datasets[0].SeriesInstanceUID),
-                    flags=json.dumps(list(output.flags))))
+                    flags=json.dumps(list(output.flags)),
+                    qc_verdict=None if qc is None else qc.verdict.value,
+                    qc_reasons=json.dumps([] if qc is None else list(qc.reasons)),
+                    qc_signals=json.dumps({} if qc is None else dict(qc.signals))))
             for obj, where in zip((seg, sr), stored, strict=True):
                 enqueue(session, sop_instance_uid=str(obj.SOPInstanceUID),
                         relpath=where.path.relative_to(self.store.root).as_posix(),
@@ -184,14 +197,26 @@ class JobRunner:
         logger.info("job %d succeeded on study %s: %s in %.1f s", work.job_id, work.study_uid,
                     ", ".join(f"{k} {v:.1f} ml" for k, v in output.volumes_ml.items()),
                     sum(timings.values()))
+        for structure, qc in quality.items():
+            if qc.verdict is not Verdict.PASS:
+                logger.warning("job %d, study %s: %s quality control %s: %s", work.job_id,
+                               work.study_uid, structure, qc.verdict.value,
+                               "; ".join(qc.reasons))
 
-    def _write(self, work: _Work, pipeline: Pipeline, output: PipelineOutput) -> _Written:
+    def _previous_volumes(self, work: _Work) -> dict[str, float]:
+        """Each structure's volume in the patient's latest accepted study before this one."""
+        with self.sessions() as session:
+            return previous_accepted_volumes(
+                session, work.study_uid, verdicts=self.settings.trends.verdicts_used)
+
+    def _write(self, work: _Work, pipeline: Pipeline, output: PipelineOutput,
+               quality: Mapping[str, Assessment]) -> _Written:
         """Build the SEG and SR and store them in the archive (SEG first)."""
         key = (work.study_uid, work.fingerprint, pipeline.name, pipeline.version)
         seg, sr = build_result_objects(output, pipeline, self.settings.processing, ResultUids(
             seg_series=derived_uid(*key, "seg-series"), seg=derived_uid(*key, "seg"),
             sr_series=derived_uid(*key, "sr-series"), sr=derived_uid(*key, "sr"),
-            device=derived_uid(self.settings.dicom.ae_title, "device")))
+            device=derived_uid(self.settings.dicom.ae_title, "device")), quality=quality)
         # SEG first: the report references it, and the outbox sends in queue order.
         stored = [self.store.store_dataset(obj, origin=InstanceOrigin.GENERATED)
                   for obj in (seg, sr)]

@@ -68,8 +68,12 @@ CORTEX_LEFT = SegmentSpec(label=4, structure="cortex_left", text="Left renal cor
                           category=codes.SCT.AnatomicalStructure,
                           property_type=RENAL_CORTEX, laterality=codes.SCT.Left)
 
-#: The kidney graft. Its code is being verified (issue 16): until then the plain kidney.
-TRANSPLANTED_KIDNEY = codes.SCT.Kidney
+#: SCT 70948008 "Structure of transplanted kidney" (body structure, under 24486003
+#: "Structure of transplant"): the EU eHDSI Body Site value set (hl7-eu
+#: EHDSI-Terminology-package, eHDSIBodySite 8.1.0) lists it; not in pydicom's bundled
+#: DICOM code lists, so written out here. CID 7151 is extensible (PS3.3 C.8.20.2).
+#: Not 737295003 "Transplanted kidney present", a finding.
+TRANSPLANTED_KIDNEY = Code("70948008", "SCT", "Structure of transplanted kidney")
 #: A kidney graft in the patient's right or left iliac fossa (or pelvis), by the side of the
 #: patient it lies on. Its volume is the one tracked over time ("graft").
 GRAFT_RIGHT = SegmentSpec(label=5, structure="graft", text="Transplanted kidney (right)",

@@ -16,8 +16,9 @@ def trend_png(rows: Iterable[Mapping[str, Any]], *, title: str) -> bytes:
 
     ``rows`` are trend rows (:func:`service.db.queries.patient_trend`): ``study_date``
     (ISO date or None), ``structure``, ``volume_ml``, ``alert``, ``baseline``. The baseline
-    is drawn as a square, studies with an alert as red rings; undated studies are left out
-    of the plot (they cannot be placed in time) and counted in the caption.
+    is drawn as a square, studies with an alert as red rings, measurements left out of the
+    trend by quality control (``in_trend`` false) as crosses off the line; undated studies
+    are left out of the plot (they cannot be placed in time) and counted in the caption.
     """
     fig = new_figure(7.0, 3.6)
     ax = fig.add_subplot()
@@ -30,10 +31,15 @@ def trend_png(rows: Iterable[Mapping[str, Any]], *, title: str) -> bytes:
         by_structure.setdefault(str(row["structure"]), []).append(row)
     for structure, points in sorted(by_structure.items()):
         points = sorted(points, key=lambda r: r["study_date"])
-        dates = [dt.date.fromisoformat(r["study_date"]) for r in points]
-        volumes = [float(r["volume_ml"]) for r in points]
+        used = [r for r in points if r.get("in_trend", True)]
+        dates = [dt.date.fromisoformat(r["study_date"]) for r in used]
+        volumes = [float(r["volume_ml"]) for r in used]
         (line,) = ax.plot(dates, volumes, marker="o", label=structure)
-        for date, volume, r in zip(dates, volumes, points, strict=True):
+        for r in points:
+            if not r.get("in_trend", True):  # shown apart, never joined to the line
+                ax.plot([dt.date.fromisoformat(r["study_date"])], [float(r["volume_ml"])],
+                        marker="x", markersize=9, color=line.get_color(), linewidth=0)
+        for date, volume, r in zip(dates, volumes, used, strict=True):
             if r.get("baseline"):
                 ax.plot([date], [volume], marker="s", markersize=9, color=line.get_color(),
                         fillstyle="none")
@@ -51,7 +57,7 @@ def trend_png(rows: Iterable[Mapping[str, Any]], *, title: str) -> bytes:
     else:
         ax.text(0.5, 0.5, "no dated measurement", ha="center", va="center",
                 transform=ax.transAxes)
-    caption = "square: baseline; red ring: alert"
+    caption = "square: baseline; red ring: alert; cross: not accepted by quality control"
     if undated:
         caption += f"; {undated} undated measurement(s) not shown"
     fig.text(0.01, 0.01, caption, fontsize=7, color="0.4")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import highdicom as hd
@@ -10,7 +11,9 @@ import numpy as np
 from pydicom import Dataset
 from pydicom.sr.coding import Code
 
+from models.qc import Verdict
 from service.pipeline.base import AlgorithmSpec, PipelineOutput
+from service.pipeline.quality import Assessment, overall_verdict
 
 __all__ = ["MANUFACTURER", "SegOptions", "build_segmentation"]
 
@@ -39,6 +42,7 @@ def build_segmentation(
     pipeline_version: str,
     family: Code,
     options: SegOptions,
+    quality: Mapping[str, Assessment] | None = None,
 ) -> hd.seg.Segmentation:
     """A BINARY SEG with one segment per structure, frames on the source slices.
 
@@ -52,12 +56,17 @@ def build_segmentation(
     can mirror it; every frame keeps its Source Image Sequence and the Referenced Series
     Sequence names the source series, which OHIF needs.
 
+    With ``quality`` (verdicts by structure), a segment whose verdict is not ``pass`` says
+    so in its Segment Description, and the Series Description starts with the worst
+    verdict ("QC REVIEW", "QC FAIL"), so a reader sees it in any viewer's series list.
+
     Raises
     ------
     ValueError
         When the output has no segment, or its masks do not match the source slices
         (frames, rows, columns).
     """
+    quality = quality or {}
     sources = list(output.reference.datasets)
     if not output.segments:
         raise ValueError(f"series {sources[0].SeriesInstanceUID}: nothing to write, "
@@ -100,16 +109,29 @@ def build_segmentation(
         # The patient and study attributes come from the source: so does their charset.
         specific_character_set=sources[0].get("SpecificCharacterSet"),
     )
-    seg.SeriesDescription = f"Kidney SEG ({pipeline_name})"[:64]
+    seg.SeriesDescription = (_qc_prefix(quality) + f"Kidney SEG ({pipeline_name})")[:64]
     by_number = {output.segment_number(spec): spec for spec in output.segments}
     for item in seg.SegmentSequence:
         spec = by_number[int(item.SegmentNumber)]
+        qc = quality.get(spec.structure)
+        if qc is not None and qc.verdict is not Verdict.PASS:
+            # Segment Description (0062,0006), LO: the verdict and its first reason.
+            item.SegmentDescription = (f"QC {qc.verdict.value.upper()}: "
+                                       + "; ".join(qc.reasons))[:64]
         if spec.laterality is not None:
             # PS3.3 C.8.20.2: laterality modifies the segmented property type.
             item.SegmentedPropertyTypeCodeSequence[0].SegmentedPropertyTypeModifierCodeSequence = [
                 hd.sr.CodedConcept(spec.laterality.value, spec.laterality.scheme_designator,
                                    spec.laterality.meaning)]
     return seg
+
+
+def _qc_prefix(quality: Mapping[str, Assessment]) -> str:
+    """``"QC REVIEW - "`` or ``"QC FAIL - "`` for the worst verdict, ``""`` when all pass."""
+    verdict = overall_verdict(quality)
+    if verdict is None or verdict is Verdict.PASS:
+        return ""
+    return f"QC {verdict.value.upper()} - "
 
 
 def _identification(algorithm: AlgorithmSpec) -> hd.AlgorithmIdentificationSequence:

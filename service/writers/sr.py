@@ -2,19 +2,31 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import highdicom as hd
 from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
 
+from models.qc import Verdict
 from service.dicom.uids import derived_uid
 from service.pipeline.base import PipelineOutput
+from service.pipeline.quality import Assessment, overall_verdict
 from service.writers.seg import MANUFACTURER
 
 __all__ = ["SrOptions", "build_volume_report"]
 
 MILLILITER = Code("ml", "UCUM", "milliliter")
+#: The node's own coding scheme (PS3.3 8.2: a private scheme designator starts with
+#: "99"), for the quality-control verdict, which no standard code covers.
+QC_SCHEME = "99KIDNEYNODE"
+QC_VERDICT = Code("QC-VERDICT", QC_SCHEME, "Automated quality control verdict")
+QC_VALUES = {
+    Verdict.PASS: Code("QC-PASS", QC_SCHEME, "Pass"),
+    Verdict.REVIEW: Code("QC-REVIEW", QC_SCHEME, "Needs review"),
+    Verdict.FAIL: Code("QC-FAIL", QC_SCHEME, "Fail"),
+}
 _PROCEDURES = {"MR": codes.cid100.MRIUnspecifiedBodyRegion,
                "CT": codes.cid100.CTUnspecifiedBodyRegion}
 
@@ -35,6 +47,7 @@ def build_volume_report(
     pipeline_name: str,
     pipeline_version: str,
     options: SrOptions,
+    quality: Mapping[str, Assessment] | None = None,
 ) -> hd.sr.Comprehensive3DSR:
     """A Comprehensive 3D SR holding one TID 1411 volumetric group per segment of ``seg``.
 
@@ -42,7 +55,11 @@ def build_volume_report(
     tracked by a UID derived from the SEG and the segment number, and holds the segment's
     volume in ml (SCT 118565006 "Volume", UCUM ``ml``). The SEG and the source images are
     the report's evidence, so a PACS files the report with the study of the images.
+    With ``quality``, each group holds its segment's quality-control verdict as a coded
+    qualitative evaluation (:data:`QC_VERDICT` = :data:`QC_VALUES`), and the Series
+    Description starts with the worst verdict when it is not ``pass``.
     """
+    quality = quality or {}
     sources = list(output.reference.datasets)
     modality = str(sources[0].get("Modality", ""))
     # Not ReferencedSegment.from_segmentation: it reads the segment number from per-frame
@@ -73,6 +90,7 @@ def build_volume_report(
                 unit=MILLILITER,
                 algorithm_id=algorithm,
             )],
+            qualitative_evaluations=_evaluations(quality.get(spec.structure)),
         ))
     observer = hd.sr.ObserverContext(
         observer_type=codes.DCM.Device,
@@ -98,5 +116,13 @@ def build_volume_report(
         software_versions=options.software_version,
         specific_character_set=sources[0].get("SpecificCharacterSet"),
     )
-    sr.SeriesDescription = f"Kidney volumes ({pipeline_name})"[:64]
+    verdict = overall_verdict(quality)
+    prefix = "" if verdict in (None, Verdict.PASS) else f"QC {verdict.value.upper()} - "
+    sr.SeriesDescription = f"{prefix}Kidney volumes ({pipeline_name})"[:64]
     return sr
+
+
+def _evaluations(assessment: Assessment | None) -> list[hd.sr.QualitativeEvaluation] | None:
+    if assessment is None:
+        return None
+    return [hd.sr.QualitativeEvaluation(name=QC_VERDICT, value=QC_VALUES[assessment.verdict])]

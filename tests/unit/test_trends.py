@@ -66,3 +66,37 @@ def test_as_dict_keeps_the_reported_fields():
     assert {"study_instance_uid", "study_date", "structure", "volume_ml",
             "change_from_previous_pct", "change_from_baseline_pct", "alert"} <= set(row)
     assert row["study_date"] == "2026-01-02" and row["alert_reasons"]
+
+
+def _qc(uid, day, ml, verdict, baseline=False):
+    return Measurement(uid, dt.date(2026, 1, day), None, "graft", ml, baseline, verdict,
+                       () if verdict == "pass" else ("thickness 6.0 mm < 8 mm",))
+
+
+def test_results_not_accepted_by_quality_control_are_listed_but_left_out_of_the_trend():
+    # 200 -> (60, a wrong structure, QC fail) -> 195 -> (150, QC review) -> 190.
+    rows = volume_trend([_qc("a", 1, 200.0, "pass"), _qc("b", 2, 60.0, "fail"),
+                         _qc("c", 3, 195.0, "pass"), _qc("d", 4, 150.0, "review"),
+                         _qc("e", 5, 190.0, "pass")])
+    by_uid = {r.study_instance_uid: r for r in rows}
+    assert [r.in_trend for r in rows] == [True, False, True, False, True]
+    # The failed one neither alerts (-70 %) nor becomes "the previous study" of c.
+    assert not by_uid["b"].alert and by_uid["b"].change_from_previous_pct == -70.0
+    assert by_uid["b"].qc_verdict == "fail" and by_uid["b"].qc_reasons
+    assert by_uid["c"].change_from_previous_pct == -2.5 and not by_uid["c"].alert
+    assert not by_uid["d"].alert
+    assert by_uid["e"].change_from_previous_ml == -5.0  # from c, not from d
+    # Counted in: the same series with every verdict used alerts on b and d.
+    loose = volume_trend([_qc("a", 1, 200.0, "pass"), _qc("b", 2, 60.0, "fail"),
+                          _qc("c", 3, 195.0, "pass"), _qc("d", 4, 150.0, "review")],
+                         AlertRules(verdicts_used=("pass", "review", "fail")))
+    assert [r.alert for r in loose] == [False, True, False, True]
+
+
+def test_the_first_accepted_study_is_the_baseline_and_unassessed_results_count():
+    rows = volume_trend([_qc("a", 1, 50.0, "fail"), _qc("b", 2, 200.0, "pass"),
+                         Measurement("c", dt.date(2026, 1, 3), None, "graft", 160.0)])
+    assert [r.baseline for r in rows] == [False, True, False]
+    assert rows[0].change_from_baseline_pct == -75.0 and not rows[0].alert
+    # A result from before quality control (verdict None) is in the trend and alerts.
+    assert rows[2].in_trend and rows[2].alert and rows[2].change_from_baseline_pct == -20.0

@@ -181,3 +181,49 @@ def test_a_ct_series_that_cannot_load_is_skipped_when_another_loads(
     engine.dispose()
     assert job.state is JobState.SUCCEEDED, job.error
     assert f"skipping ct series {short_series}" in caplog.text
+
+
+def test_quality_control_verdict_is_stored_sent_and_shown(archive, study, monkeypatch,
+                                                           capsys, sqlite_url):
+    """A verdict the settings force to "review" (a native kidney must be >= 1000 ml):
+    stored with its reasons, said in the SEG and SR, shown by the API and CLI, and the
+    measurement is kept out of the trend."""
+    from service.config import QcSettings
+
+    monkeypatch.setattr(ct_kidneys, "segment_ct_kidneys",
+                        fake_segmenter(study.kidneys_path, sides=("right", "left")))
+    sessions, store = archive
+    settings = Settings(processing=ProcessingSettings(device="cpu"), destinations=(DEST,),
+                        qc=QcSettings(native_volume_ml_review=(1000.0, 2000.0)))
+    assert JobRunner(settings=settings, sessions=sessions, store=store,
+                     device="cpu").run_pending() == 1
+    with sessions() as session:
+        results = session.scalars(select(Result).order_by(Result.id)).all()
+        assert [r.qc_verdict for r in results] == ["review", "review"]
+        reasons = json.loads(results[0].qc_reasons)
+        assert any(r.startswith("volume ") and "< 1000 ml" in r for r in reasons)
+        assert json.loads(results[0].qc_signals)["thickness_mm"] > 10
+        seg_path = store.path_of(session.scalar(select(Instance.path).where(
+            Instance.sop_instance_uid == results[0].seg_sop_instance_uid)))
+        job = session.scalars(select(Job)).one()
+        assert "qc_s" in json.loads(job.timings)
+    seg = dcmread(seg_path)
+    assert seg.SeriesDescription.startswith("QC REVIEW - ")
+    assert all(s.SegmentDescription.startswith("QC REVIEW: volume") for s in seg.SegmentSequence)
+
+    client = TestClient(create_app(sessions))
+    summary = client.get(f"/api/studies/{study.study_instance_uid}").json()
+    assert {r["qc_verdict"] for r in summary["results"]} == {"review"}
+    patient = seg.PatientID
+    rows = client.get(f"/api/patients/{patient}/volumes").json()
+    assert rows and all(r["qc_verdict"] == "review" and not r["in_trend"] for r in rows)
+    (listed,) = client.get("/api/patients").json()
+    assert listed["needs_review"] == ["kidney_left", "kidney_right"]
+    assert listed["latest_volumes_ml"] == {}
+    page = client.get(f"/patients/{patient}").text
+    assert 'data-qc="review"' in page and "not in trend" in page
+
+    monkeypatch.setenv("KIDNEY_NODE_DATABASE__URL", sqlite_url)
+    assert main(["volumes", patient]) == 0
+    out = capsys.readouterr().out
+    assert "REVIEW (not in trend)" in out and "QC review: volume" in out

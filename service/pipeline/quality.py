@@ -1,0 +1,92 @@
+"""Quality control of a pipeline's output: a verdict per segment (models/qc.py).
+
+The signals are measured on the output's reference image (the volume the masks lie on:
+the late DCE phase, the T2, the CT), the limits come from :class:`QcSettings`, chosen by
+the kind of structure: a whole kidney or graft, a native kidney (small atrophic native
+kidneys are expected in transplant recipients) or a renal cortex (a shell: no shape
+checks).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+import SimpleITK as sitk
+
+from models.qc import QcThresholds, Verdict, judge, mask_signals, worst
+from models.volume import image_spacing_zyx
+from service.config import QcSettings
+from service.pipeline.base import PipelineOutput
+
+__all__ = ["Assessment", "assess_output", "overall_verdict", "thresholds_for"]
+
+
+@dataclass(frozen=True)
+class Assessment:
+    """The verdict of one segment, its reasons and the signals it came from."""
+
+    verdict: Verdict
+    reasons: tuple[str, ...] = ()
+    signals: Mapping[str, float] = field(default_factory=dict)
+
+
+def thresholds_for(structure: str, settings: QcSettings) -> tuple[QcThresholds, bool]:
+    """The limits for ``structure`` and whether its shape is checked."""
+    base = QcThresholds(
+        volume_ml_review=settings.volume_ml_review, volume_ml_fail=settings.volume_ml_fail,
+        thickness_mm_review=settings.thickness_mm_review,
+        thickness_mm_fail=settings.thickness_mm_fail,
+        length_mm_review=settings.length_mm_review, solidity_review=settings.solidity_review,
+        solidity_fail=settings.solidity_fail, main_share_review=settings.main_share_review,
+        edge_share_review=settings.edge_share_review, edge_share_fail=settings.edge_share_fail,
+        contrast_review=settings.contrast_review,
+        gradient_ratio_review=settings.gradient_ratio_review,
+        change_pct_review=settings.change_pct_review)
+    if structure.startswith("cortex"):
+        return replace(base, volume_ml_review=settings.cortex_volume_ml_review), False
+    if structure in ("kidney_right", "kidney_left"):
+        return replace(base, volume_ml_review=settings.native_volume_ml_review), True
+    return base, True
+
+
+def assess_output(
+    output: PipelineOutput, settings: QcSettings, *,
+    previous_volumes_ml: Mapping[str, float] | None = None,
+) -> dict[str, Assessment]:
+    """A verdict per segment of ``output``, by structure.
+
+    ``previous_volumes_ml`` holds each structure's volume in the patient's previous
+    accepted study, when there is one (a change beyond ``change_pct_review`` asks for
+    review).
+    """
+    previous = previous_volumes_ml or {}
+    if not settings.enabled or not output.segments:
+        return {}
+    image = sitk.GetArrayFromImage(output.reference.image).astype(np.float32)
+    spacing = image_spacing_zyx(output.reference.image)
+    stack = output.segment_stack()
+    found: dict[str, Assessment] = {}
+    for index, spec in enumerate(output.segments):
+        mask = stack[..., index]
+        if not mask.any():
+            found[spec.structure] = Assessment(Verdict.FAIL, ("empty mask",))
+            continue
+        signals = mask_signals(image, mask, spacing_zyx=spacing)
+        thresholds, shape_checks = thresholds_for(spec.structure, settings)
+        side_flags = tuple(f for f in output.flags
+                           if f.startswith(spec.structure.split("_")[-1] + "-")
+                           or f.startswith("roi-"))
+        verdict = judge(signals, thresholds=thresholds, shape_checks=shape_checks,
+                        previous_volume_ml=previous.get(spec.structure), flags=side_flags)
+        found[spec.structure] = Assessment(verdict.verdict, verdict.reasons,
+                                           signals.as_dict())
+    return found
+
+
+def overall_verdict(assessments: Mapping[str, Assessment]) -> Verdict | None:
+    """The worst verdict of a result's segments; None when none was assessed."""
+    if not assessments:
+        return None
+    return worst([a.verdict for a in assessments.values()])
