@@ -138,6 +138,9 @@ class GraftSettings(_Frozen):
     cpu_working_voxels: int = Field(default=80_000, ge=1000)
     #: CPU profile: iteration guard.
     cpu_max_iterations: int = Field(default=80, ge=1)
+    #: mri-graft-nc: T1 (Dixon) series of a study without contrast are further input
+    #: channels of the T2 (registered to it); False: the T2 alone.
+    nocontrast_t1: bool = True
 
 
 class CtSettings(_Frozen):

@@ -8,12 +8,13 @@ from service.pipeline.base import Pipeline
 from service.pipeline.ct_kidneys import CtKidneysPipeline
 from service.pipeline.mri_baselines import OtsuPipeline, WatershedPipeline
 from service.pipeline.mri_graft import GRAFT_PIPELINES, GraftPipeline
+from service.pipeline.mri_graft_nc import NoContrastGraftPipeline
 
 __all__ = ["PIPELINES", "get_pipeline"]
 
 PIPELINES: dict[str, Pipeline] = {
-    p.name: p for p in (*GRAFT_PIPELINES, OtsuPipeline(), WatershedPipeline(),
-                        CtKidneysPipeline())
+    p.name: p for p in (*GRAFT_PIPELINES, NoContrastGraftPipeline(), OtsuPipeline(),
+                        WatershedPipeline(), CtKidneysPipeline())
 }
 
 
@@ -30,7 +31,7 @@ def get_pipeline(name: str, processing: ProcessingSettings | None = None) -> Pip
     except KeyError:
         raise PipelineError(
             f"unknown pipeline {name!r}; known: {', '.join(sorted(PIPELINES))}") from None
-    if processing is not None and isinstance(pipeline, GraftPipeline):
+    if processing is not None and isinstance(pipeline, GraftPipeline | NoContrastGraftPipeline):
         return pipeline.configured(processing.graft)
     if processing is not None and isinstance(pipeline, CtKidneysPipeline):
         return pipeline.configured(processing.ct)

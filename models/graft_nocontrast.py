@@ -1,0 +1,260 @@
+"""The MRI paper's method without gadolinium: T2 alone, or T2 with T1 (Dixon) channels.
+
+:func:`segment_graft_nocontrast` is :func:`models.graft.segment_graft` with the DCE volume
+replaced by the best available non-contrast sequence (the *reference*: the T2, else the
+first T1 image) and the §2.1 region of interest, which needs an enhancing graft, replaced
+by :func:`models.mr_localise.localise_kidneys` (shape and context, not brightness):
+
+1. N4 bias-field correction of the reference (§3: 2 iterations, 8 fitting levels);
+2. localisation of the graft on it (:mod:`models.mr_localise`); its box plus
+   ``GraftConfig.roi_margin_mm`` and ``extra_margin_mm`` is the region of interest;
+3. each further sequence (T1 in-phase, opposed-phase, water, fat...) N4-corrected and
+   registered to the reference (rigid, affine, then B-spline inside the box, as the T2 to
+   the DCE in the paper); images of one acquisition given together (a Dixon set) share
+   the transform of the first;
+4. the channels cropped to the box, brought to the working grid, clustered by the
+   per-volume CNN (§2.2, early fusion as in the paper);
+5. the kidney: among the clusters' candidates that pass the gates of
+   :func:`models.kidney_cluster.rank_candidates` (the reference's intensity as the
+   "enhancement": a kidney is brighter than the box's mean on T2), the one holding most of
+   the localised region (its coverage) with the candidate's own score as tie-break; then,
+   as in :mod:`models.graft`, tubes cut at the hilum, darker lobes dropped, back to full
+   resolution, holes filled, the edge refined; the mask on the reference grid.
+   When no qualifying candidate holds at least 30 % of the localised region (on a T2
+   the kidney's cortex can be clustered with the fat around it), the localised region
+   grown by a falling threshold until it leaks (:func:`grow_seed`) takes its place and
+   the result says so (``from_clusters``).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import SimpleITK as sitk
+from scipy import ndimage as ndi
+
+from models.components import binary_dilation, fill_holes, largest_component
+from models.feature_clustering import ClusteringResult, cluster_volume
+from models.graft import GraftConfig, _back_to, _crop, _to_grid, refine_boundary, working_spacing
+from models.kidney_cluster import prune_tubes, rank_candidates
+from models.kidney_trim import drop_foreign_lobes
+from models.mr_localise import LocaliseConfig, LocalisedKidney, localise_kidneys
+from models.preprocess import n4_correct, register_t2_to_dce
+from models.roi import RegionOfInterest
+from models.volume import image_spacing_zyx
+
+__all__ = ["NoContrastResult", "grow_seed", "segment_graft_nocontrast"]
+
+Progress = Callable[[int, float, int], None]
+
+
+@dataclass(frozen=True)
+class NoContrastResult:
+    """Outcome of :func:`segment_graft_nocontrast`.
+
+    Attributes
+    ----------
+    mask : numpy.ndarray
+        Boolean (z, y, x) kidney mask on the reference grid.
+    roi : RegionOfInterest
+        The region of interest, in reference voxels.
+    localised : LocalisedKidney
+        The localisation's candidate that seeded it.
+    working_spacing_zyx, working_shape
+        Grid of the clustering.
+    clustering : ClusteringResult
+        Labels on the working grid, iterations, losses and stop reason.
+    channels : int
+        Number of input channels of the network (1: single sequence).
+    from_clusters : bool
+        ``False`` when no cluster held enough of the localised region and the mask is
+        that region grown by threshold (:func:`grow_seed`): flagged by the pipeline.
+    timings_s : dict of str to float
+        Seconds per step: ``n4``, ``localise``, ``registration``, ``clustering``,
+        ``selection``.
+    """
+
+    mask: np.ndarray
+    roi: RegionOfInterest
+    localised: LocalisedKidney
+    working_spacing_zyx: tuple[float, float, float]
+    working_shape: tuple[int, int, int]
+    clustering: ClusteringResult
+    channels: int
+    from_clusters: bool = True
+    timings_s: dict[str, float] = field(default_factory=dict)
+
+
+def _grow_roi(roi: RegionOfInterest, *, margin_mm: float,
+              spacing: tuple[float, float, float], shape: tuple[int, ...]) -> RegionOfInterest:
+    pad = [int(np.ceil(margin_mm / s)) for s in spacing]
+    start = tuple(max(0, a - p) for a, p in zip(roi.start, pad, strict=True))
+    stop = tuple(min(n, b + p) for b, p, n in zip(roi.stop, pad, shape, strict=True))
+    return RegionOfInterest(start=start, stop=stop, touches_edge=roi.touches_edge)
+
+
+#: A cluster candidate must hold at least this share of the localised region.
+_MIN_COVERAGE = 0.3
+
+
+def grow_seed(seed: np.ndarray, image: np.ndarray, *, spacing: tuple[float, float, float],
+              max_ml: float, reach_mm: float = 15.0) -> np.ndarray:
+    """The localised region grown by lowering a threshold until it leaks.
+
+    Thresholds fall from the seed's 25th percentile in steps of 1/20 of the seed's
+    spread to the region's surroundings; at each, the component of ``image >= t`` (within
+    ``reach_mm`` of the seed) holding the seed is kept while its volume grows by less
+    than 30 % per step and stays under ``max_ml``.
+    """
+    reach = binary_dilation(seed, radius_vox=reach_mm / min(spacing), spacing_zyx=spacing)
+    shell = reach & ~seed
+    if not seed.any() or not shell.any():
+        return seed
+    high = float(np.percentile(image[seed], 25))
+    low = float(np.median(image[shell]))
+    voxel_ml = float(np.prod(spacing)) / 1000.0
+    region = seed
+    for t in np.linspace(high, low, 21)[1:]:
+        labels, _ = ndi.label(reach & (image >= t))
+        hit = np.unique(labels[seed & (labels > 0)])
+        grown = np.isin(labels, hit[hit > 0]) | seed
+        if grown.sum() > 1.3 * region.sum() or grown.sum() * voxel_ml > max_ml:
+            break
+        region = grown
+    return fill_holes(region)
+
+
+def _choose(labels: np.ndarray, *, reference: np.ndarray, seed: np.ndarray,
+            spacing: tuple[float, float, float], expected_volume_ml: tuple[float, float]
+            ) -> tuple[np.ndarray, bool]:
+    """The qualifying candidate covering most of the localised region ``seed``, or the
+    grown seed when none covers enough of it; and whether the clustering gave it."""
+    candidates = rank_candidates(labels, dce=reference, spacing_zyx=spacing,
+                                 expected_volume_ml=expected_volume_ml)
+    n_seed = max(int(seed.sum()), 1)
+
+    def coverage(c: Any) -> float:
+        return float(np.count_nonzero(c.mask & seed)) / n_seed
+
+    def key(c: Any) -> float:
+        precision = float(np.count_nonzero(c.mask & seed)) / max(int(c.mask.sum()), 1)
+        return coverage(c) + 0.5 * precision + 0.25 * c.score
+
+    qualifying = [c for c in candidates if c.rejected is None and coverage(c) >= _MIN_COVERAGE]
+    if qualifying:
+        return max(qualifying, key=key).mask, True
+    return grow_seed(seed, reference, spacing=spacing, max_ml=expected_volume_ml[1]), False
+
+
+def segment_graft_nocontrast(
+    reference: sitk.Image,
+    extras: Sequence[Sequence[sitk.Image]] = (),
+    *,
+    config: GraftConfig = GraftConfig(),
+    localise: LocaliseConfig = LocaliseConfig(),
+    extra_margin_mm: float = 10.0,
+    device: str = "cpu",
+    progress: Progress | None = None,
+) -> NoContrastResult:
+    """Segment the kidney graft on a non-contrast MR study (see the module notes).
+
+    Parameters
+    ----------
+    reference : SimpleITK.Image
+        The sequence whose grid the mask is on (the T2, or a T1 image without T2).
+    extras : sequence of sequences of SimpleITK.Image
+        Further sequences, grouped by acquisition (e.g. the four Dixon images as one
+        group): each group is registered once, through its first image, to the reference.
+    config : GraftConfig
+        Method settings (clustering, working grid, margins, gates).
+    localise : LocaliseConfig
+        Settings of the localisation.
+    extra_margin_mm : float
+        Added to ``config.roi_margin_mm`` around the localised region, which may hold
+        only part of the kidney (its medulla, on T2).
+    device : str
+        Torch device of the clustering.
+    progress : callable, optional
+        ``progress(iteration, loss, n_labels)`` during the clustering.
+
+    Returns
+    -------
+    NoContrastResult
+        The mask on the reference grid and what led to it.
+
+    Raises
+    ------
+    ValueError
+        Nothing that looks like a kidney, a constant volume, or no cluster qualifying
+        as the kidney (the message says why each was rejected).
+    """
+    timings: dict[str, float] = {}
+    clock = time.perf_counter()
+
+    def lap(name: str) -> None:
+        nonlocal clock
+        now = time.perf_counter()
+        timings[name] = timings.get(name, 0.0) + now - clock
+        clock = now
+
+    fixed = sitk.Cast(reference, sitk.sitkFloat32)
+    values = sitk.GetArrayViewFromImage(fixed)
+    if not np.isfinite(values).all() or float(np.ptp(values)) <= 0:
+        raise ValueError("the reference volume is constant or holds NaN/infinite values")
+    if config.n4:
+        fixed = n4_correct(fixed)
+    lap("n4")
+    spacing = image_spacing_zyx(fixed)
+    arr = sitk.GetArrayViewFromImage(fixed)
+    found = localise_kidneys(arr, spacing_zyx=spacing, direction=fixed.GetDirection(),
+                             config=localise)
+    if not found:
+        raise ValueError("no region looks like a kidney graft (localisation found none)")
+    best = found[0]
+    roi = _grow_roi(best.roi, margin_mm=config.roi_margin_mm + extra_margin_mm
+                    - localise.margin_mm, spacing=spacing, shape=arr.shape)
+    lap("localise")
+    crops = [_crop(fixed, roi)]
+    for group in extras:
+        first = sitk.Cast(group[0], sitk.sitkFloat32)
+        moving = n4_correct(first) if config.n4 else first
+        lap("n4")
+        registration = register_t2_to_dce(fixed, moving, roi=roi, deformable=config.deformable)
+        crops.append(_crop(registration.t2_on_dce, roi))
+        for other in group[1:]:
+            resampled = sitk.Resample(sitk.Cast(other, sitk.sitkFloat32), fixed,
+                                      registration.transform, sitk.sitkLinear, 0.0,
+                                      sitk.sitkFloat32)
+            crops.append(_crop(resampled, roi))
+        lap("registration")
+    grid = working_spacing(roi.shape, spacing, config.working_voxels)
+    coarse = [_to_grid(image, grid) for image in crops]
+    channels = np.stack([sitk.GetArrayFromImage(image) for image in coarse])
+    clustering = cluster_volume(channels, config=config.clustering, device=device,
+                                progress=progress)
+    lap("clustering")
+    seed_crop = sitk.GetImageFromArray(roi.crop(best.mask).astype(np.float32))
+    seed_crop.CopyInformation(crops[0])
+    seed = sitk.GetArrayFromImage(_to_grid(seed_crop, grid)) >= 0.5
+    kidney, from_clusters = _choose(clustering.labels, reference=channels[0], seed=seed,
+                                    spacing=grid, expected_volume_ml=config.expected_volume_ml)
+    if config.vessel_radius_mm > 0:
+        kidney = prune_tubes(kidney, spacing_zyx=grid, radius_mm=config.vessel_radius_mm)
+    if config.drop_foreign:
+        kidney = drop_foreign_lobes(kidney, channels, spacing_zyx=grid)
+    full = _back_to(kidney, coarse[0], crops[0])
+    full = fill_holes(largest_component(full)) if full.any() else full
+    if config.refine_boundary_mm > 0:
+        full = refine_boundary(full, sitk.GetArrayViewFromImage(crops[0]), spacing_zyx=spacing,
+                               band_mm=max(config.refine_boundary_mm, *grid))
+    mask = roi.embed(full, shape=arr.shape)
+    lap("selection")
+    return NoContrastResult(mask=mask, roi=roi, localised=best, working_spacing_zyx=grid,
+                            working_shape=(int(channels.shape[1]), int(channels.shape[2]),
+                                           int(channels.shape[3])),
+                            clustering=clustering, channels=int(channels.shape[0]),
+                            from_clusters=from_clusters, timings_s=timings)

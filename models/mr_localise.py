@@ -1,0 +1,465 @@
+"""Finding the kidney on MRI without contrast, by shape and context rather than brightness.
+
+The region of interest of the MRI paper (§2.1, :mod:`models.roi`) thresholds a DCE volume
+at its brightest histogram peak: the enhancing graft. On a T2 (or T1) volume the kidney is
+not the brightest structure: urine in the bladder, bowel content, a lymphocele, CSF and,
+without fat suppression, fat are as bright or brighter. This module looks for a region
+that *looks* like a kidney, in the manner of the weightless CT method
+(:mod:`models.ct_kidneys`), on any MR contrast:
+
+1. **Working grid.** The volume is low-passed and resampled to voxels of about
+   ``working_mm`` in-plane (slices are kept, or merged when thinner than that), and lightly
+   smoothed against noise.
+2. **Body and normalisation.** The body is the largest component above the Otsu
+   threshold of the volume, its holes filled slice by slice. Intensities are expressed as
+   percentiles of the body's intensities (a rank normalisation: independent of the
+   scanner's scale and of which tissue is brightest). The patient's axes come from the
+   image direction (DICOM LPS), so "lateral" and "anterior" hold in any orientation.
+3. **Candidates over many intensity windows.** For every window ``[p_lo, p_hi]`` of body
+   percentiles on a grid (lower bounds every ``window_step`` from 20 to 90, widths
+   ``window_widths``), the voxels of the body inside the window are opened by one voxel
+   (thin bridges to neighbours are cut) and split into connected components; those of
+   plausible volume are candidates. No window is assumed: a kidney darker than fat (T1
+   in-phase), brighter than fat (fat-suppressed T2) or between muscle and fluid (T2)
+   is found in the window that holds it.
+4. **Score** of a candidate (holes filled), each term in [0, 1], multiplied:
+
+   * *size*: 1 for a volume in ``volume_ml`` (the graft, about 100-300 ml; native
+     kidneys a little smaller), falling linearly to 0 at half the minimum and 1.5 times
+     the maximum;
+   * *shape*: compactness (volume over that of the ellipsoid of the same second moments:
+     about 1 for an ellipsoid, low for branching or curved bowel and vessels), and the
+     principal semi-axes within 0.5-1.6 times those of an adult kidney;
+   * *contrast*: how much the candidate differs from its shell (2-6 mm outside it), the
+     difference of their medians in units of the candidate's spread, capped at 1;
+   * *homogeneity*: 1 - the robust coefficient of variation inside, over 0.5;
+   * *position*: for a graft, the centroid in an iliac fossa (lateral, not posterior: the
+     lateral offset from the body's midline 0.2-0.85 of the half width, the
+     antero-posterior position in the anterior two thirds); for native kidneys in a renal
+     fossa (paravertebral: lateral 0.15-0.65, in the posterior half). Soft edges;
+   * *depth*: the candidate's deepest part at least 15 mm inside the body outline, none
+     of it on the outline (subcutaneous fat, body wall), nor cut by the edge of the
+     in-plane field of view.
+
+5. **Result.** Candidates are ranked by score; one overlapping a better one by more than
+   a third is dropped. The best one (or the best per side for native kidneys) gives a box
+   plus ``margin_mm`` on the input grid and its mask, the seed of the clustering's region
+   of interest.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+import numpy as np
+from scipy import ndimage as ndi
+
+from models.components import _as_spacing
+from models.otsu import otsu_threshold
+from models.roi import RegionOfInterest
+
+__all__ = [
+    "LocaliseConfig",
+    "LocalisedKidney",
+    "Target",
+    "localise_kidneys",
+    "patient_side",
+]
+
+
+class Target(StrEnum):
+    """What is looked for: a graft in an iliac fossa, or native kidneys in the renal fossae."""
+
+    GRAFT = "graft"
+    NATIVE = "native"
+
+
+#: Semi-axes (mm) of an adult kidney: long, width, thickness.
+_KIDNEY_SEMI_AXES_MM = (55.0, 30.0, 22.0)
+
+
+@dataclass(frozen=True)
+class LocaliseConfig:
+    """Settings of :func:`localise_kidneys`.
+
+    Attributes
+    ----------
+    target : Target
+        Graft (iliac fossa) or native kidneys (renal fossae).
+    volume_ml : tuple of float
+        Volume range scoring 1 (see the module notes).
+    working_mm : float
+        In-plane voxel size of the working grid (slices are never split).
+    window_step : float
+        Step of the windows' lower bounds, in body percentiles.
+    window_widths : tuple of float
+        Widths of the windows, in body percentiles.
+    margin_mm : float
+        Margin added around the chosen candidate's box.
+    min_score : float
+        Candidates scoring less are not returned.
+    """
+
+    target: Target = Target.GRAFT
+    volume_ml: tuple[float, float] = (90.0, 320.0)
+    working_mm: float = 2.5
+    window_step: float = 5.0
+    window_widths: tuple[float, ...] = (15.0, 25.0, 35.0, 50.0)
+    margin_mm: float = 10.0
+    min_score: float = 0.05
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "target", Target(self.target))
+        low, high = self.volume_ml
+        if not 0 < low < high:
+            raise ValueError(f"volume_ml must be 0 < min < max, got {self.volume_ml!r}")
+        if not self.working_mm > 0 or not self.window_step > 0:
+            raise ValueError("working_mm and window_step must be positive")
+
+
+@dataclass(frozen=True)
+class LocalisedKidney:
+    """One kidney candidate found by :func:`localise_kidneys`.
+
+    Attributes
+    ----------
+    mask : numpy.ndarray
+        Boolean (z, y, x) candidate on the input grid.
+    roi : RegionOfInterest
+        Its box plus the margin, in voxels of the input grid.
+    volume_ml : float
+        Volume of the candidate.
+    score : float
+        Product of the terms.
+    terms : dict of str to float
+        ``size``, ``shape``, ``contrast``, ``homogeneity``, ``position``, ``depth``.
+    window : tuple of float
+        The window of body percentiles it was found in.
+    side : str
+        The patient's side of its centroid from the body's midline: "right" or "left".
+    centroid_mm : tuple of float
+        Centroid in patient axes (x left, y posterior, z superior) relative to the body's
+        centre on the working grid, mm.
+    """
+
+    mask: np.ndarray
+    roi: RegionOfInterest
+    volume_ml: float
+    score: float
+    terms: dict[str, float] = field(default_factory=dict)
+    window: tuple[float, float] = (0.0, 0.0)
+    side: str = "right"
+    centroid_mm: tuple[float, float, float] = (0.0, 0.0, 0.0)
+
+
+def patient_side(
+    mask: np.ndarray, body: np.ndarray, *, direction: Sequence[float],
+    spacing_zyx: Sequence[float],
+) -> str:
+    """The patient's side ("right" or "left") a mask lies on, from the body's midline.
+
+    Parameters
+    ----------
+    mask, body : numpy.ndarray
+        Boolean (z, y, x) masks of the structure and of the body (or of the whole field
+        of view) on one grid.
+    direction : sequence of float
+        The grid's direction cosines as SimpleITK gives them (9 values, row-major; column
+        ``i`` is the patient direction of index axis ``i`` = x, y, z), DICOM LPS.
+    spacing_zyx : sequence of float
+        Voxel spacing (mm) along (z, y, x).
+
+    Returns
+    -------
+    str
+        "left" when the mask's centroid lies towards the patient's left (+x in LPS) of
+        the body's centroid, else "right".
+
+    Raises
+    ------
+    ValueError
+        If the mask or the body is empty.
+    """
+    if not np.any(mask) or not np.any(body):
+        raise ValueError("the mask and the body must not be empty")
+    axes = _patient_axes(direction, _as_spacing(spacing_zyx))
+    offset = axes @ (_centroid(mask) - _centroid(body))
+    return "left" if offset[0] > 0 else "right"
+
+
+def _centroid(mask: np.ndarray) -> np.ndarray:
+    return np.array([ix.mean() for ix in np.nonzero(mask)])
+
+
+def _patient_axes(direction: Sequence[float], spacing_zyx: tuple[float, float, float]
+                  ) -> np.ndarray:
+    """(3, 3) matrix taking a (z, y, x) index offset to patient mm (x, y, z, LPS)."""
+    d = np.asarray(direction, dtype=float).reshape(3, 3)
+    # Columns of d are the patient directions of index x, y, z; reorder to (z, y, x).
+    return d[:, ::-1] * np.asarray(spacing_zyx)[None, :]
+
+
+def _working_grid(volume: np.ndarray, spacing: tuple[float, float, float], working_mm: float
+                  ) -> tuple[np.ndarray, tuple[float, float, float], tuple[float, float, float]]:
+    """Low-passed, resampled volume; its spacing; the zoom factors (input / working)."""
+    target = (max(spacing[0], working_mm), max(spacing[1], working_mm),
+              max(spacing[2], working_mm))
+    factors = tuple(s / t for s, t in zip(spacing, target, strict=True))
+    sigmas = [0.4 / f if f < 0.99 else 0.0 for f in factors]
+    smooth = ndi.gaussian_filter(volume.astype(np.float32), sigmas) if any(sigmas) else volume
+    small = ndi.zoom(smooth, factors, order=1, grid_mode=True, mode="grid-constant")
+    actual = tuple(s * n / m for s, n, m in zip(spacing, volume.shape, small.shape, strict=True))
+    return small.astype(np.float32), (actual[0], actual[1], actual[2]), factors
+
+
+def _body_mask(work: np.ndarray) -> np.ndarray:
+    threshold = otsu_threshold(work[np.isfinite(work)])
+    body = work > 0.5 * threshold
+    body = ndi.binary_opening(body, iterations=1)
+    labels, n = ndi.label(body)
+    if n == 0:
+        raise ValueError("no body found: the volume is empty")
+    sizes = np.bincount(labels.ravel())
+    sizes[0] = 0
+    body = labels == int(np.argmax(sizes))
+    for k in range(body.shape[0]):
+        body[k] = ndi.binary_fill_holes(body[k])
+    return body
+
+
+def _ramp(value: float, zero: float, one: float) -> float:
+    """0 at ``zero``, 1 at ``one``, linear in between, clipped."""
+    if one == zero:
+        return float(value >= one)
+    return float(np.clip((value - zero) / (one - zero), 0.0, 1.0))
+
+
+def _band(value: float, low: float, high: float, soft: float) -> float:
+    """1 inside [low, high], falling linearly to 0 at ``soft`` outside."""
+    return min(_ramp(value, low - soft, low), _ramp(value, high + soft, high))
+
+
+@dataclass
+class _Context:
+    work: np.ndarray
+    ranks: np.ndarray
+    body: np.ndarray
+    depth_mm: np.ndarray
+    spacing: tuple[float, float, float]
+    axes: np.ndarray  # index offset -> patient mm
+    centre: np.ndarray  # body centroid (index)
+    half_width_mm: float
+    half_depth_mm: float
+    config: LocaliseConfig
+
+
+def _position(ctx: _Context, offset_mm: np.ndarray) -> float:
+    lateral = abs(offset_mm[0]) / ctx.half_width_mm
+    ap = offset_mm[1] / ctx.half_depth_mm  # > 0 posterior
+    if ctx.config.target is Target.GRAFT:
+        return _band(lateral, 0.2, 0.85, 0.15) * _band(ap, -0.9, 0.25, 0.3)
+    return _band(lateral, 0.15, 0.65, 0.15) * _band(ap, 0.0, 0.9, 0.3)
+
+
+def _shape(mask: np.ndarray, spacing: tuple[float, float, float]) -> tuple[float, float]:
+    """(compactness against the moment ellipsoid, semi-axes term)."""
+    points = np.argwhere(mask).astype(np.float64) * np.asarray(spacing)
+    n = len(points)
+    if n < 10:
+        return 0.0, 0.0
+    cov = np.cov(points, rowvar=False) + np.diag(np.asarray(spacing) ** 2 / 12.0)
+    eig = np.sort(np.clip(np.linalg.eigvalsh(cov), 1e-6, None))[::-1]
+    semi = np.sqrt(5.0 * eig)
+    ellipsoid = 4.0 / 3.0 * math.pi * float(np.prod(semi))
+    compact = min(1.0, n * float(np.prod(spacing)) / ellipsoid)
+    axes = min(_band(s / k, 0.35, 1.8, 0.3) for s, k in
+               zip(semi, _KIDNEY_SEMI_AXES_MM, strict=True))
+    return compact, axes
+
+
+def _score(ctx: _Context, mask: np.ndarray, box: tuple[slice, ...]) -> dict[str, float] | None:
+    low, high = ctx.config.volume_ml
+    voxel_ml = float(np.prod(ctx.spacing)) / 1000.0
+    sub = mask[box]
+    sub = ndi.binary_fill_holes(sub)
+    volume = float(sub.sum()) * voxel_ml
+    size = _band(volume, low, high, 0.0) if low <= volume <= high else (
+        _ramp(volume, 0.5 * low, low) if volume < low else _ramp(volume, 1.5 * high, high))
+    if size <= 0:
+        return None
+    compact, axes = _shape(sub, ctx.spacing)
+    shape = _ramp(compact, 0.2, 0.6) * axes
+    if shape <= 0:
+        return None
+    values = ctx.work[box][sub]
+    shell_outer = ndi.binary_dilation(sub, iterations=2)
+    shell_inner = ndi.binary_dilation(sub, iterations=1)
+    shell = shell_outer & ~shell_inner & ctx.body[box]
+    if shell.sum() < 10:
+        return None
+    outside = ctx.work[box][shell]
+    median = float(np.median(values))
+    q25, q75 = np.percentile(values, [25, 75])
+    spread = max(float(q75 - q25) / 1.349, 1e-6)
+    contrast = _ramp(abs(median - float(np.median(outside))) / spread, 0.5, 2.0)
+    homogeneity = 1.0 - _ramp(spread / max(abs(median), 1e-6), 0.1, 0.5)
+    depths = ctx.depth_mm[box][sub]
+    depth = _ramp(float(depths.max()), 10.0, 20.0) * _ramp(float(depths.min()), 1.0, 6.0)
+    # Cut by the in-plane edge of the field of view: not measurable as a kidney.
+    shape_full = ctx.work.shape
+    for axis in (1, 2):
+        start, stop = box[axis].start, box[axis].stop
+        if (start == 0 and sub.take(0, axis=axis).any()) or (
+                stop == shape_full[axis] and sub.take(-1, axis=axis).any()):
+            depth = 0.0
+    origin = np.array([s.start for s in box], dtype=float)
+    offset = ctx.axes @ (origin + _centroid(sub) - ctx.centre)
+    position = _position(ctx, offset)
+    terms = {"size": size, "shape": shape, "contrast": contrast, "homogeneity": homogeneity,
+             "position": position, "depth": depth, "volume_ml": volume,
+             "x_mm": float(offset[0]), "y_mm": float(offset[1]), "z_mm": float(offset[2])}
+    terms["score"] = size * shape * (0.3 + 0.7 * contrast) * (0.5 + 0.5 * homogeneity) \
+        * position * depth
+    return terms
+
+
+def _grow(box: tuple[slice, ...], pad: int, shape: tuple[int, ...]) -> tuple[slice, ...]:
+    return tuple(slice(max(0, s.start - pad), min(n, s.stop + pad))
+                 for s, n in zip(box, shape, strict=True))
+
+
+@dataclass
+class _Found:
+    mask: np.ndarray  # on the working grid
+    terms: dict[str, float]
+    window: tuple[float, float]
+
+
+def localise_kidneys(
+    volume: np.ndarray,
+    *,
+    spacing_zyx: Sequence[float],
+    direction: Sequence[float] = (1, 0, 0, 0, 1, 0, 0, 0, 1),
+    config: LocaliseConfig = LocaliseConfig(),
+) -> list[LocalisedKidney]:
+    """Kidney candidates of an MR volume, best first (see the module notes).
+
+    Parameters
+    ----------
+    volume : numpy.ndarray
+        3D (z, y, x) MR volume of any contrast, ideally bias-field corrected.
+    spacing_zyx : sequence of float
+        Voxel spacing in mm along (z, y, x).
+    direction : sequence of float
+        Direction cosines as SimpleITK gives them (9 values, row-major), DICOM LPS.
+    config : LocaliseConfig
+        Target and settings.
+
+    Returns
+    -------
+    list of LocalisedKidney
+        Candidates scoring at least ``config.min_score``, by decreasing score, none
+        overlapping a better one by more than a third; for native kidneys, at most the
+        best one per side. Empty when nothing looks like a kidney.
+
+    Raises
+    ------
+    ValueError
+        If the volume is not a non-empty 3D array or holds no body.
+    """
+    arr = np.asarray(volume)
+    if arr.ndim != 3 or arr.size == 0 or not np.issubdtype(arr.dtype, np.number):
+        raise ValueError(f"expected a non-empty real 3D (z, y, x) volume, got shape {arr.shape}"
+                         f" and dtype {arr.dtype}")
+    spacing = _as_spacing(spacing_zyx)
+    arr = np.nan_to_num(arr.astype(np.float32), nan=0.0, posinf=0.0, neginf=0.0)
+    work, wspacing, factors = _working_grid(arr, spacing, config.working_mm)
+    work = ndi.gaussian_filter(work, (0.0, 0.7, 0.7))
+    body = _body_mask(work)
+    values = work[body]
+    order = np.sort(values)
+    ranks = np.zeros(work.shape, dtype=np.float32)
+    ranks[body] = 100.0 * np.searchsorted(order, values, side="right") / len(order)
+    depth = ndi.distance_transform_edt(body, sampling=wspacing).astype(np.float32)
+    axes = _patient_axes(direction, wspacing)
+    extent = (axes @ (np.argwhere(body)[:: max(1, int(body.sum()) // 20000)]
+                      - _centroid(body)).T)
+    ctx = _Context(work=work, ranks=ranks, body=body, depth_mm=depth, spacing=wspacing,
+                   axes=axes, centre=_centroid(body),
+                   half_width_mm=max(float(np.percentile(np.abs(extent[0]), 99)), 1.0),
+                   half_depth_mm=max(float(np.percentile(np.abs(extent[1]), 99)), 1.0),
+                   config=config)
+    voxel_ml = float(np.prod(wspacing)) / 1000.0
+    min_vox = 0.5 * config.volume_ml[0] / voxel_ml
+    max_vox = 1.5 * config.volume_ml[1] / voxel_ml * 1.3
+    structure = ndi.generate_binary_structure(3, 1)
+    in_plane = np.zeros((3, 3, 3), dtype=bool)
+    in_plane[1] = ndi.generate_binary_structure(2, 1)
+    found: list[_Found] = []
+    for lo in np.arange(20.0, 90.0 + 1e-6, config.window_step):
+        for width in config.window_widths:
+            hi = min(100.0, lo + width)
+            inside = body & (ranks >= lo) & (ranks <= hi)
+            inside = ndi.binary_opening(inside, structure=in_plane)
+            labels, n = ndi.label(inside, structure=structure)
+            if n == 0:
+                continue
+            sizes = np.bincount(labels.ravel())
+            boxes = ndi.find_objects(labels)
+            for index in np.flatnonzero((sizes >= min_vox) & (sizes <= max_vox)):
+                if index == 0:
+                    continue
+                box = _grow(boxes[index - 1], 3, work.shape)
+                mask = labels[box] == index
+                full = np.zeros(work.shape, dtype=bool)
+                full[box] = mask
+                terms = _score(ctx, full, box)
+                if terms is not None and terms["score"] >= config.min_score:
+                    full[box] = ndi.binary_fill_holes(mask)
+                    found.append(_Found(full, terms, (float(lo), float(hi))))
+    found.sort(key=lambda f: -f.terms["score"])
+    kept: list[_Found] = []
+    for candidate in found:
+        n = candidate.mask.sum()
+        if all((candidate.mask & other.mask).sum() <= n / 3 for other in kept):
+            kept.append(candidate)
+    results = [_to_input(c, arr.shape, spacing, config, axes_left=c.terms["x_mm"] > 0)
+               for c in kept]
+    if config.target is Target.NATIVE:
+        best: dict[str, LocalisedKidney] = {}
+        for r in results:
+            best.setdefault(r.side, r)
+        results = sorted(best.values(), key=lambda r: -r.score)
+    return results
+
+
+def _to_input(found: _Found, shape: tuple[int, ...], spacing: tuple[float, float, float],
+              config: LocaliseConfig, *, axes_left: bool) -> LocalisedKidney:
+    """The candidate on the input grid: its mask (nearest) and box plus margin."""
+    zoom = [n / m for n, m in zip(shape, found.mask.shape, strict=True)]
+    mask = ndi.zoom(found.mask.astype(np.float32), zoom, order=1, grid_mode=True,
+                    mode="grid-constant") >= 0.5
+    if mask.shape != tuple(shape):  # zoom rounding: pad or crop to the input shape
+        fixed = np.zeros(shape, dtype=bool)
+        common = tuple(slice(0, min(a, b)) for a, b in zip(mask.shape, shape, strict=True))
+        fixed[common] = mask[common]
+        mask = fixed
+    if not mask.any():
+        mask = np.zeros(shape, dtype=bool)
+    index = np.nonzero(mask) if mask.any() else np.nonzero(np.ones((1, 1, 1)))
+    margin = [math.ceil(config.margin_mm / s) for s in spacing]
+    start = [max(0, int(ix.min()) - m) for ix, m in zip(index, margin, strict=True)]
+    stop = [min(n, int(ix.max()) + 1 + m) for ix, m, n in zip(index, margin, shape, strict=True)]
+    touches = any(int(ix.min()) == 0 for ix in index) or any(
+        int(ix.max()) + 1 == n for ix, n in zip(index, shape, strict=True))
+    terms = found.terms
+    return LocalisedKidney(
+        mask=mask,
+        roi=RegionOfInterest(start=tuple(start), stop=tuple(stop), touches_edge=touches),
+        volume_ml=float(terms["volume_ml"]), score=float(terms["score"]),
+        terms={k: float(v) for k, v in terms.items()}, window=found.window,
+        side="left" if axes_left else "right",
+        centroid_mm=(terms["x_mm"], terms["y_mm"], terms["z_mm"]))
