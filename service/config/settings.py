@@ -152,6 +152,9 @@ class CtSettings(_Frozen):
     cortex_models_dir: Path | None = None
     #: CT series with fewer slices (localizers, single slabs) are not segmented.
     min_slices: int = Field(default=10, ge=3)
+    #: Also search the pelvis for a kidney graft (models/ct_graft.py): a graft found is a
+    #: segment of its own ("graft", with its side). False: the native kidneys only.
+    search_graft: bool = True
 
 
 class ProcessingSettings(_Frozen):

@@ -1,12 +1,20 @@
-"""The ``ct-kidneys`` pipeline: both native kidneys on CT, and their cortex when configured.
+"""The ``ct-kidneys`` pipeline: the native kidneys on CT, a kidney graft in the pelvis, and
+the native kidneys' cortex when configured.
 
 The kidneys come from :func:`models.ct_kidneys.segment_ct_kidneys` (no trained weights),
 on one CT series of the study (:func:`service.pipeline.ct_series.choose_ct_volume`). With
-``processing.ct.cortex_models_dir`` set, the renal-cortex ensemble
-(:func:`models.cortex_ensemble.segment_cortex`) adds each kidney's cortex as a segment
-of its own, overlapping its kidney. A side that was not found is left out of the SEG
-and flagged ``<side>-kidney-not-found``; with neither side found the output is the
-finding :data:`NO_KIDNEY` with the method's reasons, and nothing is written.
+``processing.ct.search_graft`` (default) the pelvis is searched for a graft
+(:func:`models.ct_graft.segment_ct_graft`, the native kidneys kept out of its zone), and a
+"native kidney" that lies in the pelvis or on the graft is dropped
+(:func:`models.ct_graft.separate_natives`); the graft is a segment of its own
+(:func:`service.pipeline.base.graft_segment`: structure ``graft``, laterality by the
+patient's side), flagged ``graft-touches-edge`` when it reaches the first or last slice.
+With ``processing.ct.cortex_models_dir`` set, the renal-cortex ensemble
+(:func:`models.cortex_ensemble.segment_cortex`) adds each native kidney's cortex as a
+segment of its own, overlapping its kidney. A side that was not found is left out of the
+SEG and flagged ``<side>-kidney-not-found``; with no native kidney and no graft found the
+output is the finding :data:`NO_KIDNEY` with the methods' reasons (the graft search's
+only when the pelvis was in view), and nothing is written.
 """
 
 from __future__ import annotations
@@ -22,6 +30,7 @@ from pydicom.sr.coding import Code
 
 from models.cortex_ensemble import segment_cortex
 from models.cortex_unet import ARCHITECTURE_NAME, ARCHITECTURE_VERSION
+from models.ct_graft import CtGraft, CtGraftConfig, FoundGraft, segment_ct_graft, separate_natives
 from models.ct_kidneys import CtKidneyConfig, CtKidneys, FoundKidney, segment_ct_kidneys
 from models.volume import image_spacing_zyx, mask_volume_ml
 from service.config import CtSettings
@@ -38,6 +47,7 @@ from service.pipeline.base import (
     PipelineOutput,
     SegmentSpec,
     StudyInput,
+    graft_segment,
 )
 from service.pipeline.ct_series import choose_ct_volume
 
@@ -57,10 +67,11 @@ _SIDES: tuple[tuple[str, SegmentSpec, SegmentSpec], ...] = (
 
 @dataclass(frozen=True)
 class CtKidneysPipeline:
-    """Right and left kidney (and renal cortex) on contrast or plain abdominal CT."""
+    """Right and left native kidney (and renal cortex) and a kidney graft in the pelvis, on
+    contrast or plain CT of the abdomen and/or pelvis."""
 
     name: str = "ct-kidneys"
-    version: str = "0.1.0"
+    version: str = "0.2.0"
     family: Code = codes.cid7162.MorphologicalOperations
     settings: CtSettings = field(default_factory=CtSettings)
 
@@ -69,7 +80,7 @@ class CtKidneysPipeline:
         return replace(self, settings=settings)
 
     def run(self, study: StudyInput, *, device: str) -> PipelineOutput:
-        """Segment the kidneys (and cortex) of the study's chosen CT series.
+        """Segment the kidneys, the graft (and cortex) of the study's chosen CT series.
 
         Raises
         ------
@@ -82,10 +93,20 @@ class CtKidneysPipeline:
         volume = choose_ct_volume(study.series.get(SeriesRole.CT, ()),
                                   min_slices=self.settings.min_slices, study_uid=uid)
         kidneys = segment_ct_kidneys(volume.image, CtKidneyConfig())
+        graft: FoundGraft | None = None
+        graft_reason = ""
+        if self.settings.search_graft:
+            search = segment_ct_graft(volume.image, CtGraftConfig(), natives=kidneys)
+            kidneys = separate_natives(kidneys, search, volume.image)
+            graft = _graft_on_grid(search, volume, uid)
+            graft_reason = search.reason if search.pelvis_in_view else ""
         found = _found_sides(kidneys, volume, uid)
-        if not found:
-            reasons = "; ".join(f"{side}: {why}" for side, why in sorted(kidneys.reasons.items()))
-            finding = f"{NO_KIDNEY} ({reasons})" if reasons else NO_KIDNEY
+        if not found and graft is None:
+            reasons = sorted(kidneys.reasons.items())
+            if graft_reason:
+                reasons.append(("graft", graft_reason))
+            text = "; ".join(f"{what}: {why}" for what, why in reasons)
+            finding = f"{NO_KIDNEY} ({text})" if text else NO_KIDNEY
             logger.info("study %s: %s", uid, finding)
             return PipelineOutput(reference=volume, finding=finding)
         spacing = image_spacing_zyx(volume.image)
@@ -102,6 +123,15 @@ class CtKidneysPipeline:
             masks.append(found[side].mask)
             if found[side].touches_edge:
                 flags.append(f"{side}-kidney-touches-edge")
+        if graft is not None:
+            segments.append(graft_segment(graft.side))
+            masks.append(graft.mask)
+            if graft.touches_edge:
+                flags.append("graft-touches-edge")
+            logger.info("study %s: graft in the %s iliac fossa (score %.2f)", uid, graft.side,
+                        graft.score)
+        elif self.settings.search_graft:
+            logger.info("study %s: no graft: %s", uid, graft_reason or "no pelvis in view")
         algorithms: dict[str, AlgorithmSpec] = {}
         if self.settings.cortex_models_dir is not None:
             cortex, algorithm = _cortex(volume, found, self.settings.cortex_models_dir,
@@ -156,3 +186,16 @@ def _found_sides(kidneys: CtKidneys, volume: LoadedVolume, study_uid: str
         if mask.any():
             found[side] = replace(kidney, mask=mask)
     return found
+
+
+def _graft_on_grid(search: CtGraft, volume: LoadedVolume, study_uid: str) -> FoundGraft | None:
+    """The graft found, its mask checked to lie on the CT's grid; None when empty."""
+    graft = search.graft
+    if graft is None:
+        return None
+    shape = sitk.GetArrayViewFromImage(volume.image).shape
+    mask = np.asarray(graft.mask, dtype=bool)
+    if mask.shape != shape:
+        raise PipelineError(f"study {study_uid}: graft mask {mask.shape} is not on the CT grid "
+                            f"{shape}")
+    return replace(graft, mask=mask) if mask.any() else None

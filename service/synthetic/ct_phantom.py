@@ -64,7 +64,8 @@ class Coverage(StrEnum):
     highest kidney pole (liver, spleen, stomach, lower ribs; no kidney voxel).
 
     The pelvic coverages need a transplant anatomy (one with a pelvis): ``PELVIS`` from the
-    middle of L5 to 15 mm below the pubic symphysis; ``ABDOMEN_PELVIS`` from 20 mm above
+    middle of L5 (or 10 mm above the graft, whichever is higher) to 15 mm below the pubic
+    symphysis; ``ABDOMEN_PELVIS`` from 20 mm above
     the native kidney sites to the same lower end; ``LOWER_PELVIS`` from the graft's centre
     to the same lower end (the field of view cuts the graft).
     """
@@ -344,7 +345,10 @@ def _geometry(anatomy: CtAnatomy, grid: CtGrid, rng: np.random.Generator) -> Vol
         if anatomy.pelvis is None:
             raise ValueError(f"coverage {grid.coverage} needs a transplant anatomy (a pelvis)")
         bottom = anatomy.pelvis.symphysis_bottom - 15.0
-        z_ranges[Coverage.PELVIS] = (bottom, -115.0)
+        top = -112.0  # the middle of L5, or 10 mm above the graft's upper pole
+        if anatomy.graft is not None:
+            top = max(top, float(anatomy.graft.outline.surface_points()[:, 2].max()) + 10.0)
+        z_ranges[Coverage.PELVIS] = (bottom, top)
         z_ranges[Coverage.ABDOMEN_PELVIS] = (bottom, high + 20.0)
         if grid.coverage is Coverage.LOWER_PELVIS:
             if anatomy.graft is None:

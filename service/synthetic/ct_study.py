@@ -125,6 +125,11 @@ class SyntheticCTStudy:
         Volumes of each kidney present in the anatomy.
     kidney_in_view : bool
         Whether any voxel of the series lies in a kidney.
+    graft_path : pathlib.Path or None
+        NIfTI mask of the kidney graft on the CT grid (1 inside), written only for a
+        CT with a graft (a transplant anatomy); its side is ``graft_side``.
+    graft_side : Side or None
+        The patient's side of the iliac fossa holding the graft.
     """
 
     root: Path
@@ -136,6 +141,8 @@ class SyntheticCTStudy:
     cortex_path: Path
     truth: Mapping[Side, KidneyTruth]
     kidney_in_view: bool
+    graft_path: Path | None = None
+    graft_side: Side | None = None
 
 
 @dataclass(frozen=True)
@@ -162,7 +169,7 @@ def write_ct_study(
     out_dir : pathlib.Path
         Folder to write into (created): ``series-002/CT00001.dcm`` ... (slice 1 the most
         superior, as a head-first scan reconstructs them), ``truth_kidneys.nii.gz`` and
-        ``truth_cortex.nii.gz``.
+        ``truth_cortex.nii.gz`` (and ``truth_graft.nii.gz`` for a CT with a graft).
     ct : SyntheticCT
         The rendered volume (:func:`~service.synthetic.ct_phantom.synthesize_ct`).
     patient_id : str
@@ -273,6 +280,11 @@ def write_ct_study(
     cortex_path = out_dir / "truth_cortex.nii.gz"
     sitk.WriteImage(geometry_image(ct.kidneys, geometry), str(kidneys_path), True)
     sitk.WriteImage(geometry_image(ct.cortex, geometry), str(cortex_path), True)
+    graft_path = None
+    if ct.graft_truth is not None and ct.graft is not None:
+        graft_path = out_dir / "truth_graft.nii.gz"
+        sitk.WriteImage(geometry_image(ct.graft.astype(np.uint8), geometry), str(graft_path),
+                        True)
     logger.info(
         "wrote synthetic CT study %s: series %s, %d slices", study_uid, series_uid, n_slices
     )
@@ -286,6 +298,8 @@ def write_ct_study(
         cortex_path=cortex_path,
         truth=ct.truth,
         kidney_in_view=ct.kidney_in_view,
+        graft_path=graft_path,
+        graft_side=ct.graft_side,
     )
 
 

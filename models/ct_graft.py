@@ -1,0 +1,377 @@
+"""A kidney graft in the iliac fossa (or anywhere in the pelvis) on CT, without weights.
+
+Transplant recipients are followed by CT, often without contrast. The graft lies in the
+right or left iliac fossa, extraperitoneal, in front of the iliacus, psoas and external
+iliac vessels, under the anterior abdominal wall, its long axis oblique. The search uses
+the machinery of :mod:`models.ct_kidneys` (candidates over many HU windows, scored for
+kidney-likeness, merged with neighbouring windows' regions, delineated) in a zone placed
+by the pelvic bones and the body outline, not by fixed coordinates:
+
+1. **Working grid**, body and bone masks as for the native kidneys
+   (:func:`models.ct_body.to_working_grid`, :func:`models.ct_kidneys.bone_mask`).
+2. **Hip bones.** Bone farther than ``lateral_bone_mm`` from the body's mid-line (per
+   axial slice) is split into 3D components on each side; the lowest component of at least
+   ``min_hip_bone_ml`` is that side's hip bone (ilium, acetabulum, pubis; a rib is a tenth
+   of that volume). No hip bone on either side: no pelvis in view, no graft search.
+3. **Zone per side**, slice by slice, from the bottom of the hip bones up to
+   ``above_crest_mm`` above the iliac crest (the graft's upper pole may rise above it): the
+   body on that side of the mid-line, outside bone, in front of the hip bone's most
+   anterior point on that slice plus ``front_margin_mm`` (the iliac fossa lies in front of
+   the wing, the graft in front of the iliacus and psoas; above the crest the front of
+   the wing's upper half, the anterior iliac spines, is carried up), and in front of the
+   vertebral column's centre (:func:`models.ct_body.spine_track`: sacrum, L5). Native
+   kidneys found beforehand are taken out of the zone with a margin of
+   ``native_margin_mm``.
+4. **Candidates, score, merging** as :func:`models.ct_kidneys.find_candidates` and
+   :func:`models.ct_kidneys.merge_neighbours` with the graft's settings: the long axis may
+   be oblique (``max_tilt_deg`` 70), the thin-appendage cut is narrower
+   (``detach_voxels`` 2: the wider opening cut the poles of oblique grafts), and a
+   position term favours centres ``graft_lateral_mm`` from the mid-line whose front lies
+   within ``anterior_depth_mm`` of the skin in front of them (the graft lies under the
+   anterior abdominal wall; the iliopsoas, iliac vessels and back muscles lie deep). No
+   term asks the graft to be the brightest structure: unenhanced, the graft (about
+   30 HU) is darker than the psoas.
+5. **Choice.** The best grown candidate over both sides is the graft when its score
+   reaches ``min_score``; its side is the zone's (the patient's side, LPS working grid).
+   It is delineated as a native kidney (:func:`models.ct_kidneys.delineate`).
+
+**Graft or native kidney.** Position decides, never intensity: a native kidney lies in the
+paravertebral renal fossa at the level of the upper lumbar spine, above the iliac crests;
+the graft lies in the pelvis, in front of the hip bone. So (a) the graft is searched only
+in the pelvic zone above, which lies in front of the hip bones, while native kidneys are
+posterior, beside the column; (b) the native kidneys found by
+:func:`models.ct_kidneys.segment_ct_kidneys` are removed from the graft zone; (c)
+:func:`separate_natives` drops a "native kidney" whose centre lies below the iliac crests
+or that overlaps the graft. Known limit: an ectopic pelvic native kidney would be reported
+as a graft.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+import SimpleITK as sitk
+from scipy import ndimage as ndi
+
+from models.ct_body import body_mask, spine_track, to_working_grid
+from models.ct_kidneys import (
+    Candidate,
+    CtKidneyConfig,
+    CtKidneys,
+    _distinct_best,
+    bone_mask,
+    delineate,
+    find_candidates,
+    merge_neighbours,
+)
+
+__all__ = [
+    "CtGraft",
+    "CtGraftConfig",
+    "FoundGraft",
+    "segment_ct_graft",
+    "separate_natives",
+]
+
+SIDES = ("right", "left")
+
+
+def _graft_kidney_config() -> CtKidneyConfig:
+    return CtKidneyConfig(max_tilt_deg=70.0, candidate_ml=(40.0, 600.0), detach_voxels=2)
+
+
+@dataclass(frozen=True)
+class CtGraftConfig:
+    """Settings of the graft search (defaults are the method's, not tuned per study)."""
+
+    #: Candidate, score, merge and delineation settings (see :class:`CtKidneyConfig`);
+    #: its working spacing, anti-aliasing and bone level are used here too.
+    kidney: CtKidneyConfig = field(default_factory=_graft_kidney_config)
+    #: Bone farther than this from the body's mid-line is hip bone (or rib), mm.
+    lateral_bone_mm: float = 40.0
+    #: Smallest hip bone component, ml (a rib holds about 20 ml).
+    min_hip_bone_ml: float = 80.0
+    #: The zone reaches this far above the iliac crest, mm.
+    above_crest_mm: float = 40.0
+    #: The zone's posterior limit: the hip bone's most anterior point plus this, mm.
+    front_margin_mm: float = 25.0
+    #: Lateral distance of the graft's centre from the mid-line that costs nothing, mm,
+    #: and the spread of the fall-off outside it.
+    graft_lateral_mm: tuple[float, float] = (25.0, 110.0)
+    position_sigma_mm: float = 20.0
+    #: Depth of the graft's front below the skin in front of it that costs nothing, mm
+    #: (subcutaneous fat and the abdominal wall's muscles).
+    anterior_depth_mm: float = 60.0
+    #: Native kidneys are taken out of the zone with this margin, mm.
+    native_margin_mm: float = 10.0
+    #: Lowest score of a graft (below the native kidneys' 0.2: the zone and the position
+    #: term already exclude most look-alikes; the real native-only CT's best pelvic
+    #: region scores 0.07).
+    min_score: float = 0.12
+
+
+@dataclass(frozen=True)
+class FoundGraft:
+    """The graft: a boolean ``(z, y, x)`` mask on the input CT's grid."""
+
+    side: str  # "right" or "left": the patient's side of the iliac fossa
+    mask: np.ndarray
+    volume_ml: float
+    score: float
+    #: True when the mask touches the first or last slice (graft may be cut off).
+    touches_edge: bool
+
+
+@dataclass(frozen=True)
+class CtGraft:
+    """What the graft search found: the graft, or None and the reason.
+
+    ``crest_z_mm`` is the patient z (mm, LPS) of the highest iliac crest found, None when
+    no hip bone is in view: native kidneys lie above it.
+    """
+
+    graft: FoundGraft | None
+    reason: str = ""
+    crest_z_mm: float | None = None
+
+    @property
+    def pelvis_in_view(self) -> bool:
+        """Whether hip bones were found, so that the pelvis was searched."""
+        return self.crest_z_mm is not None
+
+
+def segment_ct_graft(ct: sitk.Image, config: CtGraftConfig | None = None, *,
+                     natives: CtKidneys | None = None) -> CtGraft:
+    """Find and segment a kidney graft in the pelvis of ``ct`` (HU, any orientation).
+
+    Parameters
+    ----------
+    ct : SimpleITK.Image
+        The CT, in HU.
+    config : CtGraftConfig, optional
+        The method's settings.
+    natives : CtKidneys, optional
+        Native kidneys found beforehand (on ``ct``'s grid): kept out of the search.
+
+    Returns
+    -------
+    CtGraft
+        The graft on ``ct``'s grid, or None with the reason.
+    """
+    config = config or CtGraftConfig()
+    kc = config.kidney
+    s = kc.working_spacing_mm
+    work = to_working_grid(ct, s, anti_alias=kc.anti_alias)
+    hu = sitk.GetArrayFromImage(work)
+    body = body_mask(hu)
+    if not body.any():
+        return CtGraft(None, "no body in view")
+    bone = bone_mask(hu, kc.bone_hu)
+    mid = _mid_line(body)
+    hips = _hip_bones(bone, body, mid, s, config)
+    spine = spine_track(hu, body, s)
+    spine_y = spine.y if spine.any else None
+    if not hips:
+        return CtGraft(None, "no hip bone in view: no pelvis to search")
+    crest = max(h[1].stop for h in hips.values()) - 1
+    crest_z = float(work.TransformIndexToPhysicalPoint((0, 0, int(crest)))[2])
+    exclude = _natives_on(work, ct, natives, config.native_margin_mm / s)
+    best: Candidate | None = None
+    best_side = best_zone = None
+    for side in SIDES:
+        hip = hips.get(side) or hips[_other(side)]
+        zone = _zone(body, bone, mid, hip, side, s, config, spine_y) & ~exclude
+        if not zone.any():
+            continue
+        prior = _position_prior(mid, body, side, s, config)
+        candidates = find_candidates(hu, zone, bone, s, kc, prior)
+        for seed in _distinct_best(candidates, kc.merge_seeds):
+            grown = merge_neighbours(hu, bone, seed, candidates, s, kc, prior=prior)
+            if best is None or grown.score > best.score:
+                best, best_side, best_zone = grown, side, zone
+    if best is None or best.score < config.min_score:
+        return CtGraft(None, f"no graft-like region in the pelvis (best score "
+                             f"{0.0 if best is None else best.score:.2f} < {config.min_score})",
+                       crest_z)
+    mask = delineate(hu, best, best_zone, kc)
+    return CtGraft(_on_ct_grid(best_side, mask, work, ct, best.score), "", crest_z)
+
+
+def separate_natives(kidneys: CtKidneys, graft: CtGraft, ct: sitk.Image) -> CtKidneys:
+    """``kidneys`` without what cannot be a native kidney: a region whose centre lies
+    below the iliac crests (in the pelvis) or that overlaps the graft.
+
+    Parameters
+    ----------
+    kidneys : CtKidneys
+        The native kidneys found on ``ct``.
+    graft : CtGraft
+        The graft search's result on the same CT.
+    ct : SimpleITK.Image
+        The CT both masks lie on.
+
+    Returns
+    -------
+    CtKidneys
+        The native kidneys kept, with a reason for each side dropped.
+    """
+    found = {"right": kidneys.right, "left": kidneys.left}
+    reasons = dict(kidneys.reasons)
+    for side, kidney in found.items():
+        if kidney is None:
+            continue
+        why = None
+        if graft.graft is not None and (kidney.mask & graft.graft.mask).any():
+            why = f"the region found on the {side} overlaps the graft"
+        elif graft.crest_z_mm is not None:
+            k, j, i = np.argwhere(kidney.mask).mean(axis=0)
+            z = ct.TransformContinuousIndexToPhysicalPoint((float(i), float(j), float(k)))[2]
+            if z < graft.crest_z_mm:
+                why = (f"the region found on the {side} lies below the iliac crests "
+                       f"(in the pelvis): not a native kidney")
+        if why is not None:
+            found[side] = None
+            reasons[side] = why
+    return CtKidneys(found["right"], found["left"], reasons)
+
+
+def _other(side: str) -> str:
+    return "left" if side == "right" else "right"
+
+
+def _mid_line(body: np.ndarray) -> np.ndarray:
+    """The body's mid-line x (voxels) per axial slice (middle of its extent), smoothed
+    and interpolated over slices without body."""
+    nz = body.shape[0]
+    xs = np.full(nz, np.nan)
+    cols = body.any(axis=1)
+    for k in range(nz):
+        idx = np.nonzero(cols[k])[0]
+        if idx.size:
+            xs[k] = 0.5 * (idx[0] + idx[-1])
+    ok = ~np.isnan(xs)
+    if ok.sum() >= 3:
+        xs[ok] = ndi.median_filter(xs[ok], size=5, mode="nearest")
+    return np.interp(np.arange(nz), np.nonzero(ok)[0], xs[ok])
+
+
+def _hip_bones(bone: np.ndarray, body: np.ndarray, mid: np.ndarray, spacing_mm: float,
+               config: CtGraftConfig) -> dict[str, tuple[np.ndarray, slice]]:
+    """Each side's hip bone: (mask of it, its z extent), the lowest big lateral bone."""
+    nx = bone.shape[2]
+    dx = (np.arange(nx)[None, :] - mid[:, None]) * spacing_mm  # (z, x)
+    lateral = np.abs(dx) > config.lateral_bone_mm
+    out: dict[str, tuple[np.ndarray, slice]] = {}
+    min_vox = config.min_hip_bone_ml * 1000.0 / spacing_mm ** 3
+    for side, sign in (("right", -1.0), ("left", 1.0)):
+        on_side = lateral & (np.sign(dx) == sign)
+        labels, n = ndi.label(bone & body & on_side[:, None, :])
+        if n == 0:
+            continue
+        sizes = np.bincount(labels.ravel())
+        sizes[0] = 0
+        objects = ndi.find_objects(labels)
+        big = [lab for lab in range(1, n + 1) if sizes[lab] >= min_vox]
+        if not big:
+            continue
+        lab = min(big, key=lambda v: objects[v - 1][0].start + objects[v - 1][0].stop)
+        out[side] = (labels == lab, objects[lab - 1][0])
+    return out
+
+
+def _zone(body: np.ndarray, bone: np.ndarray, mid: np.ndarray,
+          hip: tuple[np.ndarray, slice], side: str, spacing_mm: float,
+          config: CtGraftConfig, spine_y: np.ndarray | None = None) -> np.ndarray:
+    """The search zone of ``side`` (see the module docstring, step 3)."""
+    nz, ny, nx = body.shape
+    mask, extent = hip
+    top = min(nz, extent.stop + int(round(config.above_crest_mm / spacing_mm)))
+    front = np.full(nz, np.nan)
+    for k in range(extent.start, extent.stop):
+        rows = np.nonzero(mask[k].any(axis=1))[0]
+        if rows.size:
+            front[k] = rows[0]
+    ok = ~np.isnan(front)
+    if not ok.any():
+        return np.zeros_like(body)
+    idx = np.arange(nz)
+    # Above the crest the front of the wing's upper half (the anterior iliac spines) is
+    # carried up: the crest's own highest point lies far back.
+    upper = front[(extent.start + extent.stop) // 2:extent.stop]
+    front[extent.stop:] = np.nanmin(upper) if np.isfinite(upper).any() else np.nan
+    ok = ~np.isnan(front)
+    front = np.interp(idx, idx[ok], front[ok])
+    limit = front + config.front_margin_mm / spacing_mm
+    if spine_y is not None:  # and in front of the column's centre (sacrum, L5)
+        limit = np.minimum(limit, spine_y)
+    y = np.arange(ny)[None, :, None]
+    x = np.arange(nx)[None, None, :]
+    dx = (x - mid[:, None, None])
+    own = dx <= 0 if side == "right" else dx >= 0
+    zone = body & ~bone & own & (y <= limit[:, None, None])
+    zone[:extent.start] = False
+    zone[top:] = False
+    return zone
+
+
+def _position_prior(mid: np.ndarray, body: np.ndarray, side: str, spacing_mm: float,
+                    config: CtGraftConfig) -> Callable[[Candidate], Candidate]:
+    """A candidate's position term: 1 when its centre lies ``graft_lateral_mm`` from the
+    mid-line and its front within ``anterior_depth_mm`` of the skin in front of it, a
+    Gaussian fall-off (``position_sigma_mm``) outside. The bladder, rectum and sigmoid
+    lie on the mid-line, the flank wall far out; the graft lies under the anterior
+    abdominal wall, the iliopsoas and iliac vessels deep behind it."""
+    lo, hi = config.graft_lateral_mm
+    any_body = body.any(axis=1)
+    skin = np.where(any_body, np.argmax(body, axis=1), 0)  # (z, x): first body row
+
+    def apply(c: Candidate) -> Candidate:
+        k, _, i = np.argwhere(c.mask).mean(axis=0) + [b.start for b in c.bbox]
+        dx = (i - mid[int(round(k))]) * spacing_mm
+        lateral = -dx if side == "right" else dx
+        off = max(0.0, lo - lateral, lateral - hi)
+        present = c.mask.any(axis=1)  # (z, x) columns of the candidate
+        first = np.argmax(c.mask, axis=1) + c.bbox[1].start
+        kk, ii = np.nonzero(present)
+        front = skin[kk + c.bbox[0].start, ii + c.bbox[2].start]
+        depth = float(np.min(first[kk, ii] - front)) * spacing_mm if kk.size else 0.0
+        off_ant = max(0.0, depth - config.anterior_depth_mm)
+        return replace(c, position=math.exp(-(off ** 2 + off_ant ** 2)
+                                            / (2 * config.position_sigma_mm ** 2)))
+
+    return apply
+
+
+def _natives_on(work: sitk.Image, ct: sitk.Image, natives: CtKidneys | None,
+                margin_voxels: float) -> np.ndarray:
+    """The native kidneys' masks on the working grid, grown by ``margin_voxels``."""
+    size = work.GetSize()[::-1]
+    out = np.zeros(size, dtype=bool)
+    if natives is None or not natives.found:
+        return out
+    labels = np.zeros(sitk.GetArrayViewFromImage(ct).shape, dtype=np.uint8)
+    for kidney in natives.found:
+        labels[np.asarray(kidney.mask, dtype=bool)] = 1
+    image = sitk.GetImageFromArray(labels)
+    image.CopyInformation(ct)
+    on_work = sitk.Resample(image, work, sitk.Transform(), sitk.sitkNearestNeighbor, 0)
+    out = sitk.GetArrayFromImage(on_work) > 0
+    r = max(1, int(round(margin_voxels)))
+    return ndi.binary_dilation(out, iterations=r) if out.any() else out
+
+
+def _on_ct_grid(side: str, mask: np.ndarray, work: sitk.Image, ct: sitk.Image,
+                score: float) -> FoundGraft:
+    """The working-grid mask resampled (linear, then > 0.5) to ``ct``'s grid."""
+    m = sitk.GetImageFromArray(mask.astype(np.float32))
+    m.CopyInformation(work)
+    back = sitk.Resample(m, ct, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32)
+    arr = sitk.GetArrayFromImage(back) > 0.5
+    voxel_ml = float(np.prod(ct.GetSpacing())) / 1000.0
+    z_any = arr.any(axis=(1, 2))
+    touches = bool(z_any[0] or z_any[-1]) if arr.shape[0] else False
+    return FoundGraft(side=side, mask=arr, volume_ml=float(arr.sum()) * voxel_ml,
+                      score=float(score), touches_edge=touches)

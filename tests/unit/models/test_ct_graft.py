@@ -1,0 +1,102 @@
+"""Kidney graft in the pelvis on CT without weights (models.ct_graft)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from models.ct_graft import CtGraft, FoundGraft, segment_ct_graft, separate_natives
+from models.ct_kidneys import CtKidneys, FoundKidney
+from service.synthetic.ct_anatomy import NativeKidneys, Side, Transplant
+from service.synthetic.ct_phantom import Coverage, CtGrid, SyntheticCT, synthesize_ct
+from service.synthetic.ct_tissues import CtPhase, CtTissue
+from service.synthetic.study import geometry_image
+
+GRID = CtGrid(matrix=128, in_plane_spacing_mm=2.8, slice_spacing_mm=4.0,
+              coverage=Coverage.PELVIS)
+
+
+def _dice(a: np.ndarray, b: np.ndarray) -> float:
+    return 2.0 * float((a & b).sum()) / max(1.0, float(a.sum() + b.sum()))
+
+
+def _image(ct: SyntheticCT) -> sitk.Image:
+    return sitk.Cast(geometry_image(ct.hu, ct.geometry), sitk.sitkFloat32)
+
+
+def _graft_truth(ct: SyntheticCT) -> np.ndarray:
+    """The graft as reference segmentations draw a kidney: without the sinus fat."""
+    return ct.graft & (ct.tissues != CtTissue.SINUS_FAT)
+
+
+@pytest.mark.parametrize(("seed", "side", "phase"), [
+    (1, Side.LEFT, CtPhase.UNENHANCED),
+    (4, Side.RIGHT, CtPhase.CORTICOMEDULLARY),
+])
+def test_graft_found_on_its_side(seed: int, side: Side, phase: CtPhase) -> None:
+    ct = synthesize_ct(seed, grid=GRID, phase=phase, transplant=Transplant(graft_side=side))
+    result = segment_ct_graft(_image(ct))
+    assert result.graft is not None, result.reason
+    graft = result.graft
+    assert graft.side == side.name.lower()
+    truth = _graft_truth(ct)
+    assert _dice(graft.mask, truth) >= 0.85
+    truth_ml = float(truth.sum()) * np.prod(ct.geometry.spacing_mm) / 1000.0
+    assert graft.volume_ml == pytest.approx(truth_ml, rel=0.15)
+    assert 0 < graft.score <= 1 and not graft.touches_edge
+    assert result.crest_z_mm is not None
+
+
+def test_natives_are_never_the_graft() -> None:
+    """Abdomen and pelvis with normal native kidneys and a graft: the graft search keeps
+    off the natives, and a 'native kidney' found in the pelvis is dropped."""
+    grid = CtGrid(matrix=128, in_plane_spacing_mm=2.8, slice_spacing_mm=5.0,
+                  coverage=Coverage.ABDOMEN_PELVIS)
+    ct = synthesize_ct(2, grid=grid, phase=CtPhase.NEPHROGRAPHIC,
+                       transplant=Transplant(graft_side="right", natives=NativeKidneys.NORMAL))
+    image = _image(ct)
+    # The native kidneys as the native method would give them (it is tested on its own).
+    natives = CtKidneys(*(FoundKidney(side, ct.kidneys == label, 150.0, 0.5, False)
+                          for side, label in (("right", 1), ("left", 2))))
+    result = segment_ct_graft(image, natives=natives)
+    assert result.graft is not None and result.graft.side == "right"
+    assert _dice(result.graft.mask, _graft_truth(ct)) >= 0.85
+    assert not (result.graft.mask & (ct.kidneys > 0)).any()
+    kept = separate_natives(natives, result, image)
+    for kidney in kept.found:
+        assert not (kidney.mask & ct.graft).any()
+    # A "native kidney" that is the graft is dropped, with the reason.
+    fake = FoundKidney(side="right", mask=result.graft.mask, volume_ml=1.0, score=0.5,
+                       touches_edge=False)
+    dropped = separate_natives(CtKidneys(fake, None), result, image)
+    assert dropped.right is None and "graft" in dropped.reasons["right"]
+    # One lying below the iliac crests is not a native kidney either.
+    low = np.zeros_like(result.graft.mask)
+    low[2:4, 60:64, 60:64] = True
+    below = separate_natives(CtKidneys(None, FoundKidney("left", low, 1.0, 0.5, False)),
+                             CtGraft(None, "none", result.crest_z_mm), image)
+    assert below.left is None and "pelvis" in below.reasons["left"]
+
+
+@pytest.mark.parametrize("phase", [CtPhase.UNENHANCED, CtPhase.EXCRETORY])
+def test_no_graft_in_a_native_only_ct(phase: CtPhase) -> None:
+    ct = synthesize_ct(3, grid=GRID, phase=phase,
+                       transplant=Transplant(has_graft=False, natives=NativeKidneys.NORMAL))
+    assert not ct.graft_in_view
+    result = segment_ct_graft(_image(ct))
+    assert result.graft is None
+    assert "no graft-like region" in result.reason
+
+
+def test_no_pelvis_no_search() -> None:
+    result = segment_ct_graft(_image(synthesize_ct(2, grid=CtGrid.small())))
+    assert result.graft is None and "hip bone" in result.reason
+    water = sitk.Image([40, 40, 20], sitk.sitkFloat32)
+    assert segment_ct_graft(water).graft is None
+
+
+def test_found_graft_is_a_plain_record() -> None:
+    mask = np.zeros((3, 4, 4), dtype=bool)
+    graft = FoundGraft(side="left", mask=mask, volume_ml=0.0, score=0.3, touches_edge=False)
+    assert CtGraft(graft).graft is graft and CtGraft(None, "why").reason == "why"
