@@ -47,8 +47,9 @@ Known limits (``benchmarks/results/ct_kidneys.md``):
   fragment it.
 - On unenhanced synthetic CT, 4 of 20 kidneys score below ``min_score``. A plain kidney
   differs from the psoas and liver it touches by less than ``contrast_hu``.
-- A transplanted kidney in the iliac fossa lies outside the paravertebral zone and is
-  not searched for.
+- A transplanted kidney in the iliac fossa lies outside the paravertebral zone: it is
+  searched for by :mod:`models.ct_graft`, which also drops a "native kidney" found in
+  the pelvis.
 """
 
 from __future__ import annotations
