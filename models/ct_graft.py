@@ -21,7 +21,8 @@ by the pelvic bones and the body outline, not by fixed coordinates:
    the wing's upper half, the anterior iliac spines, is carried up), and in front of the
    vertebral column's centre (:func:`models.ct_body.spine_track`: sacrum, L5). Native
    kidneys found beforehand are taken out of the zone with a margin of
-   ``native_margin_mm``.
+   ``native_margin_mm``, unless their centre lies below the iliac crests (then the native
+   search took something in the pelvis, often the graft itself).
 4. **Candidates, score, merging** as :func:`models.ct_kidneys.find_candidates` and
    :func:`models.ct_kidneys.merge_neighbours` with the graft's settings: the long axis may
    be oblique (``max_tilt_deg`` 70), the thin-appendage cut is narrower
@@ -178,7 +179,7 @@ def segment_ct_graft(ct: sitk.Image, config: CtGraftConfig | None = None, *,
         return CtGraft(None, "no hip bone in view: no pelvis to search")
     crest = max(h[1].stop for h in hips.values()) - 1
     crest_z = float(work.TransformIndexToPhysicalPoint((0, 0, int(crest)))[2])
-    exclude = _natives_on(work, ct, natives, config.native_margin_mm / s)
+    exclude = _natives_on(work, ct, natives, config.native_margin_mm / s, crest_z)
     best: Candidate | None = None
     best_side = best_zone = None
     for side in SIDES:
@@ -346,15 +347,23 @@ def _position_prior(mid: np.ndarray, body: np.ndarray, side: str, spacing_mm: fl
 
 
 def _natives_on(work: sitk.Image, ct: sitk.Image, natives: CtKidneys | None,
-                margin_voxels: float) -> np.ndarray:
-    """The native kidneys' masks on the working grid, grown by ``margin_voxels``."""
+                margin_voxels: float, crest_z_mm: float) -> np.ndarray:
+    """The native kidneys' masks on the working grid, grown by ``margin_voxels``; a
+    region whose centre lies below the iliac crests (``crest_z_mm``) is no native kidney
+    (the native search may have taken the graft) and is not taken out of the zone."""
     size = work.GetSize()[::-1]
     out = np.zeros(size, dtype=bool)
     if natives is None or not natives.found:
         return out
     labels = np.zeros(sitk.GetArrayViewFromImage(ct).shape, dtype=np.uint8)
     for kidney in natives.found:
-        labels[np.asarray(kidney.mask, dtype=bool)] = 1
+        mask = np.asarray(kidney.mask, dtype=bool)
+        if not mask.any():
+            continue
+        k, j, i = np.argwhere(mask).mean(axis=0)
+        z = ct.TransformContinuousIndexToPhysicalPoint((float(i), float(j), float(k)))[2]
+        if z >= crest_z_mm:
+            labels[mask] = 1
     image = sitk.GetImageFromArray(labels)
     image.CopyInformation(ct)
     on_work = sitk.Resample(image, work, sitk.Transform(), sitk.sitkNearestNeighbor, 0)

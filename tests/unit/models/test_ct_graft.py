@@ -100,3 +100,16 @@ def test_found_graft_is_a_plain_record() -> None:
     mask = np.zeros((3, 4, 4), dtype=bool)
     graft = FoundGraft(side="left", mask=mask, volume_ml=0.0, score=0.3, touches_edge=False)
     assert CtGraft(graft).graft is graft and CtGraft(None, "why").reason == "why"
+
+
+def test_a_native_found_in_the_pelvis_does_not_hide_the_graft() -> None:
+    """The native search may take the graft for a kidney: such a region, below the iliac
+    crests, is not kept out of the graft zone."""
+    ct = synthesize_ct(4, grid=GRID, phase=CtPhase.CORTICOMEDULLARY,
+                       transplant=Transplant(graft_side=Side.RIGHT))
+    image = _image(ct)
+    as_native = CtKidneys(FoundKidney("right", ct.graft.copy(), 150.0, 0.5, False), None)
+    result = segment_ct_graft(image, natives=as_native)
+    assert result.graft is not None and result.graft.side == "right"
+    assert _dice(result.graft.mask, _graft_truth(ct)) >= 0.85
+    assert separate_natives(as_native, result, image).right is None
