@@ -156,6 +156,7 @@ def markdown(run: dict[str, Any], rows: list[dict[str, Any]]) -> str:
                   f"({r['volume_error']:+.0%})" if "volume_error" in r
                   else f"{r['graft_ml']:.0f}" if r["graft_found"] else "–")
         side = ("–" if "true_side" not in r else
+                f"{r['true_side']}: not found" if not r["graft_found"] else
                 f"{r['true_side']}: {'right' if r.get('side_right') else 'WRONG'}")
         natives = ", ".join(
             f"{s} {r[s]['dice']:.2f}" if "dice" in r[s]
