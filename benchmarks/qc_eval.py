@@ -12,8 +12,9 @@ with the default :class:`~service.config.QcSettings`):
   posterior half), the largest bowel-fluid loop, a psoas muscle block, a kidney-shaped
   region of the liver;
 * **MRI** (``models.graft.segment_graft``, DCE + T2, CPU profile): small synthetic graft
-  studies as rendered, with heavy noise (SNR 5) and with the T2 moved by 12 mm (motion
-  between the series).
+  studies as rendered, with heavy noise (SNR 5), with the T2 moved by 12 mm (motion
+  between the series), and a field of view beside the graft with no kidney in it (a
+  result there is wrong whatever it is; the method may also refuse).
 
 Each result's Dice against the truth it was meant to find is computed; the targets of
 issue 16: ``review`` or ``fail`` for at least 90 % of results with Dice < 0.7, ``pass``
@@ -145,7 +146,9 @@ def _kidney_sized(tissue: np.ndarray, kidney: np.ndarray,
 
 def _mri_rows(seed: int, variant: str) -> list[dict]:
     settings = RenderSettings(dce_snr=5.0, t2_snr=5.0) if variant == "noise" else None
-    mr = synthesize_mr(seed=seed, settings=settings)
+    # "no-kidney": a small field of view on the body's centre, beside the graft.
+    where = {"shape": (24, 64, 64), "grid_centre": "body"} if variant == "no-kidney" else {}
+    mr = synthesize_mr(seed=seed, settings=settings, **where)
     dce = geometry_image(mr.dce[-1].astype(np.float32), mr.dce_geometry)
     t2 = geometry_image(mr.t2.astype(np.float32), mr.t2_geometry)
     if variant == "motion":
@@ -230,7 +233,7 @@ def main(argv: list[str] | None = None) -> int:
                       + f" ({time.perf_counter() - t0:.1f} s)", flush=True)
                 rows += new
     for seed in _seeds(args.mri_seeds):
-        for variant in ("plain", "noise", "motion"):
+        for variant in ("plain", "noise", "motion", "no-kidney"):
             t0 = time.perf_counter()
             new = _mri_rows(seed, variant)
             print(f"mri {variant} seed {seed}: "

@@ -79,8 +79,16 @@ def test_round_trip_seg_reaches_destination(make_node, database_url, small_study
     assert row["seg_sop_instance_uid"] == seg.SOPInstanceUID
     # The job stored the result's quality flags (a JSON list in the index).
     assert isinstance(row["flags"], list) and all(isinstance(f, str) for f in row["flags"])
-    assert row["baseline"] is True and row["change_from_previous_pct"] is None
-    print(f"volume {row['volume_ml']:.1f} ml, truth {study.truth_volume_ml:.1f} ml")
+    # Quality control ran in the node: a verdict with its reasons, said in the SEG, and
+    # the first study is the trend's baseline only when it was accepted.
+    assert row["qc_verdict"] in ("pass", "review", "fail")
+    assert bool(row["qc_reasons"]) == (row["qc_verdict"] != "pass")
+    assert row["in_trend"] == (row["qc_verdict"] == "pass")
+    assert row["baseline"] is row["in_trend"] and row["change_from_previous_pct"] is None
+    assert seg.SeriesDescription.startswith(
+        "Kidney SEG" if row["qc_verdict"] == "pass" else f"QC {row['qc_verdict'].upper()} - ")
+    print(f"volume {row['volume_ml']:.1f} ml, truth {study.truth_volume_ml:.1f} ml, "
+          f"QC {row['qc_verdict']}: {'; '.join(row['qc_reasons'])}")
     # A sanity range only: this test runs the fast watershed baseline, which leaks into the
     # bowel touching the graft; accuracy is checked on mri-graft (test_graft_round_trip).
     assert 0.5 * study.truth_volume_ml < row["volume_ml"] < 2.0 * study.truth_volume_ml
