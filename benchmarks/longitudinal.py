@@ -88,7 +88,7 @@ def run(seed: int, work: Path) -> dict:
 def judge(visits: list, rows: list[dict], rules: AlertRules) -> dict:
     """Compare the node's rows with the truth and the alerts the true volumes raise."""
     truth = volume_trend([Measurement(v.study_instance_uid, FIRST_DATE + dt.timedelta(days=d),
-                                      None, "kidney", v.truth_volume_ml)
+                                      None, "graft", v.truth_volume_ml)
                           for v, d in zip(visits, VISIT_DAYS, strict=True)], rules)
     expected_order = [v.study_instance_uid for v in visits]
     by_uid = {r["study_instance_uid"]: r for r in rows}

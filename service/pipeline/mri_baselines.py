@@ -15,11 +15,12 @@ import SimpleITK as sitk
 from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
 
-from models import detect_roi, mask_volume_ml, segment_otsu, segment_watershed
+from models import detect_roi, segment_otsu, segment_watershed
 from models.volume import image_spacing_zyx
 from service.errors import PipelineError
 from service.imaging.series import LoadedVolume
-from service.pipeline.base import KIDNEY, PipelineOutput, StudyInput
+from service.pipeline.base import PipelineOutput, StudyInput
+from service.pipeline.graft_output import graft_output
 
 __all__ = ["OtsuPipeline", "WatershedPipeline", "choose_dce_phase"]
 
@@ -57,9 +58,7 @@ class _RoiBaseline:
         flags = ("roi-touches-edge",) if roi.touches_edge else ()
         logger.info("study %s: %s ROI %s voxels, mask %d voxels", study.study_instance_uid,
                     self.name, roi.shape, int(mask.sum()))
-        return PipelineOutput(
-            reference=phase, labels=mask.astype(np.uint8) * KIDNEY.label, segments=(KIDNEY,),
-            volumes_ml={KIDNEY.structure: mask_volume_ml(mask, spacing)}, flags=flags)
+        return graft_output(phase, mask, flags=flags)
 
 
 class OtsuPipeline(_RoiBaseline):

@@ -20,18 +20,17 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field, replace
 
-import numpy as np
 import SimpleITK as sitk
 from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
 
 from models.dce import DceVolume, combine_phases, network_inputs
 from models.graft import GraftConfig, segment_graft
-from models.volume import image_spacing_zyx, mask_volume_ml
 from service.config import GraftSettings
 from service.db.tables import SeriesRole
 from service.errors import PipelineError
-from service.pipeline.base import KIDNEY, PipelineOutput, StudyInput
+from service.pipeline.base import PipelineOutput, StudyInput
+from service.pipeline.graft_output import graft_output
 
 __all__ = ["GRAFT_PIPELINES", "GraftPipeline", "device_profile"]
 
@@ -101,12 +100,7 @@ class GraftPipeline:
         flags = tuple(f for f, on in (("roi-touches-edge", result.roi.touches_edge),
                                       ("dce-only", t2 is None),
                                       ("not-converged", c.stopped_by == "max_iter")) if on)
-        spacing = image_spacing_zyx(reference.image)
-        return PipelineOutput(
-            reference=reference, labels=result.mask.astype(np.uint8) * KIDNEY.label,
-            segments=(KIDNEY,), volumes_ml={KIDNEY.structure: mask_volume_ml(result.mask,
-                                                                             spacing)},
-            flags=flags)
+        return graft_output(reference, result.mask, flags=flags)
 
     @staticmethod
     def _t2(study: StudyInput) -> sitk.Image | None:

@@ -75,7 +75,7 @@ def test_round_trip_seg_reaches_destination(make_node, database_url, small_study
     rows = json.loads(node.cli("volumes", study.patient_id, "--json").stdout)
     assert [r["study_instance_uid"] for r in rows] == [study.study_instance_uid]
     row = rows[0]
-    assert row["structure"] == "kidney" and row["study_date"]
+    assert row["structure"] == "graft" and row["study_date"]
     assert row["seg_sop_instance_uid"] == seg.SOPInstanceUID
     # The job stored the result's quality flags (a JSON list in the index).
     assert isinstance(row["flags"], list) and all(isinstance(f, str) for f in row["flags"])

@@ -144,7 +144,7 @@ def test_broken_dce_fails_its_own_job_and_the_next_study_succeeds(
         assert succeeded.state is JobState.SUCCEEDED, succeeded.error
         assert succeeded.error is None
         (result,) = session.scalars(select(Result).where(Result.job_pk == succeeded.id))
-        assert result.structure == "kidney" and result.volume_ml > 0
+        assert result.structure == "graft" and result.volume_ml > 0
         assert result.source_series_instance_uid in good.dce_series_uids
     assert runner.run_pending() == 0  # nothing left queued or stuck
 

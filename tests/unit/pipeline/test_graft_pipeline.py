@@ -7,13 +7,14 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
+from pydicom.sr.codedict import codes
 
 from models.metrics import dice
 from service.config import GraftSettings, ProcessingSettings
 from service.db.tables import SeriesRole
 from service.errors import PipelineError
 from service.imaging.series import group_by_series, load_series
-from service.pipeline.base import StudyInput
+from service.pipeline.base import TRANSPLANTED_KIDNEY, StudyInput
 from service.pipeline.mri_graft import GraftPipeline, device_profile
 from service.pipeline.registry import PIPELINES, get_pipeline
 from service.synthetic import write_mr_study
@@ -69,7 +70,11 @@ def test_graft_pipeline_segments_and_flags(study, caplog, name, with_t2, dce_onl
     assert out.labels.shape == truth.shape
     assert dice(out.labels.astype(bool), truth) > 0.75
     assert ("dce-only" in out.flags) == dce_only
-    assert out.volumes_ml["kidney"] == pytest.approx(study.truth_volume_ml, rel=0.25)
+    assert out.volumes_ml["graft"] == pytest.approx(study.truth_volume_ml, rel=0.25)
+    # The graft, coded as a transplanted kidney, on the side it lies: the phantom's
+    # graft is in the right iliac fossa.
+    (segment,) = out.segments
+    assert segment.property_type == TRANSPLANTED_KIDNEY and segment.laterality == codes.SCT.Right
     assert out.reference.datasets[0].SeriesInstanceUID == study.dce_series_uids[-1]
     messages = " ".join(r.getMessage() for r in caplog.records)
     assert "iteration 5, loss" in messages and "stopped by" in messages

@@ -1,0 +1,169 @@
+"""Graft follow-ups the node once failed, end to end with real peers (issue 16).
+
+DCMTK storescu sends a study to the node, the node segments it with the real method and
+sends SEG + SR to a DCMTK storescp; the test reads what arrived:
+
+* a T2-only graft MRI (no contrast) goes to ``mri-graft-nc``;
+* a pelvic CT of a transplant recipient goes to ``ct-kidneys``, which finds the graft in
+  its iliac fossa.
+
+Each SEG must hold the graft as "Transplanted kidney" (SCT 70948008) with the patient's
+side it lies on, the SR its quality-control verdict, and the node's index the same
+verdict and volume.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+from pydicom import dcmread
+from pydicom.uid import Comprehensive3DSRStorage, SegmentationStorage
+
+from service.imaging.series import load_series
+from service.synthetic import CtGrid, synthesize_ct, write_ct_study, write_mr_study
+from service.synthetic.ct_anatomy import Transplant
+from service.synthetic.ct_phantom import Coverage
+from service.synthetic.ct_tissues import CtPhase
+from service.writers.sr import QC_SCHEME, QC_VERDICT
+from tests.conftest import free_port
+from tests.ct_cases import truth_on
+from tests.peers import dciodvfy_errors, storescp, storescu
+from tests.segs import segment_masks
+
+pytestmark = pytest.mark.integration
+
+GRAFT_CODE = "70948008"
+LATERALITY = {"right": "24028007", "left": "7771000"}
+
+
+def _objects_in(folder: Path, sop_class_uid: str) -> list[Path]:
+    return [path for path in folder.glob("*") if path.is_file()
+            and dcmread(path, stop_before_pixels=True).SOPClassUID == sop_class_uid]
+
+
+def _dice(a: np.ndarray, b: np.ndarray) -> float:
+    return 2.0 * float((a & b).sum()) / max(1.0, float(a.sum() + b.sum()))
+
+
+def _qc_codes(sr_path: Path) -> list[str]:
+    """Values of the SR's quality-control evaluations, in document order."""
+    found: list[str] = []
+
+    def walk(items) -> None:  # noqa: ANN001
+        for item in items:
+            if (item.get("ValueType") == "CODE"
+                    and item.ConceptNameCodeSequence[0].CodeValue == QC_VERDICT.value):
+                assert item.ConceptCodeSequence[0].CodingSchemeDesignator == QC_SCHEME
+                found.append(str(item.ConceptCodeSequence[0].CodeValue))
+            walk(item.get("ContentSequence", []))
+
+    walk(dcmread(sr_path).ContentSequence)
+    return found
+
+
+def _round_trip(make_node, sqlite_url: str, files, tmp_path: Path,  # noqa: ANN001
+                graft: dict | None = None) -> tuple:
+    """Send ``files`` to a node whose destination is a storescp; the SEG and SR paths
+    that arrived, and the node (still running) for queries."""
+    dest = tmp_path / "dest"
+    dest_port = free_port()
+    with storescp(dest_port, dest):
+        node = make_node(sqlite_url, destinations=[
+            {"name": "dest", "ae_title": "DEST", "host": "127.0.0.1", "port": dest_port}])
+        if graft is not None:
+            node.config["processing"]["graft"] = graft
+        node.start()
+        sent = storescu(node.dicom_port, list(files))
+        assert sent.returncode == 0, sent.stderr
+        (seg,) = node.wait_for(lambda: _objects_in(dest, SegmentationStorage), 240,
+                               "the SEG at storescp")
+        (sr,) = node.wait_for(lambda: _objects_in(dest, Comprehensive3DSRStorage), 30,
+                              "the SR at storescp")
+    return node, seg, sr
+
+
+def _graft_segment(seg_path: Path):  # noqa: ANN202
+    """The SEG's one graft segment: (label, side) by its codes."""
+    seg = dcmread(seg_path)
+    grafts = [s for s in seg.SegmentSequence
+              if s.SegmentedPropertyTypeCodeSequence[0].CodeValue == GRAFT_CODE]
+    assert len(grafts) == 1, [s.SegmentLabel for s in seg.SegmentSequence]
+    (graft,) = grafts
+    assert graft.SegmentedPropertyCategoryCodeSequence[0].CodeValue == "91723000"
+    modifier = graft.SegmentedPropertyTypeCodeSequence[0] \
+        .SegmentedPropertyTypeModifierCodeSequence[0].CodeValue
+    side = {v: k for k, v in LATERALITY.items()}[modifier]
+    return seg, str(graft.SegmentLabel), side
+
+
+def _checked_row(node, patient_id: str, seg, sr_path: Path) -> dict:  # noqa: ANN001
+    """The index's graft row, consistent with the SEG's and SR's verdict."""
+    rows = json.loads(node.cli("volumes", patient_id, "--json").stdout)
+    (row,) = [r for r in rows if r["structure"] == "graft"]
+    assert row["qc_verdict"] in ("pass", "review", "fail")
+    assert _qc_codes(sr_path) == [f"QC-{row['qc_verdict'].upper()}"]
+    assert seg.SeriesDescription.startswith(
+        "Kidney SEG" if row["qc_verdict"] == "pass" else f"QC {row['qc_verdict'].upper()}")
+    return row
+
+
+def test_t2_only_graft_mri_gets_a_graft_segment_with_its_side_and_verdict(
+        make_node, sqlite_url, tmp_path):
+    study = write_mr_study(tmp_path / "mr", patient_id="IT-NC-0001", seed=5,
+                           include_dce=False)
+    # A coarser clustering grid and fewer iterations than the CPU profile's: the method's
+    # accuracy is benchmarked (benchmarks.graft_nocontrast_eval), this checks the path.
+    node, seg_path, sr_path = _round_trip(
+        make_node, sqlite_url, study.files, tmp_path,
+        graft={"cpu_working_voxels": 25_000, "cpu_max_iterations": 30})
+    assert dciodvfy_errors(seg_path) == [] and dciodvfy_errors(sr_path) == []
+    seg, label, side = _graft_segment(seg_path)
+    job = node.study(study.study_instance_uid)["jobs"][-1]
+    assert job["pipeline"] == "mri-graft-nc" and job["state"] == "succeeded"
+
+    t2 = load_series([p for p in study.files
+                      if dcmread(p, stop_before_pixels=True).SeriesInstanceUID
+                      == seg.ReferencedSeriesSequence[0].SeriesInstanceUID])
+    masks = segment_masks(seg_path, t2.volumes[0])
+    truth = sitk.GetArrayFromImage(study.t2_truth_mask) > 0
+    dice = _dice(masks[label], truth)
+    # The side the truth lies on, from its centroid against the field of view's centre
+    # (the phantom's body is centred in it), in patient x (LPS: + is the patient's left).
+    row = _checked_row(node, study.patient_id, seg, sr_path)
+    assert "no-contrast" in row["flags"]
+    print(f"\nT2-only graft: Dice {dice:.3f}, {row['volume_ml']:.1f} ml vs truth "
+          f"{study.t2_truth_volume_ml:.1f} ml, side {side}, QC {row['qc_verdict']} "
+          f"{row['qc_reasons']}")
+    # The no-contrast method is not yet accurate (benchmarks/results/graft_nocontrast.md):
+    # what must hold is that a wrong answer is never passed by quality control, and that
+    # a graft it found lies on its true side (the phantom's is in the right iliac fossa).
+    if dice < 0.7:
+        assert row["qc_verdict"] in ("review", "fail"), (dice, row)
+        assert not row["in_trend"]
+    if dice >= 0.5:
+        assert side == "right"
+
+
+def test_pelvic_ct_finds_the_graft_in_its_iliac_fossa(make_node, sqlite_url, tmp_path):
+    grid = CtGrid(matrix=128, in_plane_spacing_mm=2.8, slice_spacing_mm=4.0,
+                  coverage=Coverage.PELVIS)
+    ct = synthesize_ct(1, grid=grid, phase=CtPhase.UNENHANCED,
+                       transplant=Transplant(graft_side="left"))
+    study = write_ct_study(tmp_path / "ct", ct, patient_id="IT-GCT-0001")
+    node, seg_path, sr_path = _round_trip(make_node, sqlite_url, study.files, tmp_path)
+    assert dciodvfy_errors(seg_path) == [] and dciodvfy_errors(sr_path) == []
+    seg, label, side = _graft_segment(seg_path)
+    assert side == "left"
+    # A pelvic field of view holds no native kidney: the graft is the only segment.
+    assert [s.SegmentLabel for s in seg.SegmentSequence] == [label]
+    volume = load_series(list(study.files)).volumes[0]
+    masks = segment_masks(seg_path, volume)
+    dice = _dice(masks[label], truth_on(volume.image, study.graft_path) > 0)
+    row = _checked_row(node, study.patient_id, seg, sr_path)
+    print(f"\npelvic graft CT: Dice {dice:.3f}, {row['volume_ml']:.1f} ml, side {side}, "
+          f"QC {row['qc_verdict']} {row['qc_reasons']}")
+    assert dice >= 0.8
