@@ -7,7 +7,7 @@ import logging
 import time
 from collections import defaultdict
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import highdicom as hd
@@ -81,6 +81,19 @@ class _Work:
     paths: dict[SeriesRole, dict[str, list[Path]]]
 
 
+def _with_history_flags(output: PipelineOutput, previous: Mapping[str, float],
+                        study_uid: str) -> PipelineOutput:
+    """``output`` flagged ``graft-not-found`` when the patient's earlier accepted results
+    hold a graft and this one does not (a CT of the native kidneys only, or a graft the
+    method missed): the graft's trend has no point for this study, and a person should
+    know why."""
+    if "graft" not in previous or any(s.structure == "graft" for s in output.segments):
+        return output
+    logger.warning("study %s: no graft found, though the patient's earlier studies have one "
+                   "(%.0f ml)", study_uid, previous["graft"])
+    return replace(output, flags=(*output.flags, "graft-not-found"))
+
+
 class JobRunner:
     """Runs queued jobs one at a time on one device."""
 
@@ -145,8 +158,9 @@ class JobRunner:
             timings["segment_s"] = time.perf_counter() - t0
             if output.segments:
                 t0 = time.perf_counter()
-                quality = assess_output(output, self.settings.qc,
-                                        previous_volumes_ml=self._previous_volumes(work))
+                previous = self._previous_volumes(work)
+                output = _with_history_flags(output, previous, work.study_uid)
+                quality = assess_output(output, self.settings.qc, previous_volumes_ml=previous)
                 timings["qc_s"] = time.perf_counter() - t0
                 t0 = time.perf_counter()
                 written = self._write(work, pipeline, output, quality)

@@ -227,3 +227,41 @@ def test_quality_control_verdict_is_stored_sent_and_shown(archive, study, monkey
     assert main(["volumes", patient]) == 0
     out = capsys.readouterr().out
     assert "REVIEW (not in trend)" in out and "QC review: volume" in out
+
+
+def test_a_ct_without_the_graft_of_a_graft_patient_is_flagged(archive, study, monkeypatch):
+    """The patient's earlier study measured a graft (150 ml, accepted): a CT whose result
+    holds only the native kidneys says so (flag graft-not-found), since the graft's
+    trend gets no point from it."""
+    import datetime as dt
+
+    from service.db import Study
+
+    monkeypatch.setattr(ct_kidneys, "segment_ct_kidneys",
+                        fake_segmenter(study.kidneys_path, sides=("right", "left")))
+    sessions, _ = archive
+    with sessions.begin() as session:
+        this = session.scalars(select(Study)).one()
+        earlier = Study(patient_pk=this.patient_pk, study_instance_uid="1.2.826.0.1.99",
+                        study_date=dt.date(2020, 1, 1))
+        session.add(earlier)
+        session.flush()
+        job = Job(study_pk=earlier.id, pipeline="mri-graft", state=JobState.SUCCEEDED,
+                  fingerprint="f", attempts=1)
+        session.add(job)
+        session.flush()
+        session.add(Result(job_pk=job.id, study_pk=earlier.id, structure="graft",
+                           volume_ml=150.0, pipeline_name="mri-graft", pipeline_version="1",
+                           seg_sop_instance_uid="1.2.3", seg_series_instance_uid="1.2.4",
+                           source_series_instance_uid="1.2.5", qc_verdict="pass"))
+    sessions, store = archive
+    assert JobRunner(settings=Settings(processing=ProcessingSettings(device="cpu"),
+                                       destinations=(DEST,)),
+                     sessions=sessions, store=store, device="cpu").run_pending() == 1
+    with sessions() as session:
+        done = session.scalars(select(Job).where(Job.pipeline == "ct-kidneys")).one()
+    assert done.state is JobState.SUCCEEDED
+    with sessions() as session:
+        rows = session.scalars(select(Result).where(Result.job_pk == done.id)).all()
+    assert {r.structure for r in rows} == {"kidney_right", "kidney_left"}
+    assert all("graft-not-found" in json.loads(r.flags) for r in rows)
