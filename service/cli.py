@@ -279,8 +279,11 @@ def _cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
                 failed_jobs = [j for j in summary["jobs"] if j["state"] == "failed"]
                 if summary["results"]:
                     for r in summary["results"]:
+                        qc = r.get("qc_verdict") or "not assessed"
+                        reasons = "; ".join(r.get("qc_reasons") or [])
                         print(f"{r['structure']}: {r['volume_ml']:.1f} ml by {r['pipeline']} "
                               f"(truth {study.truth_volume_ml:.1f} ml), "
+                              f"QC {qc}{': ' + reasons if reasons else ''}, "
                               f"round trip {time.perf_counter() - t0:.1f} s")
                     return 0
                 if failed_jobs:

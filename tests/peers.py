@@ -138,6 +138,22 @@ def node_config(*, workdir: Path, database_url: str, dicom_port: int, http_port:
 
 
 @contextmanager
+def node_sending_to_storescp(make_node, database_url: str, dest: Path, *,  # noqa: ANN001
+                             processing: dict[str, Any] | None = None):  # noqa: ANN201
+    """A started test node (``make_node`` fixture) whose one destination is a DCMTK
+    storescp writing into ``dest``; ``processing`` keys are merged into its settings."""
+    from tests.conftest import free_port
+
+    dest_port = free_port()
+    with storescp(dest_port, dest):
+        node = make_node(database_url, destinations=[
+            {"name": "dest", "ae_title": "DEST", "host": "127.0.0.1", "port": dest_port}])
+        node.config["processing"].update(processing or {})
+        node.start()
+        yield node
+
+
+@contextmanager
 def storescp(port: int, out_dir: Path, ae_title: str = "DEST"):  # noqa: ANN201
     """DCMTK storescp accepting everything into ``out_dir``."""
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -22,9 +20,8 @@ from pydicom.uid import Comprehensive3DSRStorage, SegmentationStorage
 
 from service.imaging.series import LoadedVolume, load_series
 from service.synthetic import Coverage, CtGrid, SyntheticCTStudy, synthesize_ct, write_ct_study
-from tests.conftest import free_port
 from tests.ct_cases import tiny_model_dir, truth_on
-from tests.peers import NodeProcess, dciodvfy_errors, storescp, storescu
+from tests.peers import dciodvfy_errors, node_sending_to_storescp, storescu
 from tests.segs import segment_masks
 
 pytestmark = pytest.mark.integration
@@ -51,20 +48,6 @@ def _dice(a: np.ndarray, b: np.ndarray) -> float:
     return 2.0 * float((a & b).sum()) / float(a.sum() + b.sum())
 
 
-@contextmanager
-def _node_sending_to_storescp(make_node, sqlite_url: str, dest: Path, *,  # noqa: ANN001
-                              ct_settings: dict | None = None) -> Iterator[NodeProcess]:
-    """A started node whose one destination is a DCMTK storescp writing into ``dest``."""
-    dest_port = free_port()
-    with storescp(dest_port, dest):
-        node = make_node(sqlite_url, destinations=[
-            {"name": "dest", "ae_title": "DEST", "host": "127.0.0.1", "port": dest_port}])
-        if ct_settings is not None:
-            node.config["processing"]["ct"] = ct_settings
-        node.start()
-        yield node
-
-
 def _job_of(node, study_uid: str) -> dict | None:  # noqa: ANN001
     jobs = (node.study(study_uid) or {}).get("jobs", [])
     return jobs[-1] if jobs and jobs[-1]["state"] in ("succeeded", "failed") else None
@@ -73,7 +56,7 @@ def _job_of(node, study_uid: str) -> dict | None:  # noqa: ANN001
 def test_ct_kidneys_reach_the_destination_with_their_sides(make_node, sqlite_url, tmp_path):
     study: SyntheticCTStudy = write_ct_study(
         tmp_path / "ct", synthesize_ct(SEED, grid=CtGrid.small()), patient_id="IT-CT-0001")
-    with _node_sending_to_storescp(make_node, sqlite_url, tmp_path / "dest") as node:
+    with node_sending_to_storescp(make_node, sqlite_url, tmp_path / "dest") as node:
         t0 = time.perf_counter()
         sent = storescu(node.dicom_port, list(study.files))
         assert sent.returncode == 0, sent.stderr
@@ -126,7 +109,7 @@ def test_ct_without_kidney_succeeds_with_the_outcome_and_sends_nothing(make_node
     study = write_ct_study(tmp_path / "ct", synthesize_ct(
         SEED, grid=CtGrid.small(Coverage.NO_KIDNEYS)), patient_id="IT-CT-0002")
     assert not study.kidney_in_view
-    with _node_sending_to_storescp(make_node, sqlite_url, tmp_path / "dest") as node:
+    with node_sending_to_storescp(make_node, sqlite_url, tmp_path / "dest") as node:
         assert storescu(node.dicom_port, list(study.files)).returncode == 0
         job = node.wait_for(lambda: _job_of(node, study.study_instance_uid), 60, "the job")
         time.sleep(2 * node.config["sender"]["poll_interval_seconds"])
@@ -150,8 +133,9 @@ def test_ct_with_cortex_models_sends_overlapping_cortex_segments(make_node, sqli
     study = write_ct_study(
         tmp_path / "ct", synthesize_ct(SEED, grid=CtGrid.small()), patient_id="IT-CT-0003")
     models = tiny_model_dir(tmp_path / "cortex-models", n=3, constant_logit=10.0)
-    with _node_sending_to_storescp(make_node, sqlite_url, tmp_path / "dest",
-                                   ct_settings={"cortex_models_dir": str(models)}) as node:
+    with node_sending_to_storescp(
+            make_node, sqlite_url, tmp_path / "dest",
+            processing={"ct": {"cortex_models_dir": str(models)}}) as node:
         sent = storescu(node.dicom_port, list(study.files))
         assert sent.returncode == 0, sent.stderr
         segs = node.wait_for(lambda: _objects_in(tmp_path / "dest", SegmentationStorage), 90,

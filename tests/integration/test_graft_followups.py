@@ -29,9 +29,8 @@ from service.synthetic.ct_anatomy import Transplant
 from service.synthetic.ct_phantom import Coverage
 from service.synthetic.ct_tissues import CtPhase
 from service.writers.sr import QC_SCHEME, QC_VERDICT
-from tests.conftest import free_port
 from tests.ct_cases import truth_on
-from tests.peers import dciodvfy_errors, storescp, storescu
+from tests.peers import dciodvfy_errors, node_sending_to_storescp, storescu
 from tests.segs import segment_masks
 
 pytestmark = pytest.mark.integration
@@ -70,13 +69,8 @@ def _round_trip(make_node, sqlite_url: str, files, tmp_path: Path,  # noqa: ANN0
     """Send ``files`` to a node whose destination is a storescp; the SEG and SR paths
     that arrived, and the node (still running) for queries."""
     dest = tmp_path / "dest"
-    dest_port = free_port()
-    with storescp(dest_port, dest):
-        node = make_node(sqlite_url, destinations=[
-            {"name": "dest", "ae_title": "DEST", "host": "127.0.0.1", "port": dest_port}])
-        if graft is not None:
-            node.config["processing"]["graft"] = graft
-        node.start()
+    processing = {} if graft is None else {"graft": graft}
+    with node_sending_to_storescp(make_node, sqlite_url, dest, processing=processing) as node:
         sent = storescu(node.dicom_port, list(files))
         assert sent.returncode == 0, sent.stderr
         (seg,) = node.wait_for(lambda: _objects_in(dest, SegmentationStorage), 240,
@@ -144,7 +138,7 @@ def test_t2_only_graft_mri_gets_a_graft_segment_with_its_side_and_verdict(
     if dice < 0.7:
         assert row["qc_verdict"] in ("review", "fail"), (dice, row)
         assert not row["in_trend"]
-    if dice >= 0.5:
+    if dice >= 0.7:
         assert side == "right"
 
 

@@ -15,7 +15,9 @@ def test_segment_writes_seg_and_result(tmp_path, pipeline, capsys):
     result = json.loads((out / "result.json").read_text())
     assert result["pipeline"] == pipeline
     assert result["study_instance_uid"] == study.study_instance_uid
-    assert result["volumes_ml"]["kidney"] == pytest.approx(study.truth_volume_ml, rel=0.5)
+    assert result["volumes_ml"]["graft"] == pytest.approx(study.truth_volume_ml, rel=0.5)
+    assert result["qc"]["graft"]["verdict"] in ("pass", "review", "fail")
+    assert set(result["qc"]["graft"]["signals"]) >= {"thickness_mm", "contrast", "edge_share"}
     seg = hd.seg.segread(out / result["seg_file"])
     assert seg.SOPInstanceUID == result["seg_sop_instance_uid"]
     assert result["source_series_instance_uid"] in study.dce_series_uids
@@ -23,18 +25,30 @@ def test_segment_writes_seg_and_result(tmp_path, pipeline, capsys):
     assert sr.SOPInstanceUID == result["sr_sop_instance_uid"]
     (group,) = sr.content.get_volumetric_roi_measurement_groups()
     assert group.referenced_segment.referenced_sop_instance_uid == seg.SOPInstanceUID
-    assert group.get_measurements()[0].value == pytest.approx(result["volumes_ml"]["kidney"],
+    assert group.get_measurements()[0].value == pytest.approx(result["volumes_ml"]["graft"],
                                                               abs=1e-3)
-    assert "kidney:" in capsys.readouterr().out
+    assert f"graft: {result['volumes_ml']['graft']:.1f} ml (QC " in capsys.readouterr().out
 
 
-def test_segment_without_dce_says_why(tmp_path, capsys):
+def test_segment_without_a_usable_series_says_why(tmp_path, capsys):
+    """Only a localizer (an excluded MR series): nothing to segment, and the message says
+    which series were found. (A T2-only study goes to mri-graft-nc: see
+    tests/integration/test_graft_followups.py.)"""
+    from pydicom import dcmread
+
     study = write_mr_study(tmp_path / "in", seed=2, shape=(16, 64, 64))
-    for path in study.files:  # keep only the T2 series
+    for path in study.files:  # keep only the T2 series, renamed a localizer
         if _series_of(path) != study.t2_series_uid:
             path.unlink()
+            continue
+        ds = dcmread(path)
+        ds.SeriesDescription = "localizer"
+        ds.ProtocolName = "localizer"
+        ds.save_as(path)
     assert main(["segment", str(study.root), "--out", str(tmp_path / "out")]) == 2
-    assert "no DCE MR or CT series" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "no DCE, T2 or T1 MR or CT series to segment" in err
+    assert f"{study.t2_series_uid}=other-mr" in err
 
 
 def test_unknown_pipeline_is_named(tmp_path, capsys):
