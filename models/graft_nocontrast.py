@@ -24,6 +24,12 @@ by :func:`models.mr_localise.localise_kidneys` (shape and context, not brightnes
    the kidney's cortex can be clustered with the fat around it), the localised region
    grown by a falling threshold until it leaks (:func:`grow_seed`) takes its place and
    the result says so (``from_clusters``).
+
+T2 alone (no further sequences): the reference is corrected with a coarse (3-level) N4
+field instead (the 8-level field absorbs the kidney's own signal: on synthetic T2 it
+brought the cortex from about 1.17 times the fat around it to 1.0), and the localised
+region grown to its most stable threshold (:func:`grow_stable`) is the mask; the
+clustering runs only when that finds no region of plausible volume.
 """
 
 from __future__ import annotations
@@ -47,7 +53,7 @@ from models.preprocess import n4_correct, register_t2_to_dce
 from models.roi import RegionOfInterest
 from models.volume import image_spacing_zyx
 
-__all__ = ["NoContrastResult", "grow_seed", "segment_graft_nocontrast"]
+__all__ = ["NoContrastResult", "grow_seed", "grow_stable", "segment_graft_nocontrast"]
 
 Progress = Callable[[int, float, int], None]
 
@@ -66,8 +72,9 @@ class NoContrastResult:
         The localisation's candidate that seeded it.
     working_spacing_zyx, working_shape
         Grid of the clustering.
-    clustering : ClusteringResult
-        Labels on the working grid, iterations, losses and stop reason.
+    clustering : ClusteringResult or None
+        Labels on the working grid, iterations, losses and stop reason; ``None`` when the
+        mask is the localised region grown to a stable threshold (T2 alone).
     channels : int
         Number of input channels of the network (1: single sequence).
     from_clusters : bool
@@ -83,7 +90,7 @@ class NoContrastResult:
     localised: LocalisedKidney
     working_spacing_zyx: tuple[float, float, float]
     working_shape: tuple[int, int, int]
-    clustering: ClusteringResult
+    clustering: ClusteringResult | None
     channels: int
     from_clusters: bool = True
     timings_s: dict[str, float] = field(default_factory=dict)
@@ -96,6 +103,11 @@ def _grow_roi(roi: RegionOfInterest, *, margin_mm: float,
     stop = tuple(min(n, b + p) for b, p, n in zip(roi.stop, pad, shape, strict=True))
     return RegionOfInterest(start=start, stop=stop, touches_edge=roi.touches_edge)
 
+
+#: Fitting levels of the bias field of the T2-only path (see :func:`grow_stable`).
+_GENTLE_N4_LEVELS = 3
+#: Volumes (ml) a stable grown region may have: an adult graft, with margin.
+_STABLE_VOLUME_ML = (100.0, 400.0)
 
 #: A cluster candidate must hold at least this share of the localised region.
 _MIN_COVERAGE = 0.3
@@ -126,6 +138,92 @@ def grow_seed(seed: np.ndarray, image: np.ndarray, *, spacing: tuple[float, floa
             break
         region = grown
     return fill_holes(region)
+
+
+def _disk(radius_vox: int) -> np.ndarray:
+    """In-plane disk structuring element of ``radius_vox`` voxels, shape (1, n, n)."""
+    y, x = np.mgrid[-radius_vox:radius_vox + 1, -radius_vox:radius_vox + 1]
+    return (x * x + y * y <= radius_vox * radius_vox + 0.5)[None]
+
+
+def grow_stable(seed: np.ndarray, image: np.ndarray, *, spacing: tuple[float, float, float],
+                volume_ml: tuple[float, float], margin_mm: float = 45.0, steps: int = 30,
+                open_mm: float = 6.0, smooth_mm: float = 1.5) -> np.ndarray | None:
+    """The localised region grown to the most stable threshold of plausible volume.
+
+    The image is smoothed in-plane (``smooth_mm``) inside the seed's box plus
+    ``margin_mm``. Lower thresholds ``t`` fall in ``steps`` from the seed's 25th percentile
+    to the median of its surroundings (10-25 mm outside it: mostly fat); the upper bound
+    is 1.25 times the seed's 95th percentile (urine, a lymphocele and bowel fluid are
+    brighter than the kidney on T2). At each ``t`` the voxels in ``[t, upper]``, opened by
+    an in-plane disk of ``open_mm`` (cutting the necks to touching bowel loops), form
+    components; those meeting the seed are the region. Its volume ``V(t)`` is kept; the
+    chosen ``t`` is, among those with ``V`` in ``volume_ml``, the one where ``V`` changes
+    least relative to itself between the neighbouring thresholds (a maximally stable
+    region: the whole kidney, before the region leaks into the fat around it).
+
+    Parameters
+    ----------
+    seed : numpy.ndarray
+        Boolean (z, y, x) localised region.
+    image : numpy.ndarray
+        The (bias-corrected) volume on the same grid.
+    spacing : tuple of float
+        Voxel spacing (z, y, x), mm.
+    volume_ml : tuple of float
+        Plausible kidney volumes.
+    margin_mm, steps, open_mm, smooth_mm : float or int
+        See above.
+
+    Returns
+    -------
+    numpy.ndarray or None
+        Boolean region (holes filled slice by slice), or ``None`` when no threshold gives a
+        region of plausible volume or the seed is empty.
+    """
+    if not seed.any():
+        return None
+    index = np.nonzero(seed)
+    pad = [int(np.ceil(margin_mm / s)) for s in spacing]
+    box = tuple(slice(max(0, int(ix.min()) - p), min(n, int(ix.max()) + 1 + p))
+                for ix, p, n in zip(index, pad, seed.shape, strict=True))
+    inside = seed[box]
+    smooth = ndi.gaussian_filter(image[box].astype(np.float32),
+                                 (0.0, smooth_mm / spacing[1], smooth_mm / spacing[2]))
+    distance = ndi.distance_transform_edt(~inside, sampling=spacing)
+    shell = (distance > 10.0) & (distance < 25.0) & (smooth > 0.3 * np.median(smooth[inside]))
+    if not shell.any():
+        return None
+    top = float(np.percentile(smooth[inside], 25))
+    low = float(np.median(smooth[shell]))
+    upper = 1.25 * float(np.percentile(smooth[inside], 95))
+    structure = _disk(max(1, int(round(open_mm / spacing[1]))))
+    voxel_ml = float(np.prod(spacing)) / 1000.0
+    volumes: list[float] = []
+    regions: list[np.ndarray] = []
+    for t in np.linspace(top, low, steps):
+        labels, _ = ndi.label(ndi.binary_opening((smooth >= t) & (smooth <= upper),
+                                                 structure=structure))
+        hit = np.unique(labels[inside & (labels > 0)])
+        region = np.isin(labels, hit[hit > 0])
+        volumes.append(float(region.sum()) * voxel_ml)
+        regions.append(region)
+        if volumes[-1] > 2.0 * volume_ml[1]:
+            break
+    best: tuple[float, int] | None = None
+    for k in range(1, len(volumes) - 1):
+        if volume_ml[0] <= volumes[k] <= volume_ml[1]:
+            change = (volumes[k + 1] - volumes[k - 1]) / volumes[k]
+            if best is None or change < best[0]:
+                best = (change, k)
+    if best is None:
+        return None
+    chosen = regions[best[1]]
+    for k in range(chosen.shape[0]):
+        chosen[k] = ndi.binary_fill_holes(chosen[k])
+    out = np.zeros(seed.shape, dtype=bool)
+    out[box] = chosen
+    return out
 
 
 def _choose(labels: np.ndarray, *, reference: np.ndarray, seed: np.ndarray,
@@ -205,6 +303,7 @@ def segment_graft_nocontrast(
     values = sitk.GetArrayViewFromImage(fixed)
     if not np.isfinite(values).all() or float(np.ptp(values)) <= 0:
         raise ValueError("the reference volume is constant or holds NaN/infinite values")
+    raw = fixed
     if config.n4:
         fixed = n4_correct(fixed)
     lap("n4")
@@ -218,6 +317,20 @@ def segment_graft_nocontrast(
     roi = _grow_roi(best.roi, margin_mm=config.roi_margin_mm + extra_margin_mm
                     - localise.margin_mm, spacing=spacing, shape=arr.shape)
     lap("localise")
+    if not extras:
+        # A coarse bias field keeps the kidney's contrast to the fat around it, which the
+        # fine (8-level) field, fitted through the kidney, flattens.
+        gentle = n4_correct(raw, fitting_levels=_GENTLE_N4_LEVELS) if config.n4 else raw
+        lap("n4")
+        grown = grow_stable(best.mask, sitk.GetArrayViewFromImage(gentle), spacing=spacing,
+                            volume_ml=_STABLE_VOLUME_ML)
+        if grown is not None:
+            grown = fill_holes(largest_component(grown))
+            lap("selection")
+            return NoContrastResult(mask=grown, roi=roi, localised=best,
+                                    working_spacing_zyx=spacing, working_shape=roi.shape,
+                                    clustering=None, channels=1, from_clusters=False,
+                                    timings_s=timings)
     crops = [_crop(fixed, roi)]
     for group in extras:
         first = sitk.Cast(group[0], sitk.sitkFloat32)

@@ -122,12 +122,14 @@ class NoContrastGraftPipeline:
         body = arr > 0.5 * otsu_threshold(np.asarray(arr))
         side = patient_side(result.mask, body, direction=reference.image.GetDirection(),
                             spacing_zyx=spacing)
+        how = ("grown from the localised region to a stable threshold" if c is None else
+               f"clustered on {'x'.join(map(str, result.working_shape))} at "
+               f"{max(result.working_spacing_zyx):.2f} mm, stopped by {c.stopped_by} after "
+               f"{c.iterations} iterations with {c.n_labels} labels")
         logger.info(
-            "study %s: %s on %s (%d channels), graft on the %s, ROI %s voxels, clustered on %s "
-            "at %.2f mm, stopped by %s after %d iterations with %d labels; %s", uid, self.name,
-            "T2" if has_t2 else "T1", result.channels, side, "x".join(map(str, result.roi.shape)),
-            "x".join(map(str, result.working_shape)), max(result.working_spacing_zyx),
-            c.stopped_by, c.iterations, c.n_labels,
+            "study %s: %s on %s (%d channels), graft on the %s, ROI %s voxels, %s; %s", uid,
+            self.name, "T2" if has_t2 else "T1", result.channels, side,
+            "x".join(map(str, result.roi.shape)), how,
             ", ".join(f"{k} {v:.1f} s" for k, v in result.timings_s.items()))
         flags = tuple(f for f, on in (
             ("no-contrast", True),
@@ -135,7 +137,7 @@ class NoContrastGraftPipeline:
             ("multi-contrast", result.channels > 1),
             ("localisation-grown", not result.from_clusters),
             ("roi-touches-edge", result.roi.touches_edge),
-            ("not-converged", c.stopped_by == "max_iter")) if on)
+            ("not-converged", c is not None and c.stopped_by == "max_iter")) if on)
         segment = graft_segment(side)
         return PipelineOutput(
             reference=reference, labels=result.mask.astype(np.uint8) * segment.label,

@@ -70,3 +70,19 @@ def test_t2_only_study_gives_the_graft_on_the_right(study):
     # but delineated coarsely: see benchmarks/results/graft_nocontrast.md for accuracy.
     assert dice(mask, truth) > 0.3
     assert output.volumes_ml["graft"] > 0
+
+
+def test_grow_stable_takes_the_whole_bright_organ_not_its_core_or_the_fat():
+    from models.graft_nocontrast import grow_stable
+
+    z, y, x = np.mgrid[:30, :160, :160]
+    spacing = (5.0, 1.0, 1.0)
+    organ = ((z - 15) * 5.0 / 50) ** 2 + ((y - 80) / 30) ** 2 + ((x - 80) / 25) ** 2 <= 1
+    core = ((z - 15) * 5.0 / 30) ** 2 + ((y - 80) / 15) ** 2 + ((x - 80) / 12) ** 2 <= 1
+    image = np.full(organ.shape, 450.0, dtype=np.float32)  # fat
+    image[organ] = 550.0  # cortex
+    image[core] = 800.0  # medulla
+    image += np.random.default_rng(0).normal(0.0, 15.0, image.shape).astype(np.float32)
+    grown = grow_stable(core, image, spacing=spacing, volume_ml=(50.0, 400.0))
+    assert grown is not None
+    assert dice(grown, organ) > 0.9
