@@ -15,7 +15,8 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage as ndi
 
-__all__ = ["AIR_HU", "SpineTrack", "body_mask", "spine_track", "to_working_grid"]
+__all__ = ["AIR_HU", "SpineTrack", "body_mask", "largest_region_filled", "spine_track",
+           "to_working_grid"]
 
 #: Fill value outside the scanned field (air).
 AIR_HU = -1024.0
@@ -58,10 +59,15 @@ def body_mask(hu: np.ndarray, *, threshold_hu: float = -400.0) -> np.ndarray:
     """The patient's body: the largest connected region above ``threshold_hu``, with
     each axial slice's holes (lungs, bowel gas) filled. The table, thin and apart from the
     body, is left out by the largest-component choice."""
-    tissue = ndi.binary_opening(hu > threshold_hu, iterations=1)
-    labels, n = ndi.label(tissue)
+    return largest_region_filled(hu > threshold_hu)
+
+
+def largest_region_filled(tissue: np.ndarray) -> np.ndarray:
+    """The largest connected region of ``tissue`` (opened by one voxel first), each axial
+    slice's holes filled; all false when there is none. The body, on any modality."""
+    labels, n = ndi.label(ndi.binary_opening(tissue, iterations=1))
     if n == 0:
-        return np.zeros(hu.shape, dtype=bool)
+        return np.zeros(tissue.shape, dtype=bool)
     sizes = np.bincount(labels.ravel())
     sizes[0] = 0
     body = labels == int(np.argmax(sizes))

@@ -63,6 +63,7 @@ from models.ct_kidneys import (
     CtKidneyConfig,
     CtKidneys,
     _distinct_best,
+    _on_ct_grid,
     bone_mask,
     delineate,
     find_candidates,
@@ -198,7 +199,8 @@ def segment_ct_graft(ct: sitk.Image, config: CtGraftConfig | None = None, *,
                              f"{0.0 if best is None else best.score:.2f} < {config.min_score})",
                        crest_z)
     mask = delineate(hu, best, best_zone, kc)
-    return CtGraft(_on_ct_grid(best_side, mask, work, ct, best.score), "", crest_z)
+    return CtGraft(_on_ct_grid(best_side, mask, work, ct, best.score, record=FoundGraft), "",
+                   crest_z)
 
 
 def separate_natives(kidneys: CtKidneys, graft: CtGraft, ct: sitk.Image) -> CtKidneys:
@@ -370,17 +372,3 @@ def _natives_on(work: sitk.Image, ct: sitk.Image, natives: CtKidneys | None,
     out = sitk.GetArrayFromImage(on_work) > 0
     r = max(1, int(round(margin_voxels)))
     return ndi.binary_dilation(out, iterations=r) if out.any() else out
-
-
-def _on_ct_grid(side: str, mask: np.ndarray, work: sitk.Image, ct: sitk.Image,
-                score: float) -> FoundGraft:
-    """The working-grid mask resampled (linear, then > 0.5) to ``ct``'s grid."""
-    m = sitk.GetImageFromArray(mask.astype(np.float32))
-    m.CopyInformation(work)
-    back = sitk.Resample(m, ct, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32)
-    arr = sitk.GetArrayFromImage(back) > 0.5
-    voxel_ml = float(np.prod(ct.GetSpacing())) / 1000.0
-    z_any = arr.any(axis=(1, 2))
-    touches = bool(z_any[0] or z_any[-1]) if arr.shape[0] else False
-    return FoundGraft(side=side, mask=arr, volume_ml=float(arr.sum()) * voxel_ml,
-                      score=float(score), touches_edge=touches)

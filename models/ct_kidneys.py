@@ -482,8 +482,9 @@ def solidify(mask: np.ndarray, radius: int) -> np.ndarray:
 
 
 def _on_ct_grid(side: str, mask: np.ndarray, work: sitk.Image, ct: sitk.Image,
-                score: float) -> FoundKidney:
-    """The working-grid mask resampled (linear, then > 0.5) to ``ct``'s grid."""
+                score: float, record: type = FoundKidney):  # noqa: ANN202
+    """The working-grid mask resampled (linear, then > 0.5) to ``ct``'s grid, as a
+    ``record`` (:class:`FoundKidney`, or the graft's record of the same fields)."""
     m = sitk.GetImageFromArray(mask.astype(np.float32))
     m.CopyInformation(work)
     back = sitk.Resample(m, ct, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32)
@@ -491,5 +492,5 @@ def _on_ct_grid(side: str, mask: np.ndarray, work: sitk.Image, ct: sitk.Image,
     voxel_ml = float(np.prod(ct.GetSpacing())) / 1000.0
     z_any = arr.any(axis=(1, 2))
     touches = bool(z_any[0] or z_any[-1]) if arr.shape[0] else False
-    return FoundKidney(side=side, mask=arr, volume_ml=float(arr.sum()) * voxel_ml,
-                       score=float(score), touches_edge=touches)
+    return record(side=side, mask=arr, volume_ml=float(arr.sum()) * voxel_ml,
+                  score=float(score), touches_edge=touches)

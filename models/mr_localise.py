@@ -58,6 +58,7 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from models.components import _as_spacing
+from models.ct_body import largest_region_filled
 from models.otsu import otsu_threshold
 from models.roi import RegionOfInterest
 
@@ -217,16 +218,9 @@ def _working_grid(volume: np.ndarray, spacing: tuple[float, float, float], worki
 
 def _body_mask(work: np.ndarray) -> np.ndarray:
     threshold = otsu_threshold(work[np.isfinite(work)])
-    body = work > 0.5 * threshold
-    body = ndi.binary_opening(body, iterations=1)
-    labels, n = ndi.label(body)
-    if n == 0:
+    body = largest_region_filled(work > 0.5 * threshold)
+    if not body.any():
         raise ValueError("no body found: the volume is empty")
-    sizes = np.bincount(labels.ravel())
-    sizes[0] = 0
-    body = labels == int(np.argmax(sizes))
-    for k in range(body.shape[0]):
-        body[k] = ndi.binary_fill_holes(body[k])
     return body
 
 
