@@ -58,7 +58,8 @@ from models.preprocess import (
 from models.roi import RegionOfInterest, detect_roi
 from models.volume import image_spacing_zyx
 
-__all__ = ["GraftConfig", "GraftResult", "refine_boundary", "segment_graft", "working_spacing"]
+__all__ = ["GraftConfig", "GraftResult", "finish_kidney", "refine_boundary", "segment_graft",
+           "working_spacing"]
 
 Progress = Callable[[int, float, int], None]
 
@@ -248,6 +249,29 @@ def refine_boundary(
     return fill_holes(largest_component(mask | (band & (image >= threshold))))
 
 
+def finish_kidney(
+    kidney: np.ndarray, trim_channels: np.ndarray, *, coarse: sitk.Image, crop: sitk.Image,
+    grid: tuple[float, float, float], roi: RegionOfInterest, shape: tuple[int, ...],
+    config: GraftConfig,
+) -> np.ndarray:
+    """The chosen cluster (on the working grid ``coarse``) made the kidney mask on the
+    full grid of ``shape``: hilar vessels cut off, darker lobes dropped (judged on
+    ``trim_channels``), back to the ROI's resolution (``crop``), largest component, holes
+    filled, border refined, put back into the full grid (step 5 of the module notes);
+    ``grid`` is the working grid's spacing (z, y, x)."""
+    if config.vessel_radius_mm > 0:
+        kidney = prune_tubes(kidney, spacing_zyx=grid, radius_mm=config.vessel_radius_mm)
+    if config.drop_foreign:
+        kidney = drop_foreign_lobes(kidney, trim_channels, spacing_zyx=grid)
+    full = _back_to(kidney, coarse, crop)
+    full = fill_holes(largest_component(full)) if full.any() else full
+    if config.refine_boundary_mm > 0:
+        full = refine_boundary(full, sitk.GetArrayViewFromImage(crop),
+                               spacing_zyx=image_spacing_zyx(crop),
+                               band_mm=max(config.refine_boundary_mm, *grid))
+    return roi.embed(full, shape=shape)
+
+
 def _check_contrast(values: np.ndarray) -> None:
     """Refuse a DCE volume without contrast: N4 would invent structure from rounding."""
     if not np.isfinite(values).all():
@@ -340,16 +364,9 @@ def segment_graft(
     else:
         kidney = select_kidney(clustering.labels, dce=channels[0], spacing_zyx=grid,
                                expected_volume_ml=config.expected_volume_ml)
-    if config.vessel_radius_mm > 0:
-        kidney = prune_tubes(kidney, spacing_zyx=grid, radius_mm=config.vessel_radius_mm)
-    if config.drop_foreign:
-        kidney = drop_foreign_lobes(kidney, channels[: 1 + len(extra_phases)], spacing_zyx=grid)
-    full = _back_to(kidney, coarse[0], crops[0])
-    full = fill_holes(largest_component(full)) if full.any() else full
-    if config.refine_boundary_mm > 0:
-        full = refine_boundary(full, sitk.GetArrayViewFromImage(crops[0]), spacing_zyx=spacing,
-                               band_mm=max(config.refine_boundary_mm, *grid))
-    mask = roi.embed(full, shape=dce_arr.shape)
+    mask = finish_kidney(kidney, channels[: 1 + len(extra_phases)], coarse=coarse[0],
+                         crop=crops[0], grid=grid, roi=roi, shape=dce_arr.shape,
+                         config=config)
     lap("selection")
     return GraftResult(mask=mask, roi=roi, working_spacing_zyx=grid,
                        working_shape=tuple(int(n) for n in channels.shape[1:]),

@@ -45,9 +45,14 @@ from scipy import ndimage as ndi
 
 from models.components import binary_dilation, fill_holes, largest_component
 from models.feature_clustering import ClusteringResult, cluster_volume
-from models.graft import GraftConfig, _back_to, _crop, _to_grid, refine_boundary, working_spacing
-from models.kidney_cluster import prune_tubes, rank_candidates
-from models.kidney_trim import drop_foreign_lobes
+from models.graft import (
+    GraftConfig,
+    _crop,
+    _to_grid,
+    finish_kidney,
+    working_spacing,
+)
+from models.kidney_cluster import rank_candidates
 from models.mr_localise import LocaliseConfig, LocalisedKidney, localise_kidneys
 from models.preprocess import n4_correct, register_t2_to_dce
 from models.roi import RegionOfInterest
@@ -355,16 +360,8 @@ def segment_graft_nocontrast(
     seed = sitk.GetArrayFromImage(_to_grid(seed_crop, grid)) >= 0.5
     kidney, from_clusters = _choose(clustering.labels, reference=channels[0], seed=seed,
                                     spacing=grid, expected_volume_ml=config.expected_volume_ml)
-    if config.vessel_radius_mm > 0:
-        kidney = prune_tubes(kidney, spacing_zyx=grid, radius_mm=config.vessel_radius_mm)
-    if config.drop_foreign:
-        kidney = drop_foreign_lobes(kidney, channels, spacing_zyx=grid)
-    full = _back_to(kidney, coarse[0], crops[0])
-    full = fill_holes(largest_component(full)) if full.any() else full
-    if config.refine_boundary_mm > 0:
-        full = refine_boundary(full, sitk.GetArrayViewFromImage(crops[0]), spacing_zyx=spacing,
-                               band_mm=max(config.refine_boundary_mm, *grid))
-    mask = roi.embed(full, shape=arr.shape)
+    mask = finish_kidney(kidney, channels, coarse=coarse[0], crop=crops[0], grid=grid,
+                         roi=roi, shape=arr.shape, config=config)
     lap("selection")
     return NoContrastResult(mask=mask, roi=roi, localised=best, working_spacing_zyx=grid,
                             working_shape=(int(channels.shape[1]), int(channels.shape[2]),
