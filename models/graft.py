@@ -33,7 +33,6 @@ CPU profile's knob; its accuracy cost is measured by the evaluation benchmark.
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -56,6 +55,7 @@ from models.preprocess import (
     register_t2_to_dce,
 )
 from models.roi import RegionOfInterest, detect_roi
+from models.timing import StepTimer
 from models.volume import image_spacing_zyx
 
 __all__ = ["GraftConfig", "GraftResult", "finish_kidney", "refine_boundary", "segment_graft",
@@ -320,14 +320,9 @@ def segment_graft(
         No region of interest (empty or constant volume), a failed registration, or no
         cluster qualifying as the kidney (the message says why each was rejected).
     """
-    timings: dict[str, float] = {}
-    clock = time.perf_counter()
-
-    def lap(name: str) -> None:
-        nonlocal clock
-        now = time.perf_counter()
-        timings[name] = timings.get(name, 0.0) + now - clock
-        clock = now
+    timer = StepTimer()
+    lap = timer.lap
+    timings = timer.seconds
 
     fixed = sitk.Cast(dce, sitk.sitkFloat32)
     _check_contrast(sitk.GetArrayViewFromImage(fixed))

@@ -34,7 +34,6 @@ clustering runs only when that finds no region of plausible volume.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -56,6 +55,7 @@ from models.kidney_cluster import rank_candidates
 from models.mr_localise import LocaliseConfig, LocalisedKidney, localise_kidneys
 from models.preprocess import n4_correct, register_t2_to_dce
 from models.roi import RegionOfInterest
+from models.timing import StepTimer
 from models.volume import image_spacing_zyx
 
 __all__ = ["NoContrastResult", "grow_seed", "grow_stable", "segment_graft_nocontrast"]
@@ -295,14 +295,9 @@ def segment_graft_nocontrast(
         Nothing that looks like a kidney, a constant volume, or no cluster qualifying
         as the kidney (the message says why each was rejected).
     """
-    timings: dict[str, float] = {}
-    clock = time.perf_counter()
-
-    def lap(name: str) -> None:
-        nonlocal clock
-        now = time.perf_counter()
-        timings[name] = timings.get(name, 0.0) + now - clock
-        clock = now
+    timer = StepTimer()
+    lap = timer.lap
+    timings = timer.seconds
 
     fixed = sitk.Cast(reference, sitk.sitkFloat32)
     values = sitk.GetArrayViewFromImage(fixed)
