@@ -175,9 +175,7 @@ def _qc_cell(row: dict) -> str:
 def _alert_rules(settings: Settings):  # noqa: ANN202
     from service.trends import AlertRules
 
-    return AlertRules(settings.trends.alert_fall_from_previous_pct,
-                      settings.trends.alert_fall_from_baseline_pct,
-                      settings.trends.verdicts_used)
+    return AlertRules.from_settings(settings.trends)
 
 
 def _cmd_patients(settings: Settings, args: argparse.Namespace) -> int:

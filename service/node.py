@@ -109,11 +109,8 @@ class Node:
                             or self.settings.dicom.ae_title)
 
     def _start_http(self) -> None:
-        trends = self.settings.trends
-        rules = AlertRules(trends.alert_fall_from_previous_pct, trends.alert_fall_from_baseline_pct,
-                           trends.verdicts_used)
-        app = create_app(self.sessions, rules=rules, storage_root=self.store.root,
-                         token=self.settings.http.token)
+        app = create_app(self.sessions, rules=AlertRules.from_settings(self.settings.trends),
+                         storage_root=self.store.root, token=self.settings.http.token)
         config = uvicorn.Config(app,
                                 host=self.settings.http.host, port=self.settings.http.port,
                                 log_config=None, access_log=False)

@@ -24,7 +24,10 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from service.config import TrendSettings
 
 __all__ = ["AlertRules", "Measurement", "TrendPoint", "volume_trend"]
 
@@ -37,6 +40,12 @@ class AlertRules:
     fall_from_baseline_pct: float = 15.0
     #: Quality-control verdicts of the measurements the trend uses.
     verdicts_used: tuple[str, ...] = ("pass",)
+
+    @classmethod
+    def from_settings(cls, trends: TrendSettings) -> AlertRules:
+        """The rules of the node's ``trends`` settings."""
+        return cls(trends.alert_fall_from_previous_pct, trends.alert_fall_from_baseline_pct,
+                   trends.verdicts_used)
 
 
 @dataclass(frozen=True)

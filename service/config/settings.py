@@ -17,11 +17,11 @@ __all__ = [
     "DicomSettings",
     "HttpSettings",
     "ProcessingSettings",
+    "QcSettings",
     "SchedulerSettings",
     "SenderSettings",
     "Settings",
     "StorageSettings",
-    "QcSettings",
     "TrendSettings",
 ]
 

@@ -117,9 +117,12 @@ def patient_volumes(session: Session, patient_id: str) -> list[VolumeRow]:
 
 
 def _study_order(row: Any) -> tuple:
-    """Study date (undated last), time, UID: the trend's order (service.trends)."""
-    return (row.study_date is None, row.study_date or dt.date.min, row.study_time or "",
-            row.study_instance_uid)
+    """Study date (undated last), time, UID: the trend's order (service.trends). ``row``
+    holds ``study_date`` as a date or an ISO string, ``study_time``, ``study_instance_uid``."""
+    date = row.study_date
+    if isinstance(date, str):
+        date = dt.date.fromisoformat(date)
+    return (date is None, date or dt.date.min, row.study_time or "", row.study_instance_uid)
 
 
 def previous_accepted_volumes(session: Session, study_instance_uid: str, *,
@@ -132,9 +135,7 @@ def previous_accepted_volumes(session: Session, study_instance_uid: str, *,
     this = _study_order(study)
     found: dict[str, float] = {}
     for row in patient_volumes(session, study.patient.patient_id):
-        earlier = (row.study_date is None, dt.date.fromisoformat(row.study_date)
-                   if row.study_date else dt.date.min, row.study_time or "",
-                   row.study_instance_uid) < this
+        earlier = _study_order(row) < this
         if earlier and (row.qc_verdict is None or row.qc_verdict in verdicts):
             found[row.structure] = row.volume_ml  # rows come in order: the last one wins
     return found

@@ -19,6 +19,7 @@ from collections.abc import Sequence
 import numpy as np
 import SimpleITK as sitk
 
+from models.mr_localise import patient_side
 from models.otsu import otsu_threshold
 from models.volume import image_spacing_zyx, mask_volume_ml
 from service.imaging.series import LoadedVolume
@@ -43,8 +44,10 @@ def graft_side(image: sitk.Image, mask: np.ndarray) -> str:
     lateral_index_axis = int(np.argmax(np.abs(direction[0])))  # 0 = x, 1 = y, 2 = z
     array_axis = 2 - lateral_index_axis
     edges = body.take(0, axis=array_axis).any(), body.take(-1, axis=array_axis).any()
-    midline = 0.0 if (not body.any() or all(edges)) else _x_mm(image, body)
-    return "left" if _x_mm(image, mask) > midline else "right"
+    if body.any() and not all(edges):
+        return patient_side(mask, body, direction=image.GetDirection(),
+                            spacing_zyx=image_spacing_zyx(image))
+    return "left" if _x_mm(image, mask) > 0.0 else "right"  # the isocentre
 
 
 def graft_output(reference: LoadedVolume, mask: np.ndarray, *,

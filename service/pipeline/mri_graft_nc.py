@@ -10,9 +10,8 @@ the inputs from the study's series, applies the device profile and wraps the res
 * with ``GraftSettings.nocontrast_t1`` the T1 (Dixon) series are further input channels
   (early fusion), registered to the reference as one acquisition when they share a grid
   (a Dixon set), otherwise each on its own;
-* the segment is the graft on the patient's side it lies on
-  (:func:`service.pipeline.base.graft_segment`), from the mask's centroid against the
-  body's midline in patient coordinates (:func:`models.mr_localise.patient_side`);
+* the segment is the graft on the patient's side it lies on, as every MRI pipeline gives
+  it (:func:`service.pipeline.graft_output.graft_output`);
 * flags: ``no-contrast`` always, ``t1-only`` without T2, ``multi-contrast`` with T1
   channels, ``localisation-grown`` when no cluster held the localised kidney,
   ``roi-touches-edge``, ``not-converged``.
@@ -31,14 +30,12 @@ from pydicom.sr.coding import Code
 
 from models.graft import GraftConfig
 from models.graft_nocontrast import segment_graft_nocontrast
-from models.mr_localise import patient_side
-from models.otsu import otsu_threshold
-from models.volume import image_spacing_zyx, mask_volume_ml
 from service.config import GraftSettings
 from service.db.tables import SeriesRole
 from service.errors import PipelineError
 from service.imaging.series import LoadedSeries, LoadedVolume
-from service.pipeline.base import PipelineOutput, StudyInput, graft_segment
+from service.pipeline.base import PipelineOutput, StudyInput
+from service.pipeline.graft_output import graft_output
 from service.pipeline.mri_graft import device_profile
 
 __all__ = ["NoContrastGraftPipeline"]
@@ -117,11 +114,8 @@ class NoContrastGraftPipeline:
         except ValueError as exc:
             raise PipelineError(f"study {uid}: {self.name}: {exc}") from exc
         c = result.clustering
-        spacing = image_spacing_zyx(reference.image)
-        arr = sitk.GetArrayViewFromImage(reference.image)
-        body = arr > 0.5 * otsu_threshold(np.asarray(arr))
-        side = patient_side(result.mask, body, direction=reference.image.GetDirection(),
-                            spacing_zyx=spacing)
+        output = graft_output(reference, result.mask)
+        side = "left" if output.segments[0].laterality == codes.SCT.Left else "right"
         how = ("grown from the localised region to a stable threshold" if c is None else
                f"clustered on {'x'.join(map(str, result.working_shape))} at "
                f"{max(result.working_spacing_zyx):.2f} mm, stopped by {c.stopped_by} after "
@@ -138,8 +132,4 @@ class NoContrastGraftPipeline:
             ("localisation-grown", not result.from_clusters),
             ("roi-touches-edge", result.roi.touches_edge),
             ("not-converged", c is not None and c.stopped_by == "max_iter")) if on)
-        segment = graft_segment(side)
-        return PipelineOutput(
-            reference=reference, labels=result.mask.astype(np.uint8) * segment.label,
-            segments=(segment,),
-            volumes_ml={segment.structure: mask_volume_ml(result.mask, spacing)}, flags=flags)
+        return replace(output, flags=flags)

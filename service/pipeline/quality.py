@@ -10,7 +10,7 @@ checks).
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 
 import numpy as np
 import SimpleITK as sitk
@@ -20,7 +20,8 @@ from models.volume import image_spacing_zyx
 from service.config import QcSettings
 from service.pipeline.base import PipelineOutput
 
-__all__ = ["Assessment", "assess_output", "overall_verdict", "thresholds_for"]
+__all__ = ["Assessment", "assess_output", "description_prefix", "overall_verdict",
+           "thresholds_for"]
 
 
 @dataclass(frozen=True)
@@ -34,16 +35,7 @@ class Assessment:
 
 def thresholds_for(structure: str, settings: QcSettings) -> tuple[QcThresholds, bool]:
     """The limits for ``structure`` and whether its shape is checked."""
-    base = QcThresholds(
-        volume_ml_review=settings.volume_ml_review, volume_ml_fail=settings.volume_ml_fail,
-        thickness_mm_review=settings.thickness_mm_review,
-        thickness_mm_fail=settings.thickness_mm_fail,
-        length_mm_review=settings.length_mm_review, solidity_review=settings.solidity_review,
-        solidity_fail=settings.solidity_fail, main_share_review=settings.main_share_review,
-        edge_share_review=settings.edge_share_review, edge_share_fail=settings.edge_share_fail,
-        contrast_review=settings.contrast_review,
-        gradient_ratio_review=settings.gradient_ratio_review,
-        change_pct_review=settings.change_pct_review)
+    base = QcThresholds(**settings.model_dump(include={f.name for f in fields(QcThresholds)}))
     if structure.startswith("cortex"):
         return replace(base, volume_ml_review=settings.cortex_volume_ml_review), False
     if structure in ("kidney_right", "kidney_left"):
@@ -90,3 +82,12 @@ def overall_verdict(assessments: Mapping[str, Assessment]) -> Verdict | None:
     if not assessments:
         return None
     return worst([a.verdict for a in assessments.values()])
+
+
+def description_prefix(assessments: Mapping[str, Assessment]) -> str:
+    """``"QC REVIEW - "`` or ``"QC FAIL - "`` for the worst verdict, ``""`` when all pass
+    or none was assessed: what the SEG's and the SR's Series Descriptions start with."""
+    verdict = overall_verdict(assessments)
+    if verdict is None or verdict is Verdict.PASS:
+        return ""
+    return f"QC {verdict.value.upper()} - "

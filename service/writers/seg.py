@@ -13,7 +13,7 @@ from pydicom.sr.coding import Code
 
 from models.qc import Verdict
 from service.pipeline.base import AlgorithmSpec, PipelineOutput
-from service.pipeline.quality import Assessment, overall_verdict
+from service.pipeline.quality import Assessment, description_prefix
 
 __all__ = ["MANUFACTURER", "SegOptions", "build_segmentation"]
 
@@ -109,13 +109,13 @@ def build_segmentation(
         # The patient and study attributes come from the source: so does their charset.
         specific_character_set=sources[0].get("SpecificCharacterSet"),
     )
-    seg.SeriesDescription = (_qc_prefix(quality) + f"Kidney SEG ({pipeline_name})")[:64]
+    seg.SeriesDescription = (description_prefix(quality) + f"Kidney SEG ({pipeline_name})")[:64]
     by_number = {output.segment_number(spec): spec for spec in output.segments}
     for item in seg.SegmentSequence:
         spec = by_number[int(item.SegmentNumber)]
         qc = quality.get(spec.structure)
         if qc is not None and qc.verdict is not Verdict.PASS:
-            # Segment Description (0062,0006), LO: the verdict and its first reason.
+            # Segment Description (0062,0006), LO: the verdict and its reasons, cut at 64.
             item.SegmentDescription = (f"QC {qc.verdict.value.upper()}: "
                                        + "; ".join(qc.reasons))[:64]
         if spec.laterality is not None:
@@ -124,14 +124,6 @@ def build_segmentation(
                 hd.sr.CodedConcept(spec.laterality.value, spec.laterality.scheme_designator,
                                    spec.laterality.meaning)]
     return seg
-
-
-def _qc_prefix(quality: Mapping[str, Assessment]) -> str:
-    """``"QC REVIEW - "`` or ``"QC FAIL - "`` for the worst verdict, ``""`` when all pass."""
-    verdict = overall_verdict(quality)
-    if verdict is None or verdict is Verdict.PASS:
-        return ""
-    return f"QC {verdict.value.upper()} - "
 
 
 def _identification(algorithm: AlgorithmSpec) -> hd.AlgorithmIdentificationSequence:

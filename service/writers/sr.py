@@ -12,7 +12,7 @@ from pydicom.sr.coding import Code
 from models.qc import Verdict
 from service.dicom.uids import derived_uid
 from service.pipeline.base import PipelineOutput
-from service.pipeline.quality import Assessment, overall_verdict
+from service.pipeline.quality import Assessment, description_prefix
 from service.writers.seg import MANUFACTURER
 
 __all__ = ["SrOptions", "build_volume_report"]
@@ -116,9 +116,7 @@ def build_volume_report(
         software_versions=options.software_version,
         specific_character_set=sources[0].get("SpecificCharacterSet"),
     )
-    verdict = overall_verdict(quality)
-    prefix = "" if verdict in (None, Verdict.PASS) else f"QC {verdict.value.upper()} - "
-    sr.SeriesDescription = f"{prefix}Kidney volumes ({pipeline_name})"[:64]
+    sr.SeriesDescription = f"{description_prefix(quality)}Kidney volumes ({pipeline_name})"[:64]
     return sr
 
 
