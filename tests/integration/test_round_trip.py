@@ -109,6 +109,10 @@ def test_round_trip_seg_reaches_destination(make_node, database_url, small_study
     assert 'data-chart="loaded"' in dom
     assert f'data-study="{study.study_instance_uid}"' in dom
     assert f"{row['volume_ml']:.1f}" in dom
+    # The verdict on the page, and the patient list naming what needs a person's look.
+    assert f'data-qc="{row["qc_verdict"]}"' in dom
+    (listed,) = json.loads(node.cli("patients", "--json").stdout)
+    assert listed["needs_review"] == ([] if row["in_trend"] else ["graft"])
     preview_url = f"{node.api}/api/studies/{study.study_instance_uid}/preview.png"
     assert f'href="{preview_url[len(node.api):]}"' in dom
     with urllib.request.urlopen(preview_url, timeout=60) as resp:  # noqa: S310
