@@ -15,8 +15,8 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage as ndi
 
-__all__ = ["AIR_HU", "SpineTrack", "body_mask", "largest_region_filled", "spine_track",
-           "to_working_grid"]
+__all__ = ["AIR_HU", "SpineTrack", "blood_enhanced_area_mm2", "body_mask",
+           "largest_region_filled", "spine_track", "to_working_grid"]
 
 #: Fill value outside the scanned field (air).
 AIR_HU = -1024.0
@@ -127,3 +127,34 @@ def spine_track(hu: np.ndarray, body: np.ndarray, spacing_mm: float, *,
         xs = np.interp(idx, idx[found], xs[found])
         ys = np.interp(idx, idx[found], ys[found])
     return SpineTrack(x=xs, y=ys, found=found)
+
+
+def blood_enhanced_area_mm2(hu: np.ndarray, spine: SpineTrack, bone: np.ndarray,
+                            spacing_mm: float, *, blood_hu: tuple[float, float] = (90.0, 300.0),
+                            box_mm: tuple[float, float, float] = (-90.0, 0.0, 70.0)) -> float:
+    """How much contrast-filled blood lies in front of the vertebral column.
+
+    The median, over the slices where the column was seen, of the area (mm²) of voxels
+    in ``blood_hu`` within ``box_mm`` (antero-posterior from, to, and half-width, around
+    the column's centre) and not next to bone (partial volume of bone reaches the range).
+    The aorta and vena cava lie there, and in the pelvis the iliac vessels: with iodine
+    in the blood they exceed 90 HU over several cm², without it (unenhanced CT: blood
+    35-50 HU) almost nothing does. Calcified plaque is above the range or in ``bone``.
+    Synthetic CTs (abdomen, pelvis, abdomen-pelvis; 0.6-4 mm pixels) give 380-5000 mm²
+    with contrast in any phase, 0-50 without; the real contrast CTs 1300-5200.
+    """
+    if not spine.any:
+        return 0.0
+    y0, y1, half = (v / spacing_mm for v in box_mm)
+    areas = []
+    ny, nx = hu.shape[1:]
+    bone = ndi.binary_dilation(bone, structure=ndi.generate_binary_structure(3, 1))
+    for k in np.nonzero(spine.found)[0]:
+        ya = max(0, int(spine.y[k] + y0))
+        yb = min(ny, int(spine.y[k] + y1))
+        xa = max(0, int(spine.x[k] - half))
+        xb = min(nx, int(spine.x[k] + half) + 1)
+        sub = hu[k, ya:yb, xa:xb]
+        blood = (sub >= blood_hu[0]) & (sub < blood_hu[1]) & ~bone[k, ya:yb, xa:xb]
+        areas.append(float(blood.sum()))
+    return float(np.median(areas)) * spacing_mm ** 2 if areas else 0.0

@@ -45,8 +45,10 @@ either side: the caller reports "no kidney in field of view" rather than a volum
 Known limits (``benchmarks/results/ct_kidneys.md``):
 - Added noise of σ 25 HU on the real 3 mm example loses its right kidney: the windows
   fragment it.
-- On unenhanced synthetic CT, 4 of 20 kidneys score below ``min_score``. A plain kidney
-  differs from the psoas and liver it touches by less than ``contrast_hu``.
+- Unenhanced CT (found by :func:`adapt_to_phase`) is median-filtered and scored with a
+  lower contrast level; a kidney whose psoas is as dark as itself (10 HU apart) can still
+  merge with it and be missed. Bowel loops that fill an empty renal fossa (after a
+  nephrectomy) can score as a kidney in any phase.
 - A transplanted kidney in the iliac fossa lies outside the paravertebral zone: it is
   searched for by :mod:`models.ct_graft`, which also drops a "native kidney" found in
   the pelvis.
@@ -63,7 +65,13 @@ import SimpleITK as sitk
 from scipy import ndimage as ndi
 
 from models.components import FACE_CONNECTIVITY, ball, largest_component
-from models.ct_body import SpineTrack, body_mask, spine_track, to_working_grid
+from models.ct_body import (
+    SpineTrack,
+    blood_enhanced_area_mm2,
+    body_mask,
+    spine_track,
+    to_working_grid,
+)
 
 __all__ = ["CtKidneyConfig", "CtKidneys", "FoundKidney", "segment_ct_kidneys"]
 
@@ -125,6 +133,20 @@ class CtKidneyConfig:
     #: Voxels above this HU are cortical bone; below ``fat_hu`` fat.
     bone_hu: float = 300.0
     fat_hu: float = -30.0
+    #: Contrast-filled blood in front of the column (mm², see
+    #: :func:`models.ct_body.blood_enhanced_area_mm2`) below which the CT is unenhanced
+    #: (synthetic CTs: 380 or more with contrast in any phase, 50 or less without).
+    enhanced_blood_mm2: float = 150.0
+    #: Unenhanced, a kidney (30-40 HU) differs from the psoas and liver it touches by only
+    #: 10-25 HU: the working grid is median-filtered (radius in voxels; noise and texture
+    #: otherwise split the kidney between windows) and a shell voxel "differs" from the
+    #: candidate at ``unenhanced_contrast_hu`` instead of ``contrast_hu``.
+    unenhanced_median_voxels: int = 1
+    unenhanced_contrast_hu: float = 12.0
+    #: Unenhanced windows: finer steps over the plain-tissue range only (a kidney 10 HU
+    #: darker than its psoas is cut by windows 10 HU apart).
+    unenhanced_window_lows_hu: tuple[float, ...] = tuple(float(v) for v in range(-20, 80, 5))
+    unenhanced_window_widths_hu: tuple[float, ...] = (30.0, 40.0, 50.0, 60.0, 80.0)
 
 
 @dataclass(frozen=True)
@@ -148,6 +170,8 @@ class CtKidneys:
     left: FoundKidney | None
     #: Why a side has no kidney, by side.
     reasons: dict[str, str] = field(default_factory=dict)
+    #: True when the CT was found to be without intravenous contrast.
+    unenhanced: bool = False
 
     @property
     def found(self) -> tuple[FoundKidney, ...]:
@@ -202,6 +226,7 @@ def segment_ct_kidneys(ct: sitk.Image, config: CtKidneyConfig | None = None) -> 
         reason = "no vertebral column found to place the kidney search"
         return CtKidneys(None, None, {side: reason for side in SIDES})
     bone = bone_mask(hu, config.bone_hu)
+    work, hu, config, unenhanced = adapt_to_phase(work, hu, spine, bone, config)
     found: dict[str, FoundKidney | None] = {}
     reasons: dict[str, str] = {}
     for side in SIDES:
@@ -221,7 +246,28 @@ def segment_ct_kidneys(ct: sitk.Image, config: CtKidneyConfig | None = None) -> 
             continue
         mask = delineate(hu, best, zone, config)
         found[side] = _on_ct_grid(side, mask, work, ct, best.score)
-    return CtKidneys(found["right"], found["left"], reasons)
+    return CtKidneys(found["right"], found["left"], reasons, unenhanced)
+
+
+def adapt_to_phase(work: sitk.Image, hu: np.ndarray, spine: SpineTrack, bone: np.ndarray,
+                   config: CtKidneyConfig
+                   ) -> tuple[sitk.Image, np.ndarray, CtKidneyConfig, bool]:
+    """The working grid, its array and the settings for the CT's contrast phase, and
+    whether it is unenhanced (no iodine in the blood in front of the column). Unenhanced,
+    the grid is median-filtered, the contrast level lowered and the windows narrowed to
+    plain tissue (the ``unenhanced_*`` settings); with contrast, or without a column to
+    measure in front of, everything is returned unchanged."""
+    if not spine.any:
+        return work, hu, config, False
+    area = blood_enhanced_area_mm2(hu, spine, bone, config.working_spacing_mm)
+    if area >= config.enhanced_blood_mm2:
+        return work, hu, config, False
+    if config.unenhanced_median_voxels > 0:
+        work = sitk.Median(work, [config.unenhanced_median_voxels] * 3)
+        hu = sitk.GetArrayFromImage(work)
+    return work, hu, replace(config, contrast_hu=config.unenhanced_contrast_hu,
+                             window_lows_hu=config.unenhanced_window_lows_hu,
+                             window_widths_hu=config.unenhanced_window_widths_hu), True
 
 
 def _distinct_best(candidates: list[Candidate], n: int) -> list[Candidate]:

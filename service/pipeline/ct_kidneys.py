@@ -14,7 +14,9 @@ With ``processing.ct.cortex_models_dir`` set, the renal-cortex ensemble
 segment of its own, overlapping its kidney. A side that was not found is left out of the
 SEG and flagged ``<side>-kidney-not-found``; with no native kidney and no graft found the
 output is the finding :data:`NO_KIDNEY` with the methods' reasons (the graft search's
-only when the pelvis was in view), and nothing is written.
+only when the pelvis was in view), and nothing is written. A CT without intravenous
+contrast (no iodine in the blood in front of the column:
+:func:`models.ct_kidneys.adapt_to_phase`) is flagged ``unenhanced``.
 """
 
 from __future__ import annotations
@@ -71,7 +73,7 @@ class CtKidneysPipeline:
     contrast or plain CT of the abdomen and/or pelvis."""
 
     name: str = "ct-kidneys"
-    version: str = "0.2.0"
+    version: str = "0.3.0"
     family: Code = codes.cid7162.MorphologicalOperations
     settings: CtSettings = field(default_factory=CtSettings)
 
@@ -112,7 +114,7 @@ class CtKidneysPipeline:
         spacing = image_spacing_zyx(volume.image)
         segments: list[SegmentSpec] = []
         masks: list[np.ndarray] = []
-        flags: list[str] = []
+        flags: list[str] = ["unenhanced"] if kidneys.unenhanced else []
         for side, kidney_spec, _ in _SIDES:
             if side not in found:
                 flags.append(f"{side}-kidney-not-found")

@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from models.ct_body import body_mask, spine_track, to_working_grid
+from models.ct_body import blood_enhanced_area_mm2, body_mask, spine_track, to_working_grid
 from models.ct_kidneys import (
     CtKidneyConfig,
+    bone_mask,
     delineate,
     detach_appendages,
     score_region,
@@ -16,7 +17,7 @@ from models.ct_kidneys import (
     solidify,
 )
 from service.synthetic.ct_phantom import Coverage, CtGrid, SyntheticCT, synthesize_ct
-from service.synthetic.ct_tissues import CtTissue
+from service.synthetic.ct_tissues import CtPhase, CtTissue
 from service.synthetic.study import geometry_image
 
 
@@ -78,6 +79,46 @@ def test_no_kidney_in_view() -> None:
     assert result.found == ()
     assert set(result.reasons) == {"right", "left"}
     assert all("no kidney-like region" in why for why in result.reasons.values())
+
+
+@pytest.mark.parametrize("phase", list(CtPhase))
+@pytest.mark.parametrize("coverage", [Coverage.KIDNEYS, Coverage.PELVIS])
+def test_blood_tells_an_unenhanced_ct_from_any_contrast_phase(phase: CtPhase,
+                                                              coverage: Coverage) -> None:
+    """Iodine in the aorta, vena cava or iliac vessels puts several cm² of blood above
+    90 HU in front of the column; without contrast almost nothing is there."""
+    from service.synthetic.ct_anatomy import Transplant
+
+    transplant = Transplant() if coverage == Coverage.PELVIS else None
+    ct = synthesize_ct(3, grid=CtGrid.small(coverage), phase=phase, transplant=transplant)
+    work = to_working_grid(_image(ct), 2.5)
+    hu = sitk.GetArrayFromImage(work)
+    spine = spine_track(hu, body_mask(hu), 2.5)
+    area = blood_enhanced_area_mm2(hu, spine, bone_mask(hu, 300.0), 2.5)
+    threshold = CtKidneyConfig().enhanced_blood_mm2
+    if phase == CtPhase.UNENHANCED:
+        assert area < threshold / 2
+    else:
+        assert area > threshold * 1.5
+
+
+def test_unenhanced_ct_finds_both_kidneys() -> None:
+    """Without contrast the kidney (30-40 HU) barely differs from the psoas beside it;
+    the method notices the phase and still finds both kidneys."""
+    ct = synthesize_ct(6, grid=CtGrid.small(), phase=CtPhase.UNENHANCED)
+    found = segment_ct_kidneys(_image(ct))
+    assert found.unenhanced
+    assert found.right is not None and found.left is not None, found.reasons
+    for kidney, label in ((found.right, 1), (found.left, 2)):
+        assert _dice(kidney.mask, _truth(ct, label)) >= 0.8
+    # Treated as a contrast CT (no adaptation), the same study loses its kidneys.
+    plain = segment_ct_kidneys(_image(ct), CtKidneyConfig(enhanced_blood_mm2=0.0))
+    assert not plain.unenhanced
+    assert len(plain.found) < 2
+
+
+def test_contrast_ct_is_not_called_unenhanced(found) -> None:
+    assert not found.unenhanced
 
 
 def test_no_column_no_search() -> None:

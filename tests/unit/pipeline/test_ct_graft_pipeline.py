@@ -4,6 +4,7 @@ graft method is tested in tests/unit/models/test_ct_graft.py)."""
 from __future__ import annotations
 
 import io
+from dataclasses import replace
 
 import highdicom as hd
 import numpy as np
@@ -78,7 +79,7 @@ def test_graft_and_natives_are_segments_of_their_own(case, monkeypatch):
     monkeypatch.setattr(ct_kidneys, "segment_ct_graft",
                         _fake_graft(study.graft_path, touches_edge=True))
     pipeline = _pipeline()
-    assert pipeline.version == "0.2.0"
+    assert pipeline.version == "0.3.0"
     out = pipeline.run(loaded, device="cpu")
     assert out.finding is None
     assert out.segments == (KIDNEY_RIGHT, KIDNEY_LEFT, GRAFT_LEFT)
@@ -150,3 +151,16 @@ def test_graft_search_can_be_switched_off(case, monkeypatch):
     monkeypatch.setattr(ct_kidneys, "segment_ct_graft", fail)
     out = _pipeline(search_graft=False).run(loaded, device="cpu")
     assert out.segments == (KIDNEY_RIGHT, KIDNEY_LEFT)
+
+
+def test_an_unenhanced_ct_is_flagged(case, monkeypatch):
+    """The native search's finding that the CT has no contrast reaches the result's
+    flags (the graft search does not drop it)."""
+    study, loaded, _ = case
+    plain = fake_segmenter(study.kidneys_path)
+    monkeypatch.setattr(ct_kidneys, "segment_ct_kidneys",
+                        lambda image, config=None: replace(plain(image, config),
+                                                           unenhanced=True))
+    monkeypatch.setattr(ct_kidneys, "segment_ct_graft", _fake_graft(study.graft_path))
+    out = _pipeline().run(loaded, device="cpu")
+    assert out.flags == ("unenhanced",)
