@@ -143,8 +143,6 @@ def blood_enhanced_area_mm2(hu: np.ndarray, spine: SpineTrack, bone: np.ndarray,
     Synthetic CTs (abdomen, pelvis, abdomen-pelvis; 0.6-4 mm pixels) give 380-5000 mm²
     with contrast in any phase, 0-50 without; the real contrast CTs 1300-5200.
     """
-    if not spine.any:
-        return 0.0
     y0, y1, half = (v / spacing_mm for v in box_mm)
     areas = []
     ny, nx = hu.shape[1:]

@@ -242,7 +242,7 @@ def separate_natives(kidneys: CtKidneys, graft: CtGraft, ct: sitk.Image) -> CtKi
         if why is not None:
             found[side] = None
             reasons[side] = why
-    return CtKidneys(found["right"], found["left"], reasons, kidneys.unenhanced)
+    return replace(kidneys, right=found["right"], left=found["left"], reasons=reasons)
 
 
 def _other(side: str) -> str:

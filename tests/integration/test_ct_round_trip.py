@@ -96,6 +96,7 @@ def test_ct_kidneys_reach_the_destination_with_their_sides(make_node, sqlite_url
                         f"({100 * error:+.1f} %), flags {rows[f'kidney_{side}']['flags']}")
         assert dice >= MIN_DICE, measured[-1]
         assert abs(error) <= MAX_VOLUME_ERROR, measured[-1]
+        assert "unenhanced" not in rows[f"kidney_{side}"]["flags"]  # a contrast CT
     # The patient's sides: right kidney at smaller x (LPS) than the left, like the truth.
     right, left = masks["Right kidney"], masks["Left kidney"]
     assert _x_mm(volume, right) < 0 < _x_mm(volume, left)

@@ -158,6 +158,8 @@ def test_pelvic_ct_finds_the_graft_in_its_iliac_fossa(make_node, sqlite_url, tmp
     masks = segment_masks(seg_path, volume)
     dice = _dice(masks[label], truth_on(volume.image, study.graft_path) > 0)
     row = _checked_row(node, study.patient_id, seg, sr_path)
+    # The node noticed the CT has no contrast and says so on the result.
+    assert "unenhanced" in row["flags"]
     print(f"\npelvic graft CT: Dice {dice:.3f}, {row['volume_ml']:.1f} ml, side {side}, "
           f"QC {row['qc_verdict']} {row['qc_reasons']}")
     assert dice >= 0.8

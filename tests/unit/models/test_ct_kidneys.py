@@ -16,6 +16,7 @@ from models.ct_kidneys import (
     segment_ct_kidneys,
     solidify,
 )
+from service.synthetic.ct_anatomy import Transplant
 from service.synthetic.ct_phantom import Coverage, CtGrid, SyntheticCT, synthesize_ct
 from service.synthetic.ct_tissues import CtPhase, CtTissue
 from service.synthetic.study import geometry_image
@@ -87,8 +88,6 @@ def test_blood_tells_an_unenhanced_ct_from_any_contrast_phase(phase: CtPhase,
                                                               coverage: Coverage) -> None:
     """Iodine in the aorta, vena cava or iliac vessels puts several cm² of blood above
     90 HU in front of the column; without contrast almost nothing is there."""
-    from service.synthetic.ct_anatomy import Transplant
-
     transplant = Transplant() if coverage == Coverage.PELVIS else None
     ct = synthesize_ct(3, grid=CtGrid.small(coverage), phase=phase, transplant=transplant)
     work = to_working_grid(_image(ct), 2.5)
