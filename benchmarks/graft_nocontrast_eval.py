@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 from benchmarks.graft_eval import RESULTS, _revision
+from benchmarks.qc_eval import _verdict
 from models.graft_nocontrast import segment_graft_nocontrast
 from models.metrics import dice, volume_difference_pct
 from service.config import GraftSettings
@@ -71,7 +72,9 @@ def run_study(seed: int, *, dixon: bool) -> dict:
     except ValueError as exc:
         row.update(error=str(exc), dice=0.0, seconds=round(time.perf_counter() - started, 1))
         return row
+    judged = _verdict(t2, result.mask)
     row.update(
+        verdict=judged["verdict"], reasons=judged["reasons"],
         dice=dice(result.mask, truth),
         volume_diff_pct=volume_difference_pct(result.mask, truth, spacing_zyx=spacing),
         found_ml=float(result.mask.sum() * np.prod(spacing) / 1000.0),
@@ -87,14 +90,15 @@ def run_study(seed: int, *, dixon: bool) -> dict:
 
 def summary(rows: list[dict], threads: int) -> str:
     lines = ["| variant | seed | lymphocele | truth ml | found ml | Dice | vol. diff % | "
-             "clusters | seconds |", "|---|---|---|---|---|---|---|---|---|"]
+             "clusters | QC | seconds |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(
             f"| {r['variant']} | {r['seed']}{' (tuned)' if r['tuned_on'] else ''} | "
             f"{'yes' if r['lymphocele'] else 'no'} | {r['truth_ml']:.0f} | "
             f"{r.get('found_ml', 0):.0f} | {r['dice']:.3f} | "
             f"{r.get('volume_diff_pct', float('nan')):+.1f} | "
-            f"{'yes' if r.get('from_clusters') else 'no (grown)'} | {r['seconds']:.0f} |")
+            f"{'yes' if r.get('from_clusters') else 'no (grown)'} | {r.get('verdict', '–')} | "
+            f"{r['seconds']:.0f} |")
     lines.append("")
     for variant in sorted({r["variant"] for r in rows}):
         held = [r for r in rows if r["variant"] == variant and not r["tuned_on"]]
@@ -109,6 +113,16 @@ def summary(rows: list[dict], threads: int) -> str:
             f"{int((vds <= 10).sum())}/{len(held)} (target all), mean |volume diff| "
             f"{vds.mean():.1f} %, seconds {secs.mean():.0f} (max {secs.max():.0f}; target "
             f"≤ 120), failures {sum(1 for r in held if r.get('error'))}.")
+        judged = [r for r in held if "verdict" in r]
+        if judged:
+            bad = [r for r in judged if r["dice"] < 0.7]
+            good = [r for r in judged if r["dice"] >= 0.9]
+            lines.append(
+                f"QC: Dice < 0.7 given review or fail {sum(r['verdict'] != 'pass' for r in bad)}"
+                f"/{len(bad)}; Dice ≥ 0.9 given pass {sum(r['verdict'] == 'pass' for r in good)}"
+                f"/{len(good)}; 0.7-0.9 given pass "
+                f"{sum(r['verdict'] == 'pass' for r in judged if 0.7 <= r['dice'] < 0.9)}"
+                f"/{sum(1 for r in judged if 0.7 <= r['dice'] < 0.9)}.")
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 / 1024
     lines += ["", f"Peak resident memory of the process (rendering included): {peak:.2f} GB. "
               f"Machine: {platform.machine()}, {threads} torch threads, device cpu, CPU "

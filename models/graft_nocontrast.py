@@ -26,9 +26,11 @@ by :func:`models.mr_localise.localise_kidneys` (shape and context, not brightnes
    the result says so (``from_clusters``).
 
 T2 alone (no further sequences): the reference is corrected with a coarse (3-level) N4
-field instead (the 8-level field absorbs the kidney's own signal: on synthetic T2 it
-brought the cortex from about 1.17 times the fat around it to 1.0), and the localised
-region grown to its most stable threshold (:func:`grow_stable`) is the mask; the
+field instead, before the localisation (the 8-level field absorbs the kidney's own
+signal: on synthetic T2 it brought the cortex from about 1.17 times the fat around it to
+1.0), and the localised region grown to its most stable threshold (:func:`grow_stable`),
+cut at its necks with only the pieces lying mostly in the localised region kept
+(:func:`keep_seeded`: the bowel loops the growth leaks into go), is the mask; the
 clustering runs only when that finds no region of plausible volume.
 """
 
@@ -52,13 +54,14 @@ from models.graft import (
     working_spacing,
 )
 from models.kidney_cluster import rank_candidates
-from models.mr_localise import LocaliseConfig, LocalisedKidney, localise_kidneys
+from models.mr_localise import LocaliseConfig, LocalisedKidney, localise_kidneys, split_necks
 from models.preprocess import n4_correct, register_t2_to_dce
 from models.roi import RegionOfInterest
 from models.timing import StepTimer
 from models.volume import image_spacing_zyx
 
-__all__ = ["NoContrastResult", "grow_seed", "grow_stable", "segment_graft_nocontrast"]
+__all__ = ["NoContrastResult", "grow_seed", "grow_stable", "keep_seeded",
+           "segment_graft_nocontrast"]
 
 Progress = Callable[[int, float, int], None]
 
@@ -143,6 +146,38 @@ def grow_seed(seed: np.ndarray, image: np.ndarray, *, spacing: tuple[float, floa
             break
         region = grown
     return fill_holes(region)
+
+
+#: Depth (mm) of a distance-map maximum that makes its own piece in :func:`keep_seeded`.
+_SPLIT_H_MM = 6.0
+#: A piece is kept when at least this share of it lies in the localised region.
+_SEEDED_SHARE = 0.3
+
+
+def keep_seeded(region: np.ndarray, seed: np.ndarray, *,
+                spacing: tuple[float, float, float]) -> np.ndarray:
+    """``region`` cut at its necks, keeping the pieces that lie mostly in ``seed``.
+
+    A grown region leaks into the bowel loops touching the kidney (on T2 the bowel wall
+    is as bright as the cortex): split at its necks (the watershed of the distance map,
+    :func:`models.mr_localise.split_necks`), only the piece holding most of the localised
+    region and those lying at least :data:`_SEEDED_SHARE` in it are kept.
+    """
+    if not region.any():
+        return region
+    index = np.nonzero(region)
+    box = tuple(slice(max(0, int(ix.min()) - 2), int(ix.max()) + 3) for ix in index)
+    parts = split_necks(region[box], spacing, _SPLIT_H_MM)
+    inside = np.bincount(parts[seed[box]].ravel(), minlength=int(parts.max()) + 1)
+    total = np.bincount(parts.ravel(), minlength=int(parts.max()) + 1)
+    inside[0] = 0
+    if not inside.any():
+        return region
+    keep = np.flatnonzero(inside >= _SEEDED_SHARE * np.maximum(total, 1))
+    kept = np.isin(parts, [*keep[keep > 0], int(inside.argmax())])
+    out = np.zeros_like(region)
+    out[box] = kept
+    return out
 
 
 def _disk(radius_vox: int) -> np.ndarray:
@@ -303,9 +338,10 @@ def segment_graft_nocontrast(
     values = sitk.GetArrayViewFromImage(fixed)
     if not np.isfinite(values).all() or float(np.ptp(values)) <= 0:
         raise ValueError("the reference volume is constant or holds NaN/infinite values")
-    raw = fixed
     if config.n4:
-        fixed = n4_correct(fixed)
+        # T2 alone: a coarse bias field keeps the kidney's contrast to the fat around it,
+        # which the fine (8-level) field, fitted through the kidney, flattens.
+        fixed = n4_correct(fixed, **({} if extras else {"fitting_levels": _GENTLE_N4_LEVELS}))
     lap("n4")
     spacing = image_spacing_zyx(fixed)
     arr = sitk.GetArrayViewFromImage(fixed)
@@ -318,14 +354,10 @@ def segment_graft_nocontrast(
                     - localise.margin_mm, spacing=spacing, shape=arr.shape)
     lap("localise")
     if not extras:
-        # A coarse bias field keeps the kidney's contrast to the fat around it, which the
-        # fine (8-level) field, fitted through the kidney, flattens.
-        gentle = n4_correct(raw, fitting_levels=_GENTLE_N4_LEVELS) if config.n4 else raw
-        lap("n4")
-        grown = grow_stable(best.mask, sitk.GetArrayViewFromImage(gentle), spacing=spacing,
-                            volume_ml=_STABLE_VOLUME_ML)
+        grown = grow_stable(best.mask, arr, spacing=spacing, volume_ml=_STABLE_VOLUME_ML)
         if grown is not None:
-            grown = fill_holes(largest_component(grown))
+            grown = fill_holes(largest_component(keep_seeded(grown, best.mask,
+                                                             spacing=spacing)))
             lap("selection")
             return NoContrastResult(mask=grown, roi=roi, localised=best,
                                     working_spacing_zyx=spacing, working_shape=roi.shape,

@@ -22,6 +22,13 @@ that *looks* like a kidney, in the manner of the weightless CT method
    plausible volume are candidates. No window is assumed: a kidney darker than fat (T1
    in-phase), brighter than fat (fat-suppressed T2) or between muscle and fluid (T2)
    is found in the window that holds it.
+   The brightest tissues get finer windows (lower bounds ``top_lows``, upper bounds
+   ``top_highs``): fat fills most of a pelvis, so on a T2 without fat suppression the
+   graft lies between the 92nd and 97th body percentiles, beside brighter bowel loops,
+   a lymphocele and the bladder. In those windows a component too large or too
+   irregular to be a kidney is also cut at its necks (:func:`split_necks`: the watershed
+   of its distance map from the maxima deeper than ``split_h_mm``), and its pieces are
+   candidates too: a graft touching bowel loops is otherwise one blob with them.
 4. **Score** of a candidate (holes filled), each term in [0, 1], multiplied:
 
    * *size*: 1 for a volume in ``volume_ml`` (the graft, about 100-300 ml; native
@@ -55,6 +62,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 
 import numpy as np
+import SimpleITK as sitk
 from scipy import ndimage as ndi
 
 from models.components import _as_spacing
@@ -68,6 +76,7 @@ __all__ = [
     "Target",
     "localise_kidneys",
     "patient_side",
+    "split_necks",
 ]
 
 
@@ -102,6 +111,13 @@ class LocaliseConfig:
         Margin added around the chosen candidate's box.
     min_score : float
         Candidates scoring less are not returned.
+    top_lows, top_highs : tuple of float
+        Bounds of the finer windows among the brightest tissues, in body percentiles.
+    split_h_mm : float
+        Depth of a distance-map maximum that makes its own piece when a component of a
+        top window is split at its necks; 0 turns the splitting off.
+    split_max_factor : float
+        Components up to this many times the largest candidate size are split.
     """
 
     target: Target = Target.GRAFT
@@ -111,6 +127,10 @@ class LocaliseConfig:
     window_widths: tuple[float, ...] = (15.0, 25.0, 35.0, 50.0)
     margin_mm: float = 10.0
     min_score: float = 0.05
+    top_lows: tuple[float, ...] = (84.0, 86.0, 88.0, 90.0, 92.0, 94.0)
+    top_highs: tuple[float, ...] = (97.0, 98.0, 100.0)
+    split_h_mm: float = 4.0
+    split_max_factor: float = 6.0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "target", Target(self.target))
@@ -320,6 +340,23 @@ def _score(ctx: _Context, mask: np.ndarray, box: tuple[slice, ...]) -> dict[str,
     return terms
 
 
+def split_necks(mask: np.ndarray, spacing: tuple[float, float, float], h_mm: float
+                 ) -> np.ndarray:
+    """Labels of ``mask`` split at its necks: the watershed of its distance map (mm) from
+    the maxima deeper than ``h_mm`` (blobs touching through a narrower contact part)."""
+    distance = ndi.distance_transform_edt(mask, sampling=spacing).astype(np.float32)
+    image = sitk.GetImageFromArray(distance)
+    image.SetSpacing(spacing[::-1])
+    peaks = (distance - sitk.GetArrayViewFromImage(sitk.HMaxima(image, h_mm))) > 1e-3
+    markers, n = ndi.label(peaks)
+    if n < 2:
+        return mask.astype(np.int32)
+    flooded = sitk.MorphologicalWatershedFromMarkers(
+        sitk.GetImageFromArray(-distance), sitk.GetImageFromArray(markers.astype(np.int32)),
+        markWatershedLine=False, fullyConnected=True)
+    return np.where(mask, sitk.GetArrayViewFromImage(flooded), 0).astype(np.int32)
+
+
 def _grow(box: tuple[slice, ...], pad: int, shape: tuple[int, ...]) -> tuple[slice, ...]:
     return tuple(slice(max(0, s.start - pad), min(n, s.stop + pad))
                  for s, n in zip(box, shape, strict=True))
@@ -393,26 +430,38 @@ def localise_kidneys(
     in_plane = np.zeros((3, 3, 3), dtype=bool)
     in_plane[1] = ndi.generate_binary_structure(2, 1)
     found: list[_Found] = []
-    for lo in np.arange(20.0, 90.0 + 1e-6, config.window_step):
-        for width in config.window_widths:
-            hi = min(100.0, lo + width)
-            inside = body & (ranks >= lo) & (ranks <= hi)
-            inside = ndi.binary_opening(inside, structure=in_plane)
-            labels, n = ndi.label(inside, structure=structure)
-            if n == 0:
+    windows = [(float(lo), min(100.0, float(lo) + w), False)
+               for lo in np.arange(20.0, 90.0 + 1e-6, config.window_step)
+               for w in config.window_widths]
+    windows += [(lo, hi, config.split_h_mm > 0) for lo in config.top_lows
+                for hi in config.top_highs if hi > lo + 3]
+    for lo, hi, split in windows:
+        inside = body & (ranks >= lo) & (ranks <= hi)
+        inside = ndi.binary_opening(inside, structure=in_plane)
+        labels, n = ndi.label(inside, structure=structure)
+        if n == 0:
+            continue
+        sizes = np.bincount(labels.ravel())
+        boxes = ndi.find_objects(labels)
+        split_max = config.split_max_factor * max_vox if split else 0
+        for index in np.flatnonzero((sizes >= min_vox) & (sizes <= max(max_vox, split_max))):
+            if index == 0:
                 continue
-            sizes = np.bincount(labels.ravel())
-            boxes = ndi.find_objects(labels)
-            for index in np.flatnonzero((sizes >= min_vox) & (sizes <= max_vox)):
-                if index == 0:
-                    continue
-                box = _grow(boxes[index - 1], 3, work.shape)
-                mask = labels[box] == index
+            box = _grow(boxes[index - 1], 3, work.shape)
+            mask = labels[box] == index
+            pieces = [mask] if sizes[index] <= max_vox else []
+            if split and sizes[index] >= 2 * min_vox:
+                parts = split_necks(mask, wspacing, config.split_h_mm)
+                counts = np.bincount(parts.ravel())
+                if len(counts) > 2:
+                    pieces += [parts == k for k in np.flatnonzero(
+                        (counts >= min_vox) & (counts <= max_vox)) if k > 0]
+            for piece in pieces:
                 full = np.zeros(work.shape, dtype=bool)
-                full[box] = mask
+                full[box] = piece
                 terms = _score(ctx, full, box)
                 if terms is not None and terms["score"] >= config.min_score:
-                    full[box] = ndi.binary_fill_holes(mask)
+                    full[box] = ndi.binary_fill_holes(piece)
                     found.append(_Found(full, terms, (float(lo), float(hi))))
     found.sort(key=lambda f: -f.terms["score"])
     kept: list[_Found] = []

@@ -523,6 +523,7 @@ def synthesize_mr(
     include_dce: bool = True,
     dixon: bool = False,
     lymphocele: bool = False,
+    scan_draw: int = 0,
 ) -> SyntheticMR:
     """Render the DCE phases (and a T2 image) of a synthetic kidney-graft study.
 
@@ -572,6 +573,9 @@ def synthesize_mr(
         of the seed do not change).
     lymphocele : bool
         A lymphocele against the graft (:func:`~service.synthetic.anatomy.make_anatomy`).
+    scan_draw : int
+        0: the bias fields, noise, T2 motion and deformation of the seed. Another value
+        draws those again (the anatomy and texture stay): the same patient scanned again.
 
     Returns
     -------
@@ -598,9 +602,9 @@ def synthesize_mr(
     times = tuple(float(t) for t in (phase_times_s or default_phase_times(phases)))
     if not include_dce:
         times = ()
-    bias_seed, noise_seed, motion_seed, deformation_seed = np.random.SeedSequence([seed, 2]).spawn(
-        4
-    )
+    entropy = [seed, 2, scan_draw] if scan_draw else [seed, 2]
+    bias_seed, noise_seed, motion_seed, deformation_seed = np.random.SeedSequence(
+        entropy).spawn(4)
     anatomy = make_anatomy(seed, kidney_scale=acquisition.kidney_scale, lymphocele=lymphocele)
     kidney = anatomy.kidney
     texture = _Texture.generate(seed, anatomy, settings)

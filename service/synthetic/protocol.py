@@ -123,7 +123,8 @@ def _t2_slices_covering(
     return max(drawn, needed), thickness_mm
 
 
-def paper_protocol(seed: int = 0, *, ranges: ProtocolRanges = PAPER_RANGES) -> AcquisitionProtocol:
+def paper_protocol(seed: int = 0, *, ranges: ProtocolRanges = PAPER_RANGES,
+                   t2_draw: int = 0) -> AcquisitionProtocol:
     """Draw the acquisition of one study of the MRI paper's dataset (§4), reproducibly.
 
     Every value is uniform in its range of ``ranges``: DCE slice count, in-plane spacing
@@ -140,6 +141,10 @@ def paper_protocol(seed: int = 0, *, ranges: ProtocolRanges = PAPER_RANGES) -> A
         Seeds the draw (independently of the anatomy and noise of the same seed).
     ranges : ProtocolRanges
         Ranges to draw from; default :data:`PAPER_RANGES`.
+    t2_draw : int
+        0: the T2 slab of the seed. Another value draws the T2 slab (in-plane spacing,
+        slice thickness and count) again, independently, for the same DCE grid and graft
+        size: the same patient's T2 acquired another time.
 
     Returns
     -------
@@ -154,6 +159,11 @@ def paper_protocol(seed: int = 0, *, ranges: ProtocolRanges = PAPER_RANGES) -> A
     t2_thickness = round(float(rng.uniform(*ranges.t2_slice_mm)), 2)
     t2_drawn = int(rng.integers(ranges.t2_slices[0], ranges.t2_slices[1] + 1))
     kidney_scale = round(float(rng.uniform(*ranges.kidney_scale)), 3)
+    if t2_draw:
+        t2_rng = np.random.default_rng(np.random.SeedSequence([seed, 4, t2_draw]))
+        t2_pixel = round(float(t2_rng.uniform(*ranges.t2_pixel_mm)), 4)
+        t2_thickness = round(float(t2_rng.uniform(*ranges.t2_slice_mm)), 2)
+        t2_drawn = int(t2_rng.integers(ranges.t2_slices[0], ranges.t2_slices[1] + 1))
     t2_slices, t2_thickness = _t2_slices_covering(
         dce_slices * dce_step, t2_thickness, t2_drawn, ranges
     )

@@ -288,3 +288,18 @@ def test_invalid_arguments_are_refused(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="'interleaved'"):
         write_mr_study(tmp_path, dce_layout="interleaved")
     assert not list(tmp_path.iterdir())
+
+
+def test_a_study_scanned_again_keeps_its_anatomy_and_draws_the_rest_again():
+    from service.synthetic import paper_protocol, synthesize_mr
+
+    first, again = synthesize_mr(seed=7), synthesize_mr(seed=7, scan_draw=1)
+    assert (first.kidney_mask == again.kidney_mask).all()  # same patient, same graft
+    assert not np.array_equal(first.dce[-1], again.dce[-1])  # other noise and bias
+    assert not np.array_equal(first.t2, again.t2)
+    assert np.array_equal(synthesize_mr(seed=7).t2, first.t2)  # reproducible
+    protocol, slab = paper_protocol(7), paper_protocol(7, t2_draw=1)
+    assert (protocol.dce_shape, protocol.dce_spacing_mm, protocol.kidney_scale) == (
+        slab.dce_shape, slab.dce_spacing_mm, slab.kidney_scale)
+    assert (protocol.t2_shape, protocol.t2_spacing_mm) != (slab.t2_shape, slab.t2_spacing_mm)
+    assert slab.t2_slab_mm >= slab.dce_slab_mm  # the new slab still covers the DCE's
