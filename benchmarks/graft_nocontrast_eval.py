@@ -20,7 +20,6 @@ seeds (10-19) were never used to choose anything.
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import resource
 import sys
@@ -32,6 +31,7 @@ import torch
 
 from benchmarks.graft_eval import RESULTS, _revision
 from benchmarks.qc_eval import _verdict
+from benchmarks.rows import append_row, load_rows, seed_list
 from models.graft_nocontrast import segment_graft_nocontrast
 from models.metrics import dice, volume_difference_pct
 from service.config import GraftSettings
@@ -41,13 +41,6 @@ from service.synthetic.study import geometry_image
 
 TUNED_SEEDS = tuple(range(1, 10))
 
-
-def _seeds(text: str) -> list[int]:
-    out: list[int] = []
-    for part in text.split(","):
-        low, _, high = part.partition("-")
-        out += list(range(int(low), int(high or low) + 1))
-    return out
 
 
 def run_study(seed: int, *, dixon: bool) -> dict:
@@ -140,20 +133,17 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     jsonl = args.out.with_suffix(".jsonl")
-    jsonl.parent.mkdir(parents=True, exist_ok=True)
     variant = "t2+dixon" if args.dixon else "t2"
-    rows = [json.loads(line) for line in jsonl.read_text().splitlines()] if jsonl.exists() \
-        else []
+    rows = load_rows(jsonl)
     done = {(r["variant"], r["seed"]) for r in rows}
     revision = _revision()
-    for seed in _seeds(args.seeds):
+    for seed in seed_list(args.seeds):
         if (variant, seed) in done:
             continue
         row = run_study(seed, dixon=args.dixon)
         row["commit"] = revision
         rows.append(row)
-        with jsonl.open("a") as handle:
-            handle.write(json.dumps(row) + "\n")
+        append_row(jsonl, row)
         print(f"seed {seed} {variant}: Dice {row['dice']:.3f} "
               f"vol {row.get('volume_diff_pct', float('nan')):+.1f}% {row['seconds']} s",
               flush=True)

@@ -19,7 +19,6 @@ the QC verdict separates the results under 0.80 from the others.
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import resource
 import sys
@@ -31,6 +30,7 @@ import torch
 
 from benchmarks.graft_eval import RESULTS, _revision
 from benchmarks.qc_eval import _verdict
+from benchmarks.rows import append_row, load_rows, seed_list
 from models.dce import DceVolume, combine_phases, network_inputs
 from models.graft import segment_graft
 from models.metrics import dice, volume_difference_pct
@@ -38,14 +38,6 @@ from service.config import GraftSettings
 from service.pipeline.mri_graft import device_profile
 from service.synthetic import paper_protocol, synthesize_mr
 from service.synthetic.study import geometry_image
-
-
-def _seeds(text: str) -> list[int]:
-    out: list[int] = []
-    for part in text.split(","):
-        low, _, high = part.partition("-")
-        out += list(range(int(low), int(high or low) + 1))
-    return out
 
 
 def run_study(seed: int, draw: int) -> dict:
@@ -146,20 +138,17 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     jsonl = args.out.with_suffix(".jsonl")
-    jsonl.parent.mkdir(parents=True, exist_ok=True)
-    rows = [json.loads(line) for line in jsonl.read_text().splitlines()] if jsonl.exists() \
-        else []
+    rows = load_rows(jsonl)
     done = {(r["seed"], r["draw"]) for r in rows}
     revision = _revision()
-    for seed in _seeds(args.seeds):
+    for seed in seed_list(args.seeds):
         for draw in (int(d) for d in args.draws.split(",")):
             if (seed, draw) in done:
                 continue
             row = run_study(seed, draw)
             row["commit"] = revision
             rows.append(row)
-            with jsonl.open("a") as handle:
-                handle.write(json.dumps(row) + "\n")
+            append_row(jsonl, row)
             print(f"seed {seed} draw {draw}: Dice {row['dice']:.3f} {row['verdict']} "
                   f"{row['seconds']} s", flush=True)
     args.out.with_suffix(".md").write_text(summary(rows, args.threads))
