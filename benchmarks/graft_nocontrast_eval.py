@@ -65,11 +65,12 @@ def run_study(seed: int, *, dixon: bool) -> dict:
     except ValueError as exc:
         row.update(error=str(exc), dice=0.0, seconds=round(time.perf_counter() - started, 1))
         return row
-    judged = _verdict(t2, result.mask)
+    judged = _verdict(t2, result.mask, flags=("no-contrast",))
     row.update(
         verdict=judged["verdict"], reasons=judged["reasons"],
         dice=dice(result.mask, truth),
-        volume_diff_pct=volume_difference_pct(result.mask, truth, spacing_zyx=spacing),
+        volume_diff_pct=volume_difference_pct(result.mask, truth, spacing_zyx=spacing,
+                                              signed=True),
         found_ml=float(result.mask.sum() * np.prod(spacing) / 1000.0),
         from_clusters=result.from_clusters,
         localised_in_box=float(truth[result.roi.slices].sum() / truth.sum()),
@@ -81,6 +82,13 @@ def run_study(seed: int, *, dixon: bool) -> dict:
     return row
 
 
+def _signed_pct(row: dict) -> float:
+    """Found minus true volume, % of the truth (rows before it was stored signed too)."""
+    if "found_ml" not in row or not row["truth_ml"]:
+        return float("nan")
+    return 100.0 * (row["found_ml"] - row["truth_ml"]) / row["truth_ml"]
+
+
 def summary(rows: list[dict], threads: int) -> str:
     lines = ["| variant | seed | lymphocele | truth ml | found ml | Dice | vol. diff % | "
              "clusters | QC | seconds |", "|---|---|---|---|---|---|---|---|---|---|"]
@@ -89,7 +97,7 @@ def summary(rows: list[dict], threads: int) -> str:
             f"| {r['variant']} | {r['seed']}{' (tuned)' if r['tuned_on'] else ''} | "
             f"{'yes' if r['lymphocele'] else 'no'} | {r['truth_ml']:.0f} | "
             f"{r.get('found_ml', 0):.0f} | {r['dice']:.3f} | "
-            f"{r.get('volume_diff_pct', float('nan')):+.1f} | "
+            f"{_signed_pct(r):+.1f} | "
             f"{'yes' if r.get('from_clusters') else 'no (grown)'} | {r.get('verdict', '–')} | "
             f"{r['seconds']:.0f} |")
     lines.append("")

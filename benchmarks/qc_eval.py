@@ -64,9 +64,11 @@ class _Volume:
     datasets: tuple = ()
 
 
-def _verdict(image: sitk.Image, mask: np.ndarray, spec=KIDNEY) -> dict:  # noqa: ANN001
+def _verdict(image: sitk.Image, mask: np.ndarray, spec=KIDNEY,  # noqa: ANN001
+             flags: tuple[str, ...] = ()) -> dict:
     output = PipelineOutput(reference=_Volume(image), segments=(spec,),
-                            masks=(mask.astype(bool),), volumes_ml={spec.structure: 0.0})
+                            masks=(mask.astype(bool),), volumes_ml={spec.structure: 0.0},
+                            flags=flags)
     assessment = assess_output(output, QcSettings())[spec.structure]
     return {"verdict": assessment.verdict.value, "reasons": list(assessment.reasons),
             "signals": dict(assessment.signals)}

@@ -30,8 +30,11 @@ field instead, before the localisation (the 8-level field absorbs the kidney's o
 signal: on synthetic T2 it brought the cortex from about 1.17 times the fat around it to
 1.0), and the localised region grown to its most stable threshold (:func:`grow_stable`),
 cut at its necks with only the pieces lying mostly in the localised region kept
-(:func:`keep_seeded`: the bowel loops the growth leaks into go), is the mask; the
-clustering runs only when that finds no region of plausible volume.
+(:func:`keep_seeded`: the bowel loops the growth leaks into go), is the mask. The four
+best candidates of the localisation are grown so, and the grown region most like a whole
+graft (compact, a kidney's semi-axes, 100-300 ml) is kept: a bowel loop or a lymphocele
+often outscores the kidney as a seed, not once grown. The clustering runs only when no
+candidate grows to a region of plausible volume.
 """
 
 from __future__ import annotations
@@ -54,7 +57,13 @@ from models.graft import (
     working_spacing,
 )
 from models.kidney_cluster import rank_candidates
-from models.mr_localise import LocaliseConfig, LocalisedKidney, localise_kidneys, split_necks
+from models.mr_localise import (
+    LocaliseConfig,
+    LocalisedKidney,
+    kidney_likeness,
+    localise_kidneys,
+    split_necks,
+)
 from models.preprocess import n4_correct, register_t2_to_dce
 from models.roi import RegionOfInterest
 from models.timing import StepTimer
@@ -178,6 +187,38 @@ def keep_seeded(region: np.ndarray, seed: np.ndarray, *,
     out = np.zeros_like(region)
     out[box] = kept
     return out
+
+
+#: How many of the localisation's best candidates are grown on a T2 alone.
+_GROWN_CANDIDATES = 4
+#: Graft volumes (ml) scoring 1 when a grown candidate is judged; 0 at 50 ml beyond.
+_GRAFT_ML = (100.0, 300.0)
+
+
+def _grow_best(found: Sequence[LocalisedKidney], image: np.ndarray, *,
+               spacing: tuple[float, float, float]
+               ) -> tuple[LocalisedKidney, np.ndarray] | None:
+    """Each candidate grown (:func:`grow_stable`, :func:`keep_seeded`); the one whose grown
+    region looks most like a whole graft, with that region; ``None`` when none grows.
+
+    On a T2 the localisation's best candidate is often a bowel loop or a lymphocele: more
+    contrasted and more homogeneous than a kidney, whose cortex is barely brighter than
+    fat. Grown, such a seed stays small or spreads irregularly, while a piece of the
+    kidney grows into the whole organ. The grown regions are compared by
+    :func:`models.mr_localise.kidney_likeness` (ellipsoid compactness, semi-axes of a
+    kidney) and a graft's volume (:data:`_GRAFT_ML`).
+    """
+    best: tuple[float, LocalisedKidney, np.ndarray] | None = None
+    for candidate in found:
+        grown = grow_stable(candidate.mask, image, spacing=spacing, volume_ml=_STABLE_VOLUME_ML)
+        if grown is None:
+            continue
+        grown = fill_holes(largest_component(keep_seeded(grown, candidate.mask,
+                                                         spacing=spacing)))
+        score = kidney_likeness(grown, spacing, volume_ml=_GRAFT_ML)
+        if best is None or score > best[0]:
+            best = (score, candidate, grown)
+    return None if best is None else (best[1], best[2])
 
 
 def _disk(radius_vox: int) -> np.ndarray:
@@ -349,15 +390,15 @@ def segment_graft_nocontrast(
                              config=localise)
     if not found:
         raise ValueError("no region looks like a kidney graft (localisation found none)")
+    margin = config.roi_margin_mm + extra_margin_mm - localise.margin_mm
     best = found[0]
-    roi = _grow_roi(best.roi, margin_mm=config.roi_margin_mm + extra_margin_mm
-                    - localise.margin_mm, spacing=spacing, shape=arr.shape)
+    roi = _grow_roi(best.roi, margin_mm=margin, spacing=spacing, shape=arr.shape)
     lap("localise")
     if not extras:
-        grown = grow_stable(best.mask, arr, spacing=spacing, volume_ml=_STABLE_VOLUME_ML)
-        if grown is not None:
-            grown = fill_holes(largest_component(keep_seeded(grown, best.mask,
-                                                             spacing=spacing)))
+        chosen = _grow_best(found[:_GROWN_CANDIDATES], arr, spacing=spacing)
+        if chosen is not None:
+            best, grown = chosen
+            roi = _grow_roi(best.roi, margin_mm=margin, spacing=spacing, shape=arr.shape)
             lap("selection")
             return NoContrastResult(mask=grown, roi=roi, localised=best,
                                     working_spacing_zyx=spacing, working_shape=roi.shape,

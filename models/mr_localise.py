@@ -74,6 +74,7 @@ __all__ = [
     "LocaliseConfig",
     "LocalisedKidney",
     "Target",
+    "kidney_likeness",
     "localise_kidneys",
     "patient_side",
     "split_necks",
@@ -292,6 +293,23 @@ def _shape(mask: np.ndarray, spacing: tuple[float, float, float]) -> tuple[float
     axes = min(_band(s / k, 0.35, 1.8, 0.3) for s, k in
                zip(semi, _KIDNEY_SEMI_AXES_MM, strict=True))
     return compact, axes
+
+
+def kidney_likeness(mask: np.ndarray, spacing_zyx: Sequence[float], *,
+                    volume_ml: tuple[float, float], soft_ml: float = 50.0) -> float:
+    """How much a whole region looks like a kidney, in [0, 1].
+
+    The product of its compactness against the ellipsoid of the same second moments
+    (1 for an ellipsoid), the semi-axes term of the localisation (within 0.35-1.8 times an
+    adult kidney's) and its volume: 1 inside ``volume_ml``, falling linearly to 0 at
+    ``soft_ml`` outside.
+    """
+    spacing = _as_spacing(spacing_zyx)
+    if not np.any(mask):
+        return 0.0
+    volume = float(np.count_nonzero(mask)) * float(np.prod(spacing)) / 1000.0
+    compact, axes = _shape(np.asarray(mask, dtype=bool), spacing)
+    return compact * axes * _band(volume, volume_ml[0], volume_ml[1], soft_ml)
 
 
 def _score(ctx: _Context, mask: np.ndarray, box: tuple[slice, ...]) -> dict[str, float] | None:

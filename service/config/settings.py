@@ -262,6 +262,11 @@ class QcSettings(_Frozen):
     contrast_review: float = Field(default=1.0, ge=0)
     #: Gradient on the mask's surface over the gradient inside it.
     gradient_ratio_review: float = Field(default=1.2, ge=0)
+    #: The same limit for a result flagged ``no-contrast`` (0: not checked). On a T2
+    #: without fat suppression the graft's border against fat is no edge: on held-out
+    #: synthetic T2-only results the ratio was 0.49-0.83 for Dice >= 0.85 and 0.95-1.15
+    #: for Dice < 0.3 (benchmarks/results/graft_nocontrast.md), the reverse of its use.
+    nocontrast_gradient_ratio_review: float = Field(default=0.0, ge=0)
     #: Change from the patient's previous accepted study (%) above which a volume is
     #: not plausible between follow-ups.
     change_pct_review: float = Field(default=35.0, gt=0)

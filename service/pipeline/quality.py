@@ -67,6 +67,9 @@ def assess_output(
             continue
         signals = mask_signals(image, mask, spacing_zyx=spacing)
         thresholds, shape_checks = thresholds_for(spec.structure, settings)
+        if "no-contrast" in output.flags:
+            thresholds = replace(thresholds,
+                                 gradient_ratio_review=settings.nocontrast_gradient_ratio_review)
         side_flags = tuple(f for f in output.flags
                            if f.startswith(spec.structure.split("_")[-1] + "-")
                            or f.startswith("roi-"))

@@ -67,3 +67,19 @@ def test_bad_inputs():
     with pytest.raises(ValueError, match="volume_ml"):
         LocaliseConfig(volume_ml=(300.0, 100.0))
     assert Tissue.BLADDER  # the bright structure of the case above
+
+
+def test_kidney_likeness_prefers_a_whole_kidney_to_a_ring_of_bowel_or_a_fragment():
+    from models.mr_localise import kidney_likeness
+
+    spacing = (2.0, 2.0, 2.0)
+    z, y, x = np.mgrid[:80, :80, :80]
+    kidney = ((z - 40) / 27.5) ** 2 + ((y - 40) / 15) ** 2 + ((x - 40) / 11) ** 2 <= 1  # ~150 ml
+    ring = (np.hypot(y - 40, x - 40) - 25) ** 2 + (z - 40) ** 2 <= 7 ** 2  # a bowel loop
+    loop = ((z - 40) ** 2 + (y - 40) ** 2 + (x - 40) ** 2) <= 10 ** 2  # a 40 mm ball, 33 ml
+    graft = (100.0, 300.0)
+    assert kidney_likeness(kidney, spacing, volume_ml=graft) > 0.9
+    assert 100 < ring.sum() * 8 / 1000 < 300  # a graft's volume, not its shape
+    assert kidney_likeness(ring, spacing, volume_ml=graft) < 0.5
+    assert kidney_likeness(loop, spacing, volume_ml=graft) == 0.0  # far too small
+    assert kidney_likeness(np.zeros_like(kidney), spacing, volume_ml=graft) == 0.0

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import SimpleITK as sitk
 from pydicom.sr.codedict import codes
+from scipy import ndimage as ndi
 
 from models.qc import Verdict
 from service.config import QcSettings
@@ -92,3 +93,38 @@ def test_review_is_said_and_no_verdict_writes_as_before(tmp_path):
     seg, sr = _objects(output, None)
     assert seg.SeriesDescription == "Kidney SEG (test)" and _evaluations(sr) == []
     assert assess_output(output, QcSettings(enabled=False)) == {}
+
+
+def test_no_contrast_results_are_not_held_to_an_edge_at_their_border():
+    # A graft on T2 without fat suppression: its border against fat is a soft step, its
+    # inside striped (bright medulla); the boundary-gradient check says "no edge" of every
+    # such result, good or bad, so a no-contrast result is not held to it.
+    z, y, x = np.mgrid[:40, :96, :96]
+    spacing = 2.0
+    kidney = ((z - 20) / 14) ** 2 + ((y - 48) / 16) ** 2 + ((x - 48) / 11) ** 2 <= 1
+    core = ((z - 20) / 10) ** 2 + ((y - 48) / 10) ** 2 + ((x - 48) / 6) ** 2 <= 1
+    values = 450.0 + ndi.gaussian_filter(100.0 * kidney, 3.0)
+    values += np.where(core & (y % 6 < 3), 300.0, 0.0)
+    image = sitk.GetImageFromArray(values.astype(np.float32))
+    image.SetSpacing((spacing,) * 3)
+
+    class _Reference:
+        datasets = ()
+
+    reference = _Reference()
+    reference.image = image
+
+    def judged(flags: tuple[str, ...]) -> Assessment:
+        output = PipelineOutput(reference=reference, labels=kidney.astype(np.uint8),
+                                segments=(KIDNEY,), volumes_ml={"kidney": 1.0}, flags=flags)
+        return assess_output(output, QcSettings())["kidney"]
+
+    plain, no_contrast = judged(()), judged(("no-contrast",))
+    assert any("gradient" in r for r in plain.reasons)
+    assert not any("gradient" in r for r in no_contrast.reasons)
+    assert plain.signals["gradient_ratio"] == no_contrast.signals["gradient_ratio"] < 1.2
+    strict = QcSettings(nocontrast_gradient_ratio_review=1.2)
+    output = PipelineOutput(reference=reference, labels=kidney.astype(np.uint8),
+                            segments=(KIDNEY,), volumes_ml={"kidney": 1.0},
+                            flags=("no-contrast",))
+    assert any("gradient" in r for r in assess_output(output, strict)["kidney"].reasons)
