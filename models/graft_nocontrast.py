@@ -391,8 +391,6 @@ def segment_graft_nocontrast(
     if not found:
         raise ValueError("no region looks like a kidney graft (localisation found none)")
     margin = config.roi_margin_mm + extra_margin_mm - localise.margin_mm
-    best = found[0]
-    roi = _grow_roi(best.roi, margin_mm=margin, spacing=spacing, shape=arr.shape)
     lap("localise")
     if not extras:
         chosen = _grow_best(found[:_GROWN_CANDIDATES], arr, spacing=spacing)
@@ -404,6 +402,8 @@ def segment_graft_nocontrast(
                                     working_spacing_zyx=spacing, working_shape=roi.shape,
                                     clustering=None, channels=1, from_clusters=False,
                                     timings_s=timings)
+    best = found[0]
+    roi = _grow_roi(best.roi, margin_mm=margin, spacing=spacing, shape=arr.shape)
     crops = [_crop(fixed, roi)]
     for group in extras:
         first = sitk.Cast(group[0], sitk.sitkFloat32)

@@ -33,9 +33,13 @@ class Assessment:
     signals: Mapping[str, float] = field(default_factory=dict)
 
 
-def thresholds_for(structure: str, settings: QcSettings) -> tuple[QcThresholds, bool]:
-    """The limits for ``structure`` and whether its shape is checked."""
+def thresholds_for(structure: str, settings: QcSettings, flags: tuple[str, ...] = ()
+                   ) -> tuple[QcThresholds, bool]:
+    """The limits for ``structure`` of a result with ``flags``, and whether its shape is
+    checked (a ``no-contrast`` result has its own boundary-gradient limit)."""
     base = QcThresholds(**settings.model_dump(include={f.name for f in fields(QcThresholds)}))
+    if "no-contrast" in flags:
+        base = replace(base, gradient_ratio_review=settings.nocontrast_gradient_ratio_review)
     if structure.startswith("cortex"):
         return replace(base, volume_ml_review=settings.cortex_volume_ml_review), False
     if structure in ("kidney_right", "kidney_left"):
@@ -66,10 +70,7 @@ def assess_output(
             found[spec.structure] = Assessment(Verdict.FAIL, ("empty mask",))
             continue
         signals = mask_signals(image, mask, spacing_zyx=spacing)
-        thresholds, shape_checks = thresholds_for(spec.structure, settings)
-        if "no-contrast" in output.flags:
-            thresholds = replace(thresholds,
-                                 gradient_ratio_review=settings.nocontrast_gradient_ratio_review)
+        thresholds, shape_checks = thresholds_for(spec.structure, settings, output.flags)
         side_flags = tuple(f for f in output.flags
                            if f.startswith(spec.structure.split("_")[-1] + "-")
                            or f.startswith("roi-"))
