@@ -129,6 +129,8 @@ def test_t2_only_graft_mri_gets_a_graft_segment_with_its_side_and_verdict(
     # (the phantom's body is centred in it), in patient x (LPS: + is the patient's left).
     row = _checked_row(node, study.patient_id, seg, sr_path)
     assert "no-contrast" in row["flags"]
+    # A no-contrast result is not held to an edge at its border (qc.nocontrast_*).
+    assert not any("gradient" in reason for reason in row["qc_reasons"])
     print(f"\nT2-only graft: Dice {dice:.3f}, {row['volume_ml']:.1f} ml vs truth "
           f"{study.t2_truth_volume_ml:.1f} ml, side {side}, QC {row['qc_verdict']} "
           f"{row['qc_reasons']}")
