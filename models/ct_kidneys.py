@@ -198,11 +198,14 @@ class Candidate:
     pole_in_view: float = 1.0
     #: Lateral position prior of its centre (see :func:`lateral_prior`).
     position: float = 1.0
+    #: Whether its median HU is plausible for a kidney (used by the graft search on
+    #: unenhanced CT; 1 elsewhere).
+    tissue: float = 1.0
 
     @property
     def score(self) -> float:
         return (self.contrast ** 2 * self.compactness ** 2 * self.shape * self.upright
-                * self.bone_free * self.pole_in_view * self.position)
+                * self.bone_free * self.pole_in_view * self.position * self.tissue)
 
 
 _BALL1 = FACE_CONNECTIVITY

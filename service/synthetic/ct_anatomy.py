@@ -866,13 +866,16 @@ def _graft(rng: np.random.Generator, pelvis: _Pelvis, side: Side,
     s = side.sign
     ca, cb = pelvis.cavity
     outline = None
-    for _ in range(200):
+    for attempt in range(400):
+        # A small pelvis may have no room for a large graft: after 200 draws the graft is
+        # shrunk by 10 % every 20 draws (seeds that found room earlier are unchanged).
+        shrink = 0.9 ** max(0, (attempt - 180) // 20)
         length = float(rng.uniform(100.0, 125.0))
         a = length / 2.0
         b, c = float(rng.uniform(27.0, 35.0)), float(rng.uniform(20.0, 26.0))
         target = float(rng.uniform(120.0, 250.0))
         factor = math.sqrt(target / (4.0 / 3.0 * math.pi * a * b * c / 1000.0))
-        b, c = b * factor, c * factor
+        a, b, c = a * shrink, b * factor * shrink, c * factor * shrink
         coronal = math.radians(rng.uniform(25.0, 55.0))  # upper pole lateral
         sagittal = math.radians(rng.uniform(-10.0, 25.0))  # upper pole posterior
         long_axis = _unit([s * math.sin(coronal), math.sin(sagittal),
@@ -903,7 +906,7 @@ def _graft(rng: np.random.Generator, pelvis: _Pelvis, side: Side,
         outline = outline_try
         break
     if outline is None:
-        raise RuntimeError("no room for the graft in the iliac fossa")  # pragma: no cover
+        raise RuntimeError("no room for the graft in the iliac fossa")
     graft = _renal_kidney(rng, outline)
     layers: list[CtLayer] = []
     margin = float(rng.uniform(0.0, 6.0))
