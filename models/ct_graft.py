@@ -9,16 +9,13 @@ by the pelvic bones and the body outline, not by fixed coordinates:
 
 1. **Working grid**, body and bone masks as for the native kidneys
    (:func:`models.ct_body.to_working_grid`, :func:`models.ct_kidneys.bone_mask`).
-   **Unenhanced** (no iodine in the blood in front of the column,
-   :func:`models.ct_body.blood_enhanced_area_mm2`) the graft (about 30 HU) differs from
-   the abdominal wall, iliacus and psoas it lies against (about 45-50 HU) by less than
-   the voxel noise, and every window's component frays into the muscle (development
-   seeds 1-10: 8 grafts of 10 found, the best candidates' compactness 0.43-0.46). The
-   working grid is then smoothed (Gaussian, ``unenhanced_smoothing_mm``) and searched
-   with fine windows over plain tissue and a lower contrast level (the ``unenhanced_*``
-   settings): on seeds 1-10, 10 of 10 found, mean Dice 0.895. The native search's
-   median filter (:func:`models.ct_kidneys.adapt_to_phase`) kept too much noise for
-   this (seed 5: best score 0.05).
+   **Unenhanced** (no iodine in the blood in front of the column) the graft (about
+   30 HU) differs from the abdominal wall, iliacus and psoas it lies against (about
+   45-50 HU) by less than the voxel noise: the working grid is smoothed and searched with
+   the native search's unenhanced settings (:func:`models.ct_kidneys.adapt_to_phase`).
+   With the earlier one-voxel median filter the best candidates frayed into the muscle
+   (development seeds 1-10: 8 grafts of 10 found, compactness 0.43-0.46); smoothed, 10
+   of 10, mean Dice 0.894.
 2. **Hip bones.** Bone farther than ``lateral_bone_mm`` from the body's mid-line (per
    axial slice) is split into 3D components on each side; the lowest component of at least
    ``min_hip_bone_ml`` is that side's hip bone (ilium, acetabulum, pubis; a rib is a tenth
@@ -67,18 +64,14 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage as ndi
 
-from models.ct_body import (
-    blood_enhanced_area_mm2,
-    body_mask,
-    spine_track,
-    to_working_grid,
-)
+from models.ct_body import body_mask, spine_track, to_working_grid
 from models.ct_kidneys import (
     Candidate,
     CtKidneyConfig,
     CtKidneys,
     _distinct_best,
     _on_ct_grid,
+    adapt_to_phase,
     bone_mask,
     delineate,
     find_candidates,
@@ -124,12 +117,6 @@ class CtGraftConfig:
     anterior_depth_mm: float = 60.0
     #: Native kidneys are taken out of the zone with this margin, mm.
     native_margin_mm: float = 10.0
-    #: Unenhanced CT (see the module docstring, step 1): Gaussian smoothing of the
-    #: working grid (sigma, mm), contrast level, windows' lower ends and widths (HU).
-    unenhanced_smoothing_mm: float = 2.5
-    unenhanced_contrast_hu: float = 8.0
-    unenhanced_window_lows_hu: tuple[float, ...] = tuple(float(v) for v in range(-20, 60, 3))
-    unenhanced_window_widths_hu: tuple[float, ...] = (15.0, 20.0, 25.0, 30.0, 40.0)
     #: Share of a candidate's outline on its zone's cut faces that costs nothing, and
     #: the share at which the position term reaches 0.
     cut_share: tuple[float, float] = (0.02, 0.12)
@@ -215,8 +202,8 @@ def segment_ct_graft(ct: sitk.Image, config: CtGraftConfig | None = None, *,
         return CtGraft(None, "no hip bone in view: no pelvis to search")
     tissue = None
     min_score = config.min_score
-    if spine.any and blood_enhanced_area_mm2(hu, spine, bone, s) < kc.enhanced_blood_mm2:
-        work, hu, kc = _unenhanced(work, config)
+    work, hu, kc, unenhanced = adapt_to_phase(work, hu, spine, bone, kc)
+    if unenhanced:
         z = slice(min(h[1].start for h in hips.values()), max(h[1].stop for h in hips.values()))
         muscle = _muscle_hu(hu, body, bone, z)
         if np.isfinite(muscle):
@@ -283,16 +270,6 @@ def separate_natives(kidneys: CtKidneys, graft: CtGraft, ct: sitk.Image) -> CtKi
             found[side] = None
             reasons[side] = why
     return replace(kidneys, right=found["right"], left=found["left"], reasons=reasons)
-
-
-def _unenhanced(work: sitk.Image, config: CtGraftConfig
-                ) -> tuple[sitk.Image, np.ndarray, CtKidneyConfig]:
-    """The smoothed working grid, its array and the search settings for unenhanced CT."""
-    work = sitk.SmoothingRecursiveGaussian(work, config.unenhanced_smoothing_mm)
-    kc = replace(config.kidney, contrast_hu=config.unenhanced_contrast_hu,
-                 window_lows_hu=config.unenhanced_window_lows_hu,
-                 window_widths_hu=config.unenhanced_window_widths_hu)
-    return work, sitk.GetArrayFromImage(work), kc
 
 
 def _other(side: str) -> str:

@@ -137,16 +137,19 @@ class CtKidneyConfig:
     #: :func:`models.ct_body.blood_enhanced_area_mm2`) below which the CT is unenhanced
     #: (synthetic CTs: 380 or more with contrast in any phase, 50 or less without).
     enhanced_blood_mm2: float = 150.0
-    #: Unenhanced, a kidney (30-40 HU) differs from the psoas and liver it touches by only
-    #: 10-25 HU: the working grid is median-filtered (radius in voxels; noise and texture
-    #: otherwise split the kidney between windows) and a shell voxel "differs" from the
-    #: candidate at ``unenhanced_contrast_hu`` instead of ``contrast_hu``.
-    unenhanced_median_voxels: int = 1
-    unenhanced_contrast_hu: float = 12.0
-    #: Unenhanced windows: finer steps over the plain-tissue range only (a kidney 10 HU
+    #: Unenhanced, a kidney (30-40 HU) differs from the psoas, liver and abdominal wall it
+    #: touches by only 10-25 HU, less than the voxel noise: the working grid is smoothed
+    #: (Gaussian, sigma in mm; noise and texture otherwise split the kidney between
+    #: windows and fray its components into the muscle) and a shell voxel "differs" from
+    #: the candidate at ``unenhanced_contrast_hu`` instead of ``contrast_hu``. Synthetic
+    #: seeds 1-10 (development): 0 of 20 kidneys missed, mean Dice 0.908 (a median filter
+    #: of one voxel: 1 missed); the pelvic graft search: 10 of 10 grafts (median: 8).
+    unenhanced_smoothing_mm: float = 2.5
+    unenhanced_contrast_hu: float = 8.0
+    #: Unenhanced windows: fine steps over the plain-tissue range only (a kidney 10 HU
     #: darker than its psoas is cut by windows 10 HU apart).
-    unenhanced_window_lows_hu: tuple[float, ...] = tuple(float(v) for v in range(-20, 80, 5))
-    unenhanced_window_widths_hu: tuple[float, ...] = (30.0, 40.0, 50.0, 60.0, 80.0)
+    unenhanced_window_lows_hu: tuple[float, ...] = tuple(float(v) for v in range(-20, 60, 3))
+    unenhanced_window_widths_hu: tuple[float, ...] = (15.0, 20.0, 25.0, 30.0, 40.0)
 
 
 @dataclass(frozen=True)
@@ -257,7 +260,7 @@ def adapt_to_phase(work: sitk.Image, hu: np.ndarray, spine: SpineTrack, bone: np
                    ) -> tuple[sitk.Image, np.ndarray, CtKidneyConfig, bool]:
     """The working grid, its array and the settings for the CT's contrast phase, and
     whether it is unenhanced (no iodine in the blood in front of the column). Unenhanced,
-    the grid is median-filtered, the contrast level lowered and the windows narrowed to
+    the grid is smoothed, the contrast level lowered and the windows narrowed to
     plain tissue (the ``unenhanced_*`` settings); with contrast, or without a column to
     measure in front of, everything is returned unchanged."""
     if not spine.any:
@@ -265,8 +268,8 @@ def adapt_to_phase(work: sitk.Image, hu: np.ndarray, spine: SpineTrack, bone: np
     area = blood_enhanced_area_mm2(hu, spine, bone, config.working_spacing_mm)
     if area >= config.enhanced_blood_mm2:
         return work, hu, config, False
-    if config.unenhanced_median_voxels > 0:
-        work = sitk.Median(work, [config.unenhanced_median_voxels] * 3)
+    if config.unenhanced_smoothing_mm > 0:
+        work = sitk.SmoothingRecursiveGaussian(work, config.unenhanced_smoothing_mm)
         hu = sitk.GetArrayFromImage(work)
     return work, hu, replace(config, contrast_hu=config.unenhanced_contrast_hu,
                              window_lows_hu=config.unenhanced_window_lows_hu,

@@ -113,3 +113,57 @@ def test_a_native_found_in_the_pelvis_does_not_hide_the_graft() -> None:
     assert result.graft is not None and result.graft.side == "right"
     assert _dice(result.graft.mask, _graft_truth(ct)) >= 0.85
     assert separate_natives(as_native, result, image).right is None
+
+
+def test_a_small_pelvis_gets_a_smaller_graft() -> None:
+    """Seed 17's pelvis has no room for the first 200 grafts drawn: the generator shrinks
+    the graft instead of failing."""
+    ct = synthesize_ct(17, grid=GRID, transplant=Transplant())
+    assert ct.graft_in_view
+    ml = float(ct.graft.sum()) * np.prod(ct.geometry.spacing_mm) / 1000.0
+    assert 40.0 < ml < 250.0
+
+
+def _blob(shape: tuple[int, int, int], centre: tuple[int, int, int],
+          semi: tuple[float, float, float]) -> np.ndarray:
+    z, y, x = np.ogrid[:shape[0], :shape[1], :shape[2]]
+    return (((z - centre[0]) / semi[0]) ** 2 + ((y - centre[1]) / semi[1]) ** 2
+            + ((x - centre[2]) / semi[2]) ** 2) <= 1.0
+
+
+def test_graft_prior_cut_by_the_zone_and_implausible_tissue() -> None:
+    """A region cut by its zone's faces (the bladder at the mid-line, the psoas at the
+    zone's back) loses its position term; unenhanced, a region whose median HU is
+    water-like or not darker than muscle loses its tissue term."""
+    from models.ct_graft import CtGraftConfig, _graft_prior
+    from models.ct_kidneys import score_region
+
+    shape = (60, 80, 80)
+    spacing = 2.5
+    body = np.zeros(shape, dtype=bool)
+    body[:, 5:75, 5:75] = True
+    mid = np.full(shape[0], 40.0)
+    blob = _blob(shape, (30, 25, 20), (20, 12, 9))  # patient's right: low x
+    hu = np.where(blob, 30.0, -100.0).astype(np.float32)
+    bone = np.zeros(shape, dtype=bool)
+    config = CtGraftConfig()
+    where = tuple(slice(0, n) for n in shape)
+    candidate = score_region(hu, bone, where, blob, (20.0, 40.0), spacing, config.kidney)
+    whole_zone = body & (np.arange(shape[2]) < 40)[None, None, :]
+    cut_zone = whole_zone & (np.arange(shape[2]) >= 20)[None, None, :]  # through its middle
+    whole = _graft_prior(mid, body, whole_zone, "right", spacing, config)(candidate)
+    cut = _graft_prior(mid, body, cut_zone, "right", spacing, config)(candidate)
+    assert whole.position > 0.9 and whole.tissue == 1.0
+    assert cut.position == 0.0 and cut.score == 0.0
+
+    muscle = 50.0
+    plausible = (hu, config.unenhanced_min_hu, muscle - config.below_muscle_hu)
+    graft = _graft_prior(mid, body, whole_zone, "right", spacing, config, plausible)(candidate)
+    assert graft.tissue == 1.0
+    for fluid_hu in (5.0, 50.0):  # urine-like, muscle-like
+        other = np.where(blob, fluid_hu, -100.0).astype(np.float32)
+        implausible = (other, config.unenhanced_min_hu, muscle - config.below_muscle_hu)
+        scored = _graft_prior(mid, body, whole_zone, "right", spacing, config,
+                              implausible)(candidate)
+        assert scored.tissue < 0.3
+        assert scored.score < 0.3 * graft.score
