@@ -117,8 +117,10 @@ class CtGraftConfig:
     anterior_depth_mm: float = 60.0
     #: Native kidneys are taken out of the zone with this margin, mm.
     native_margin_mm: float = 10.0
-    #: Share of a candidate's outline on its zone's cut faces that costs nothing, and
-    #: the share at which the position term reaches 0.
+    #: Unenhanced, the share of a candidate's outline on its zone's cut faces that costs
+    #: nothing, and the share at which its position term reaches 0. (With contrast the
+    #: enhancing hilar and iliac vessels carry a graft's region through the zone's back:
+    #: development seed 10, cortico-medullary, Dice 0.92 without the term, 0.82 with.)
     cut_share: tuple[float, float] = (0.02, 0.12)
     #: Unenhanced, a graft's median HU (smoothed grid) lies between water-like fluid
     #: (urine, lymphocele, bowel content: this many HU or less) and the patient's muscle
@@ -200,14 +202,14 @@ def segment_ct_graft(ct: sitk.Image, config: CtGraftConfig | None = None, *,
     spine_y = spine.y if spine.any else None
     if not hips:
         return CtGraft(None, "no hip bone in view: no pelvis to search")
-    tissue = None
+    plain = None
     min_score = config.min_score
     work, hu, kc, unenhanced = adapt_to_phase(work, hu, spine, bone, kc)
     if unenhanced:
         z = slice(min(h[1].start for h in hips.values()), max(h[1].stop for h in hips.values()))
         muscle = _muscle_hu(hu, body, bone, z)
-        if np.isfinite(muscle):
-            tissue = (hu, config.unenhanced_min_hu, muscle - config.below_muscle_hu)
+        hi = muscle - config.below_muscle_hu if np.isfinite(muscle) else math.inf
+        plain = (hu, config.unenhanced_min_hu, hi)
         min_score = config.unenhanced_min_score
     crest = max(h[1].stop for h in hips.values()) - 1
     crest_z = float(work.TransformIndexToPhysicalPoint((0, 0, int(crest)))[2])
@@ -219,7 +221,7 @@ def segment_ct_graft(ct: sitk.Image, config: CtGraftConfig | None = None, *,
         zone = _zone(body, bone, mid, hip, side, s, config, spine_y) & ~exclude
         if not zone.any():
             continue
-        prior = _graft_prior(mid, body, zone, side, s, config, tissue)
+        prior = _graft_prior(mid, body, zone, side, s, config, plain)
         candidates = find_candidates(hu, zone, bone, s, kc, prior)
         for seed in _distinct_best(candidates, kc.merge_seeds):
             grown = merge_neighbours(hu, bone, seed, candidates, s, kc, prior=prior)
@@ -353,21 +355,22 @@ def _zone(body: np.ndarray, bone: np.ndarray, mid: np.ndarray,
 
 def _graft_prior(mid: np.ndarray, body: np.ndarray, zone: np.ndarray, side: str,
                  spacing_mm: float, config: CtGraftConfig,
-                 tissue: tuple[np.ndarray, float, float] | None = None
+                 plain: tuple[np.ndarray, float, float] | None = None
                  ) -> Callable[[Candidate], Candidate]:
     """A candidate's position and tissue terms.
 
     Position: 1 when its centre lies ``graft_lateral_mm`` from the mid-line and its front
     within ``anterior_depth_mm`` of the skin in front of it, a Gaussian fall-off
-    (``position_sigma_mm``) outside; times 1 when its outline lies inside ``zone``,
-    falling linearly to 0 as the share of its outline on the zone's cut faces goes from
-    ``cut_free`` to ``cut_max``. The bladder, rectum and sigmoid lie on the mid-line, the
-    flank wall far out; the graft lies under the anterior abdominal wall, the iliopsoas
-    and iliac vessels deep behind it, and whole in its zone: a region cut by the
-    mid-line or the zone's back is part of something larger (the bladder, the psoas).
+    (``position_sigma_mm``) outside. The bladder, rectum and sigmoid lie on the mid-line,
+    the flank wall far out; the graft lies under the anterior abdominal wall, the
+    iliopsoas and iliac vessels deep behind it.
 
-    Tissue (``tissue`` = the HU array and the plausible median range): 1 when the
-    candidate's median HU lies in the range, a Gaussian fall-off
+    Unenhanced CT (``plain`` = the HU array and the plausible range of a graft's median
+    HU): the position term is also multiplied by 1 when the candidate's outline lies
+    inside ``zone``, falling linearly to 0 as the share of its outline on the zone's cut
+    faces goes over ``cut_share``: without contrast a region cut by the mid-line or the
+    zone's back is part of something larger (the bladder, the psoas). And the tissue term
+    is 1 when its median HU lies in the range, a Gaussian fall-off
     (``tissue_sigma_hu``) outside.
     """
     lo, hi = config.graft_lateral_mm
@@ -386,17 +389,17 @@ def _graft_prior(mid: np.ndarray, body: np.ndarray, zone: np.ndarray, side: str,
         front = skin[kk + c.bbox[0].start, ii + c.bbox[2].start]
         depth = float(np.min(first[kk, ii] - front)) * spacing_mm if kk.size else 0.0
         off_ant = max(0.0, depth - config.anterior_depth_mm)
+        position = math.exp(-(off ** 2 + off_ant ** 2) / (2 * config.position_sigma_mm ** 2))
+        if plain is None:
+            return replace(c, position=position)
         outline = ndi.binary_dilation(c.mask) & ~c.mask
         cut = float(np.mean(~zone[c.bbox][outline])) if outline.any() else 0.0
         whole = float(np.clip((b - cut) / (b - a), 0.0, 1.0))
-        position = math.exp(-(off ** 2 + off_ant ** 2) / (2 * config.position_sigma_mm ** 2))
-        plausible = 1.0
-        if tissue is not None:
-            hu, hu_lo, hu_hi = tissue
-            median = float(np.median(hu[c.bbox][c.mask]))
-            miss = max(0.0, hu_lo - median, median - hu_hi)
-            plausible = math.exp(-miss ** 2 / (2 * config.tissue_sigma_hu ** 2))
-        return replace(c, position=position * whole, tissue=plausible)
+        hu, hu_lo, hu_hi = plain
+        median = float(np.median(hu[c.bbox][c.mask]))
+        miss = max(0.0, hu_lo - median, median - hu_hi)
+        return replace(c, position=position * whole,
+                       tissue=math.exp(-miss ** 2 / (2 * config.tissue_sigma_hu ** 2)))
 
     return apply
 

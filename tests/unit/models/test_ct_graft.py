@@ -132,9 +132,10 @@ def _blob(shape: tuple[int, int, int], centre: tuple[int, int, int],
 
 
 def test_graft_prior_cut_by_the_zone_and_implausible_tissue() -> None:
-    """A region cut by its zone's faces (the bladder at the mid-line, the psoas at the
-    zone's back) loses its position term; unenhanced, a region whose median HU is
-    water-like or not darker than muscle loses its tissue term."""
+    """Unenhanced, a region cut by its zone's faces (the bladder at the mid-line, the psoas
+    at the zone's back) loses its position term, and one whose median HU is water-like or
+    not darker than muscle loses its tissue term. With contrast neither term applies
+    (enhancing vessels carry a graft's region through the zone's back)."""
     from models.ct_graft import CtGraftConfig, _graft_prior
     from models.ct_kidneys import score_region
 
@@ -151,19 +152,20 @@ def test_graft_prior_cut_by_the_zone_and_implausible_tissue() -> None:
     candidate = score_region(hu, bone, where, blob, (20.0, 40.0), spacing, config.kidney)
     whole_zone = body & (np.arange(shape[2]) < 40)[None, None, :]
     cut_zone = whole_zone & (np.arange(shape[2]) >= 20)[None, None, :]  # through its middle
-    whole = _graft_prior(mid, body, whole_zone, "right", spacing, config)(candidate)
-    cut = _graft_prior(mid, body, cut_zone, "right", spacing, config)(candidate)
+    muscle = 50.0
+    plain = (hu, config.unenhanced_min_hu, muscle - config.below_muscle_hu)
+
+    whole = _graft_prior(mid, body, whole_zone, "right", spacing, config, plain)(candidate)
+    cut = _graft_prior(mid, body, cut_zone, "right", spacing, config, plain)(candidate)
     assert whole.position > 0.9 and whole.tissue == 1.0
     assert cut.position == 0.0 and cut.score == 0.0
+    contrast = _graft_prior(mid, body, cut_zone, "right", spacing, config)(candidate)
+    assert contrast.position == whole.position and contrast.tissue == 1.0
 
-    muscle = 50.0
-    plausible = (hu, config.unenhanced_min_hu, muscle - config.below_muscle_hu)
-    graft = _graft_prior(mid, body, whole_zone, "right", spacing, config, plausible)(candidate)
-    assert graft.tissue == 1.0
     for fluid_hu in (5.0, 50.0):  # urine-like, muscle-like
         other = np.where(blob, fluid_hu, -100.0).astype(np.float32)
         implausible = (other, config.unenhanced_min_hu, muscle - config.below_muscle_hu)
         scored = _graft_prior(mid, body, whole_zone, "right", spacing, config,
                               implausible)(candidate)
         assert scored.tissue < 0.3
-        assert scored.score < 0.3 * graft.score
+        assert scored.score < 0.3 * whole.score
