@@ -140,7 +140,7 @@ def blood_enhanced_area_mm2(hu: np.ndarray, spine: SpineTrack, bone: np.ndarray,
     The aorta and vena cava lie there, and in the pelvis the iliac vessels: with iodine
     in the blood they exceed 90 HU over several cm², without it (unenhanced CT: blood
     35-50 HU) almost nothing does. Calcified plaque is above the range or in ``bone``.
-    Synthetic CTs (abdomen, pelvis, abdomen-pelvis; 0.6-4 mm pixels) give 380-5000 mm²
+    Synthetic CTs (abdomen, pelvis, abdomen-pelvis; 0.6-4 mm pixels) give 130-5000 mm²
     with contrast in any phase, 0-50 without; the real contrast CTs 1300-5200.
     """
     y0, y1, half = (v / spacing_mm for v in box_mm)

@@ -135,8 +135,10 @@ class CtKidneyConfig:
     fat_hu: float = -30.0
     #: Contrast-filled blood in front of the column (mm², see
     #: :func:`models.ct_body.blood_enhanced_area_mm2`) below which the CT is unenhanced
-    #: (synthetic CTs: 380 or more with contrast in any phase, 50 or less without).
-    enhanced_blood_mm2: float = 150.0
+    #: (synthetic CTs: 380 or more with contrast in any phase, 50 or less without, but a
+    #: pelvic excretory CT, seed 101, gave 131 and was taken for unenhanced: its graft was
+    #: then searched as plain tissue and missed).
+    enhanced_blood_mm2: float = 80.0
     #: Unenhanced, a kidney (30-40 HU) differs from the psoas, liver and abdominal wall it
     #: touches by only 10-25 HU, less than the voxel noise: the working grid is smoothed
     #: (Gaussian, sigma in mm; noise and texture otherwise split the kidney between
