@@ -202,16 +202,17 @@ def segment_ct_graft(ct: sitk.Image, config: CtGraftConfig | None = None, *,
     spine_y = spine.y if spine.any else None
     if not hips:
         return CtGraft(None, "no hip bone in view: no pelvis to search")
+    pelvis_z = slice(min(h[1].start for h in hips.values()),
+                     max(h[1].stop for h in hips.values()))
     plain = None
     min_score = config.min_score
     work, hu, kc, unenhanced = adapt_to_phase(work, hu, spine, bone, kc)
     if unenhanced:
-        z = slice(min(h[1].start for h in hips.values()), max(h[1].stop for h in hips.values()))
-        muscle = _muscle_hu(hu, body, bone, z)
+        muscle = _muscle_hu(hu, body, bone, pelvis_z)
         hi = muscle - config.below_muscle_hu if np.isfinite(muscle) else math.inf
         plain = (hu, config.unenhanced_min_hu, hi)
         min_score = config.unenhanced_min_score
-    crest = max(h[1].stop for h in hips.values()) - 1
+    crest = pelvis_z.stop - 1
     crest_z = float(work.TransformIndexToPhysicalPoint((0, 0, int(crest)))[2])
     exclude = _natives_on(work, ct, natives, config.native_margin_mm / s, crest_z)
     best: Candidate | None = None
