@@ -20,6 +20,7 @@ from pydicom.uid import Comprehensive3DSRStorage, SegmentationStorage
 
 from service.imaging.series import LoadedVolume, load_series
 from service.synthetic import Coverage, CtGrid, SyntheticCTStudy, synthesize_ct, write_ct_study
+from service.synthetic.ct_tissues import CtPhase
 from tests.ct_cases import tiny_model_dir, truth_on
 from tests.peers import dciodvfy_errors, node_sending_to_storescp, storescu
 from tests.segs import segment_masks
@@ -53,9 +54,22 @@ def _job_of(node, study_uid: str) -> dict | None:  # noqa: ANN001
     return jobs[-1] if jobs and jobs[-1]["state"] in ("succeeded", "failed") else None
 
 
-def test_ct_kidneys_reach_the_destination_with_their_sides(make_node, sqlite_url, tmp_path):
+#: Unenhanced, on this 4 mm grid the right kidney comes out 21 % small (Dice 0.83): a
+#: known limit of issue 16, kept as a strict expected failure so that a fix shows.
+_UNENHANCED_SMALL = pytest.mark.xfail(strict=True, reason="issue 16: unenhanced right kidney "
+                                      "21 % small on the 4 mm grid")
+
+
+@pytest.mark.parametrize(("seed", "phase"), [
+    (SEED, CtPhase.CORTICOMEDULLARY),
+    pytest.param(6, CtPhase.UNENHANCED, marks=_UNENHANCED_SMALL)])
+def test_ct_kidneys_reach_the_destination_with_their_sides(make_node, sqlite_url, tmp_path,
+                                                           seed: int, phase: CtPhase):
+    """A contrast CT and one without contrast (found so by the node, smoothed, flagged
+    ``unenhanced``): both kidneys, on their sides, at the destination."""
     study: SyntheticCTStudy = write_ct_study(
-        tmp_path / "ct", synthesize_ct(SEED, grid=CtGrid.small()), patient_id="IT-CT-0001")
+        tmp_path / "ct", synthesize_ct(seed, grid=CtGrid.small(), phase=phase),
+        patient_id="IT-CT-0001")
     with node_sending_to_storescp(make_node, sqlite_url, tmp_path / "dest") as node:
         t0 = time.perf_counter()
         sent = storescu(node.dicom_port, list(study.files))
@@ -96,12 +110,13 @@ def test_ct_kidneys_reach_the_destination_with_their_sides(make_node, sqlite_url
                         f"({100 * error:+.1f} %), flags {rows[f'kidney_{side}']['flags']}")
         assert dice >= MIN_DICE, measured[-1]
         assert abs(error) <= MAX_VOLUME_ERROR, measured[-1]
-        assert "unenhanced" not in rows[f"kidney_{side}"]["flags"]  # a contrast CT
+        flagged = "unenhanced" in rows[f"kidney_{side}"]["flags"]
+        assert flagged == (phase == CtPhase.UNENHANCED), measured[-1]
     # The patient's sides: right kidney at smaller x (LPS) than the left, like the truth.
     right, left = masks["Right kidney"], masks["Left kidney"]
     assert _x_mm(volume, right) < 0 < _x_mm(volume, left)
     assert abs(_x_mm(volume, right) - _x_mm(volume, truth == 1)) < 15.0
-    print(f"\nCT round trip: SEG at destination after {t_round:.1f} s, timings "
+    print(f"\nCT round trip ({phase}): SEG at destination after {t_round:.1f} s, timings "
           f"{job['timings']}; " + "; ".join(measured))
 
 
