@@ -49,9 +49,16 @@ that *looks* like a kidney, in the manner of the weightless CT method
      in-plane field of view.
 
 5. **Result.** Candidates are ranked by score; one overlapping a better one by more than
-   a third is dropped. The best one (or the best per side for native kidneys) gives a box
-   plus ``margin_mm`` on the input grid and its mask, the seed of the clustering's region
-   of interest.
+   a third is dropped. The best one gives a box plus ``margin_mm`` on the input grid and
+   its mask, the seed of the clustering's region of interest.
+   Native kidneys are chosen as a *pair*, one per side, maximising the product of their
+   scores and of a symmetry term ``exp(-d**2 / 2)``, where ``d`` is the difference of
+   their positions (distance from the midline, antero-posterior, cranio-caudal) in units
+   of ``pair_sd_mm``: the two kidneys lie mirrored beside the spine, the left one usually
+   1-2 cm higher. On the abdomen the spleen and bowel loops outscore a kidney on their
+   own (fat-suppressed T2: the spleen is as bright and homogeneous as the kidney); they
+   do not lie where the other kidney's mirror image is. With candidates on one side only,
+   the best one is returned.
 """
 
 from __future__ import annotations
@@ -76,6 +83,7 @@ __all__ = [
     "Target",
     "kidney_likeness",
     "localise_kidneys",
+    "pair_likeness",
     "patient_side",
     "split_necks",
 ]
@@ -119,6 +127,10 @@ class LocaliseConfig:
         top window is split at its necks; 0 turns the splitting off.
     split_max_factor : float
         Components up to this many times the largest candidate size are split.
+    pair_sd_mm : tuple of float
+        Native kidneys: the tolerated difference of the two kidneys' distances from the
+        midline, antero-posterior and cranio-caudal positions (one unit of ``d`` in the
+        module notes), mm.
     """
 
     target: Target = Target.GRAFT
@@ -132,6 +144,7 @@ class LocaliseConfig:
     top_highs: tuple[float, ...] = (97.0, 98.0, 100.0)
     split_h_mm: float = 4.0
     split_max_factor: float = 6.0
+    pair_sd_mm: tuple[float, float, float] = (30.0, 20.0, 40.0)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "target", Target(self.target))
@@ -411,8 +424,9 @@ def localise_kidneys(
     -------
     list of LocalisedKidney
         Candidates scoring at least ``config.min_score``, by decreasing score, none
-        overlapping a better one by more than a third; for native kidneys, at most the
-        best one per side. Empty when nothing looks like a kidney.
+        overlapping a better one by more than a third; for native kidneys, the best pair
+        (one per side), or the best one when only one side has candidates. Empty when
+        nothing looks like a kidney.
 
     Raises
     ------
@@ -490,11 +504,31 @@ def localise_kidneys(
     results = [_to_input(c, arr.shape, spacing, config, axes_left=c.terms["x_mm"] > 0)
                for c in kept]
     if config.target is Target.NATIVE:
-        best: dict[str, LocalisedKidney] = {}
-        for r in results:
-            best.setdefault(r.side, r)
-        results = sorted(best.values(), key=lambda r: -r.score)
+        results = _native_pair(results, config.pair_sd_mm)
     return results
+
+
+def pair_likeness(right: LocalisedKidney, left: LocalisedKidney,
+                  sd_mm: Sequence[float]) -> float:
+    """How well two candidates lie as a pair of native kidneys, in (0, 1]: ``exp(-d**2/2)``
+    with ``d`` their difference in distance from the midline, antero-posterior and
+    cranio-caudal position, each in units of ``sd_mm``."""
+    (xr, yr, zr), (xl, yl, zl) = right.centroid_mm, left.centroid_mm
+    d2 = sum((delta / sd) ** 2 for delta, sd in zip(
+        (abs(xl) - abs(xr), yl - yr, zl - zr), sd_mm, strict=True))
+    return math.exp(-0.5 * d2)
+
+
+def _native_pair(results: list[LocalisedKidney], sd_mm: Sequence[float]
+                 ) -> list[LocalisedKidney]:
+    """The right and left candidates that make the best pair (see the module notes)."""
+    right = [r for r in results if r.side == "right"]
+    left = [r for r in results if r.side == "left"]
+    if not right or not left:
+        return results[:1]
+    pair = max(((r, candidate) for r in right for candidate in left),
+               key=lambda p: p[0].score * p[1].score * pair_likeness(*p, sd_mm))
+    return sorted(pair, key=lambda r: -r.score)
 
 
 def _to_input(found: _Found, shape: tuple[int, ...], spacing: tuple[float, float, float],

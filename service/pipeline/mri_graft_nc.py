@@ -38,7 +38,7 @@ from service.pipeline.base import PipelineOutput, StudyInput
 from service.pipeline.graft_output import graft_output
 from service.pipeline.mri_graft import device_profile
 
-__all__ = ["NoContrastGraftPipeline"]
+__all__ = ["NoContrastGraftPipeline", "nocontrast_inputs"]
 
 logger = logging.getLogger(__name__)
 
@@ -52,6 +52,40 @@ def _description(series: LoadedSeries) -> str:
 
 def _slices(series: LoadedSeries) -> int:
     return len(series.volumes[0].datasets)
+
+
+def nocontrast_inputs(study: StudyInput, *, with_t1: bool
+                      ) -> tuple[LoadedVolume, list[list[sitk.Image]], bool]:
+    """The reference volume, the groups of further channels, and whether a T2 is used.
+
+    The reference is the T2 series with the most slices; without T2, the T1 series of the
+    "in-phase"-like image (by name), else the T1 series with the most slices. With
+    ``with_t1`` the other T1 series are further channels, grouped by grid (a Dixon set).
+
+    Raises
+    ------
+    PipelineError
+        Neither a T2 nor a T1 series.
+    """
+    t2 = list(study.series.get(SeriesRole.T2, ()))
+    t1 = list(study.series.get(SeriesRole.T1, ()))
+    if not t2 and not t1:
+        raise PipelineError(f"study {study.study_instance_uid}: no T2 or T1 series")
+    if t2:
+        reference = max(t2, key=_slices)
+        others = t1 if with_t1 else []
+    else:
+        in_phase = [s for s in t1 if _IN_PHASE.search(_description(s))]
+        reference = max(in_phase or t1, key=_slices)
+        others = [s for s in t1 if s is not reference] if with_t1 else []
+    groups: dict[tuple, list[sitk.Image]] = {}
+    for series in sorted(others, key=lambda s: (not _IN_PHASE.search(_description(s)),
+                                                _description(s))):
+        image = series.volumes[0].image
+        key = (image.GetSize(), tuple(np.round(image.GetOrigin(), 2)),
+               tuple(np.round(image.GetSpacing(), 3)))
+        groups.setdefault(key, []).append(image)
+    return reference.volumes[0], list(groups.values()), bool(t2)
 
 
 @dataclass(frozen=True)
@@ -72,32 +106,9 @@ class NoContrastGraftPipeline:
         return device_profile(self.settings, cpu=device == "cpu")
 
     def inputs(self, study: StudyInput) -> tuple[LoadedVolume, list[list[sitk.Image]], bool]:
-        """The reference volume, the groups of further channels, and whether a T2 is used.
-
-        Raises
-        ------
-        PipelineError
-            Neither a T2 nor a T1 series.
-        """
-        t2 = list(study.series.get(SeriesRole.T2, ()))
-        t1 = list(study.series.get(SeriesRole.T1, ()))
-        if not t2 and not t1:
-            raise PipelineError(f"study {study.study_instance_uid}: no T2 or T1 series")
-        if t2:
-            reference = max(t2, key=_slices)
-            others = t1 if self.settings.nocontrast_t1 else []
-        else:
-            in_phase = [s for s in t1 if _IN_PHASE.search(_description(s))]
-            reference = max(in_phase or t1, key=_slices)
-            others = [s for s in t1 if s is not reference] if self.settings.nocontrast_t1 else []
-        groups: dict[tuple, list[sitk.Image]] = {}
-        for series in sorted(others, key=lambda s: (not _IN_PHASE.search(_description(s)),
-                                                    _description(s))):
-            image = series.volumes[0].image
-            key = (image.GetSize(), tuple(np.round(image.GetOrigin(), 2)),
-                   tuple(np.round(image.GetSpacing(), 3)))
-            groups.setdefault(key, []).append(image)
-        return reference.volumes[0], list(groups.values()), bool(t2)
+        """The reference volume, the groups of further channels, and whether a T2 is used
+        (:func:`nocontrast_inputs`)."""
+        return nocontrast_inputs(study, with_t1=self.settings.nocontrast_t1)
 
     def run(self, study: StudyInput, *, device: str) -> PipelineOutput:
         uid = study.study_instance_uid

@@ -9,12 +9,14 @@ from service.pipeline.ct_kidneys import CtKidneysPipeline
 from service.pipeline.mri_baselines import OtsuPipeline, WatershedPipeline
 from service.pipeline.mri_graft import GRAFT_PIPELINES, GraftPipeline
 from service.pipeline.mri_graft_nc import NoContrastGraftPipeline
+from service.pipeline.mri_kidneys_nc import NativeKidneysNoContrastPipeline
 
 __all__ = ["PIPELINES", "get_pipeline"]
 
 PIPELINES: dict[str, Pipeline] = {
-    p.name: p for p in (*GRAFT_PIPELINES, NoContrastGraftPipeline(), OtsuPipeline(),
-                        WatershedPipeline(), CtKidneysPipeline())
+    p.name: p for p in (*GRAFT_PIPELINES, NoContrastGraftPipeline(),
+                        NativeKidneysNoContrastPipeline(), OtsuPipeline(), WatershedPipeline(),
+                        CtKidneysPipeline())
 }
 
 

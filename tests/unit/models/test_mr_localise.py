@@ -83,3 +83,28 @@ def test_kidney_likeness_prefers_a_whole_kidney_to_a_ring_of_bowel_or_a_fragment
     assert kidney_likeness(ring, spacing, volume_ml=graft) < 0.5
     assert kidney_likeness(loop, spacing, volume_ml=graft) == 0.0  # far too small
     assert kidney_likeness(np.zeros_like(kidney), spacing, volume_ml=graft) == 0.0
+
+
+def _candidate(side, score, centroid_mm):
+    from models.mr_localise import LocalisedKidney
+    from models.roi import RegionOfInterest
+
+    return LocalisedKidney(mask=np.zeros((2, 2, 2), dtype=bool),
+                           roi=RegionOfInterest(start=(0, 0, 0), stop=(2, 2, 2)),
+                           volume_ml=150.0, score=score, side=side, centroid_mm=centroid_mm)
+
+
+def test_native_kidneys_are_chosen_as_a_mirrored_pair_not_by_their_own_scores():
+    from models.mr_localise import _native_pair, pair_likeness
+
+    sd = LocaliseConfig().pair_sd_mm
+    right = _candidate("right", 0.8, (-80.0, 50.0, 0.0))
+    kidney = _candidate("left", 0.65, (78.0, 40.0, 20.0))  # 2 cm higher: as usual
+    spleen = _candidate("left", 0.95, (80.0, 30.0, 55.0))  # brighter, higher, anterior
+    bowel = _candidate("left", 0.9, (70.0, -5.0, 15.0))  # in front of the kidney
+    assert pair_likeness(right, kidney, sd) > 0.6 > 0.3 > pair_likeness(right, spleen, sd)
+    assert pair_likeness(right, bowel, sd) < 0.05
+    assert _native_pair([spleen, bowel, right, kidney], sd) == [right, kidney]
+    # One side only (a single kidney): its best candidate, nothing invented on the other.
+    assert _native_pair([right, _candidate("right", 0.5, (-60.0, 0.0, 0.0))], sd) == [right]
+    assert _native_pair([], sd) == []

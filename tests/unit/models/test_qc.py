@@ -76,6 +76,9 @@ def test_fragments_a_crescent_and_an_implausible_change_are_reasons():
     assert changed.verdict is Verdict.REVIEW and "previous study" in changed.reasons[0]
     flagged = judge(kidney, flags=("right-kidney-touches-edge",))
     assert flagged.verdict is Verdict.REVIEW
+    unpaired = judge(kidney, flags=("no-contrast", "left-kidney-unpaired"))
+    assert unpaired.reasons == ("method flag left-kidney-unpaired",)
+    assert judge(kidney, flags=("no-contrast",)).verdict is Verdict.PASS
     assert judge(kidney, shape_checks=False).verdict is Verdict.PASS
 
 

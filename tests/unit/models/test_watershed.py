@@ -6,7 +6,7 @@ import pytest
 from models.components import fill_holes
 from models.metrics import dice, precision
 from models.roi import RegionOfInterest, detect_roi
-from models.watershed import segment_watershed
+from models.watershed import grow_by_watershed, segment_watershed
 
 SHAPE = (24, 64, 64)
 
@@ -71,3 +71,24 @@ def test_watershed_rejects_roi_thinner_than_4_voxels():
         segment_watershed(
             volume, RegionOfInterest(start=(0, 0, 0), stop=(3, 10, 10)), spacing_zyx=(1, 1, 1)
         )
+
+
+def test_grow_by_watershed_grows_a_partial_seed_to_the_whole_kidney_not_the_vessel():
+    volume, kidney, vessel = _phantom(seed=3)
+    spacing = (2.5, 1.0, 1.0)
+    z, y, x = np.ogrid[: SHAPE[0], : SHAPE[1], : SHAPE[2]]
+    # The localisation often holds only part of the organ: here its lower, medial third.
+    seed = kidney & (x < 22) & (z < 12)
+    assert dice(seed, kidney) < 0.5
+    grown = grow_by_watershed(volume, seed, spacing_zyx=spacing)
+    assert dice(grown, kidney) > 0.9
+    assert precision(grown, kidney) > 0.95
+    assert not (grown & vessel).any()
+
+
+def test_grow_by_watershed_rejects_an_empty_or_misshaped_seed():
+    volume, kidney, _ = _phantom()
+    with pytest.raises(ValueError, match="non-empty mask"):
+        grow_by_watershed(volume, np.zeros_like(kidney), spacing_zyx=(1.0, 1.0, 1.0))
+    with pytest.raises(ValueError, match="non-empty mask"):
+        grow_by_watershed(volume, kidney[1:], spacing_zyx=(1.0, 1.0, 1.0))

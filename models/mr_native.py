@@ -1,0 +1,122 @@
+"""Native kidneys on MRI without contrast (T2, fat-suppressed or not, or T1).
+
+The graft methods look for one kidney in an iliac fossa. A study of a patient's own
+kidneys (or of the native kidneys of a transplant recipient) holds two, beside the spine,
+next to the liver, the spleen and bowel loops that are as bright on a T2. Here:
+
+1. N4 bias-field correction with a coarse (3-level) field, as for the T2-only graft (the
+   fine field absorbs the kidney's own contrast);
+2. localisation of the pair of kidneys (:func:`models.mr_localise.localise_kidneys` with
+   :attr:`~models.mr_localise.Target.NATIVE`): candidates by shape and context in many
+   intensity windows, the right and left ones chosen together as a mirrored pair;
+3. each localised kidney, usually a part of it (one window holds the cortex or the
+   medulla), grown to the whole organ by a marker-controlled watershed of the gradient
+   (:func:`models.watershed.grow_by_watershed`).
+
+The pair's symmetry (:func:`models.mr_localise.pair_likeness`) is kept with the result:
+below :data:`UNPAIRED_BELOW` (the two positions differ by more than twice the tolerated
+differences) one of the two is probably another organ, and the pipeline says so.
+
+Measured on the CHAOS T2-SPIR cases (``python -m benchmarks.chaos_check``).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import SimpleITK as sitk
+
+from models.mr_localise import (
+    LocaliseConfig,
+    LocalisedKidney,
+    Target,
+    localise_kidneys,
+    pair_likeness,
+)
+from models.preprocess import n4_correct
+from models.timing import StepTimer
+from models.volume import image_spacing_zyx
+from models.watershed import grow_by_watershed
+
+__all__ = ["NATIVE_LOCALISE", "UNPAIRED_BELOW", "NativeResult", "segment_native_kidneys"]
+
+#: Localisation of native kidneys: a localised part of a kidney is often 70-80 ml.
+NATIVE_LOCALISE = LocaliseConfig(target=Target.NATIVE, volume_ml=(80.0, 300.0))
+#: A pair less symmetric than this (``d`` > 2 in :func:`pair_likeness`) is doubtful.
+UNPAIRED_BELOW = math.exp(-2.0)
+#: Fitting levels of the bias field (see the module notes).
+_N4_LEVELS = 3
+
+
+@dataclass(frozen=True)
+class NativeResult:
+    """Outcome of :func:`segment_native_kidneys`.
+
+    Attributes
+    ----------
+    masks : dict of str to numpy.ndarray
+        Boolean (z, y, x) mask per side found ("right", "left") on the input grid.
+    localised : dict of str to LocalisedKidney
+        The localisation's candidate that seeded each side.
+    pair_likeness : float or None
+        Symmetry of the two localised kidneys (1: mirrored); ``None`` with one side.
+    timings_s : dict of str to float
+        Seconds per step: ``n4``, ``localise``, ``grow``.
+    """
+
+    masks: dict[str, np.ndarray]
+    localised: dict[str, LocalisedKidney]
+    pair_likeness: float | None = None
+    timings_s: dict[str, float] = field(default_factory=dict)
+
+
+def segment_native_kidneys(image: sitk.Image, *, n4: bool = True,
+                           localise: LocaliseConfig = NATIVE_LOCALISE) -> NativeResult:
+    """Segment the right and left native kidneys of an MR volume without contrast.
+
+    Parameters
+    ----------
+    image : SimpleITK.Image
+        3D MR volume (DICOM LPS direction), any contrast.
+    n4 : bool
+        Correct the bias field first.
+    localise : LocaliseConfig
+        Settings of the localisation; its target must be native kidneys.
+
+    Returns
+    -------
+    NativeResult
+        One mask per side found; a side with no candidate is absent.
+
+    Raises
+    ------
+    ValueError
+        A constant volume, a localisation not set for native kidneys, or no candidate
+        at all.
+    """
+    if localise.target is not Target.NATIVE:
+        raise ValueError("segment_native_kidneys needs a localisation for native kidneys")
+    timer = StepTimer()
+    fixed = sitk.Cast(image, sitk.sitkFloat32)
+    values = sitk.GetArrayViewFromImage(fixed)
+    if not np.isfinite(values).all() or float(np.ptp(values)) <= 0:
+        raise ValueError("the volume is constant or holds NaN/infinite values")
+    if n4:
+        fixed = n4_correct(fixed, fitting_levels=_N4_LEVELS)
+    timer.lap("n4")
+    spacing = image_spacing_zyx(fixed)
+    arr = sitk.GetArrayFromImage(fixed)
+    found = localise_kidneys(arr, spacing_zyx=spacing, direction=fixed.GetDirection(),
+                             config=localise)
+    if not found:
+        raise ValueError("no region looks like a native kidney (localisation found none)")
+    timer.lap("localise")
+    masks = {k.side: grow_by_watershed(arr, k.mask, spacing_zyx=spacing) for k in found}
+    timer.lap("grow")
+    localised = {k.side: k for k in found}
+    pair = (pair_likeness(localised["right"], localised["left"], localise.pair_sd_mm)
+            if len(localised) == 2 else None)
+    return NativeResult(masks=masks, localised=localised, pair_likeness=pair,
+                        timings_s=timer.seconds)
