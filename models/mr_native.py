@@ -15,7 +15,11 @@ next to the liver, the spleen and bowel loops that are as bright on a T2. Here:
 
 The pair's symmetry (:func:`models.mr_localise.pair_likeness`) is kept with the result:
 below :data:`UNPAIRED_BELOW` (the two positions differ by more than twice the tolerated
-differences) one of the two is probably another organ, and the pipeline says so.
+differences) one of the two is probably another organ, and the pipeline says so. So it
+does when one kidney is more than :data:`ASYMMETRY_REVIEW` times the other's volume
+(:func:`volume_asymmetry`): normal kidneys differ by a few tens of percent at most; a
+larger difference is either another organ taken for a kidney or a finding a reader
+should see.
 
 Measured on the CHAOS T2-SPIR cases (``python -m benchmarks.chaos_check``).
 """
@@ -40,12 +44,21 @@ from models.timing import StepTimer
 from models.volume import image_spacing_zyx
 from models.watershed import grow_by_watershed
 
-__all__ = ["NATIVE_LOCALISE", "UNPAIRED_BELOW", "NativeResult", "segment_native_kidneys"]
+__all__ = [
+    "ASYMMETRY_REVIEW",
+    "NATIVE_LOCALISE",
+    "UNPAIRED_BELOW",
+    "NativeResult",
+    "segment_native_kidneys",
+    "volume_asymmetry",
+]
 
 #: Localisation of native kidneys: a localised part of a kidney is often 70-80 ml.
 NATIVE_LOCALISE = LocaliseConfig(target=Target.NATIVE, volume_ml=(80.0, 300.0))
 #: A pair less symmetric than this (``d`` > 2 in :func:`pair_likeness`) is doubtful.
 UNPAIRED_BELOW = math.exp(-2.0)
+#: One kidney more than this many times the other's volume asks for review.
+ASYMMETRY_REVIEW = 1.5
 #: Fitting levels of the bias field (see the module notes).
 _N4_LEVELS = 3
 
@@ -120,3 +133,12 @@ def segment_native_kidneys(image: sitk.Image, *, n4: bool = True,
             if len(localised) == 2 else None)
     return NativeResult(masks=masks, localised=localised, pair_likeness=pair,
                         timings_s=timer.seconds)
+
+
+def volume_asymmetry(masks: dict[str, np.ndarray]) -> float | None:
+    """The larger kidney's volume over the smaller's (same grid); ``None`` unless both
+    sides hold a non-empty mask."""
+    sizes = [int(np.count_nonzero(masks[side])) for side in ("right", "left") if side in masks]
+    if len(sizes) < 2 or min(sizes) == 0:
+        return None
+    return max(sizes) / min(sizes)

@@ -221,8 +221,9 @@ def judge(
         The same structure's volume in the patient's previous accepted study, if any: a
         change larger than ``change_pct_review`` % is not plausible between follow-ups.
     flags
-        The pipeline's own warnings; ``*-touches-edge`` and ``*-unpaired`` (a native
-        kidney whose partner does not lie mirrored to it) ask for review.
+        The pipeline's own warnings; ``*-touches-edge``, ``*-unpaired`` (a native
+        kidney whose partner does not lie mirrored to it) and ``*-asymmetric`` (one
+        kidney far larger than the other) ask for review.
     """
     t = thresholds
     fail: list[str] = []
@@ -273,7 +274,7 @@ def judge(
             review.append(f"{change:+.0f} % from the previous study ({previous_volume_ml:.0f} "
                           f"ml; > {t.change_pct_review:g} % is not plausible)")
     review.extend(f"method flag {f}" for f in flags
-                  if f.endswith(("touches-edge", "unpaired")))
+                  if f.endswith(("touches-edge", "unpaired", "asymmetric")))
     if fail:
         return QcVerdict(Verdict.FAIL, tuple(fail + review))
     if review:

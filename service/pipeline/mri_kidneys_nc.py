@@ -15,7 +15,9 @@ slices, else the T1 in-phase image); further T1 channels are not used. Flags:
 ``<side>-kidney-touches-edge`` (the localised kidney reaches the field of view's edge),
 ``<side>-kidney-unpaired`` on both sides when the two kidneys found do not lie as a
 mirrored pair (:data:`models.mr_native.UNPAIRED_BELOW`: one is probably another organ,
-and which one is not known). Quality control asks for review on the last two.
+and which one is not known), ``<side>-kidney-asymmetric`` on both sides when one is more
+than :data:`models.mr_native.ASYMMETRY_REVIEW` times the other's volume. Quality control
+asks for review on the last three.
 """
 
 from __future__ import annotations
@@ -27,7 +29,12 @@ import numpy as np
 from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
 
-from models.mr_native import UNPAIRED_BELOW, segment_native_kidneys
+from models.mr_native import (
+    ASYMMETRY_REVIEW,
+    UNPAIRED_BELOW,
+    segment_native_kidneys,
+    volume_asymmetry,
+)
 from models.volume import image_spacing_zyx, mask_volume_ml
 from service.errors import PipelineError
 from service.pipeline.base import KIDNEY_LEFT, KIDNEY_RIGHT, PipelineOutput, StudyInput
@@ -58,6 +65,7 @@ class NativeKidneysNoContrastPipeline:
             raise PipelineError(f"study {uid}: {self.name}: {exc}") from exc
         spacing = image_spacing_zyx(reference.image)
         flags = ["no-contrast"] + ([] if has_t2 else ["t1-only"])
+        asymmetry = volume_asymmetry(result.masks)
         segments, masks = [], []
         for side, spec in _SIDES:
             mask = result.masks.get(side)
@@ -70,6 +78,8 @@ class NativeKidneysNoContrastPipeline:
                 flags.append(f"{side}-kidney-touches-edge")
             if result.pair_likeness is not None and result.pair_likeness < UNPAIRED_BELOW:
                 flags.append(f"{side}-kidney-unpaired")
+            if asymmetry is not None and asymmetry > ASYMMETRY_REVIEW:
+                flags.append(f"{side}-kidney-asymmetric")
         volumes = {spec.structure: mask_volume_ml(mask, spacing)
                    for spec, mask in zip(segments, masks, strict=True)}
         logger.info("study %s: %s on %s: %s, pair likeness %s; %s", uid, self.name,

@@ -8,7 +8,7 @@ import SimpleITK as sitk
 
 from models.metrics import dice
 from models.mr_localise import LocaliseConfig
-from models.mr_native import segment_native_kidneys
+from models.mr_native import segment_native_kidneys, volume_asymmetry
 
 CHAOS = Path(__file__).resolve().parents[4] / "shared" / "data" / "real" / "kidney" / "chaos_t2spir"
 
@@ -34,3 +34,13 @@ def test_constant_volume_and_a_graft_localisation_are_refused():
         segment_native_kidneys(image)
     with pytest.raises(ValueError, match="native"):
         segment_native_kidneys(image, localise=LocaliseConfig())
+
+
+def test_volume_asymmetry_is_the_larger_kidney_over_the_smaller():
+    small, large = np.zeros((4, 4, 4), dtype=bool), np.zeros((4, 4, 4), dtype=bool)
+    small[:1, :2, :2] = True  # 4 voxels
+    large[:2, :3, :2] = True  # 12 voxels
+    assert volume_asymmetry({"right": small, "left": large}) == 3.0
+    assert volume_asymmetry({"right": large, "left": small}) == 3.0
+    assert volume_asymmetry({"right": large}) is None
+    assert volume_asymmetry({"right": large, "left": np.zeros_like(large)}) is None

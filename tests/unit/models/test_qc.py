@@ -78,6 +78,7 @@ def test_fragments_a_crescent_and_an_implausible_change_are_reasons():
     assert flagged.verdict is Verdict.REVIEW
     unpaired = judge(kidney, flags=("no-contrast", "left-kidney-unpaired"))
     assert unpaired.reasons == ("method flag left-kidney-unpaired",)
+    assert judge(kidney, flags=("right-kidney-asymmetric",)).verdict is Verdict.REVIEW
     assert judge(kidney, flags=("no-contrast",)).verdict is Verdict.PASS
     assert judge(kidney, shape_checks=False).verdict is Verdict.PASS
 
