@@ -44,3 +44,30 @@ def test_volume_asymmetry_is_the_larger_kidney_over_the_smaller():
     assert volume_asymmetry({"right": large, "left": small}) == 3.0
     assert volume_asymmetry({"right": large}) is None
     assert volume_asymmetry({"right": large, "left": np.zeros_like(large)}) is None
+
+
+TOTALSEG = CHAOS.parent / "totalseg"
+
+
+@pytest.mark.skipif(not (TOTALSEG / "example_mr_sm.nii.gz").is_file(),
+                    reason=f"no TotalSegmentator MR slab at {TOTALSEG}")
+def test_kidneys_cut_off_by_a_real_slab_are_never_passed_by_quality_control():
+    # A real 20-slice T1 slab whose kidneys lie mostly below it (46 and 38 ml in view):
+    # whatever the method takes there is not a measurable kidney, and QC must say so.
+    from models.qc import Verdict, judge, mask_signals
+    from models.volume import image_spacing_zyx
+    from service.config import QcSettings
+    from service.pipeline.quality import thresholds_for
+
+    image = sitk.ReadImage(str(TOTALSEG / "example_mr_sm.nii.gz"), sitk.sitkFloat32)
+    values = sitk.GetArrayFromImage(image)
+    spacing = image_spacing_zyx(image)
+    result = segment_native_kidneys(image)
+    assert result.masks
+    for side, mask in result.masks.items():
+        thresholds, shape = thresholds_for(f"kidney_{side}", QcSettings(), ("no-contrast",))
+        verdict = judge(mask_signals(values, mask, spacing_zyx=spacing),
+                        thresholds=thresholds, shape_checks=shape,
+                        flags=(f"{side}-kidney-touches-edge",)
+                        if result.localised[side].roi.touches_edge else ())
+        assert verdict.verdict is not Verdict.PASS, (side, verdict)
