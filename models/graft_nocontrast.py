@@ -61,7 +61,7 @@ from models.mr_localise import (
     LocaliseConfig,
     LocalisedKidney,
     kidney_likeness,
-    localise_kidneys,
+    localise_image,
     split_necks,
 )
 from models.preprocess import n4_correct, register_t2_to_dce
@@ -98,8 +98,8 @@ class NoContrastResult:
         ``False`` when no cluster held enough of the localised region and the mask is
         that region grown by threshold (:func:`grow_seed`): flagged by the pipeline.
     timings_s : dict of str to float
-        Seconds per step: ``n4``, ``localise``, ``registration``, ``clustering``,
-        ``selection``.
+        Seconds per step: ``localise`` (with the reference's N4), ``n4`` (of further
+        sequences), ``registration``, ``clustering``, ``selection``.
     """
 
     mask: np.ndarray
@@ -121,8 +121,10 @@ def _grow_roi(roi: RegionOfInterest, *, margin_mm: float,
     return RegionOfInterest(start=start, stop=stop, touches_edge=roi.touches_edge)
 
 
-#: Fitting levels of the bias field of the T2-only path (see :func:`grow_stable`).
+#: Fitting levels of the bias field of the T2-only path (see :func:`grow_stable`), and
+#: with further channels (the paper's §3 setting).
 _GENTLE_N4_LEVELS = 3
+_FULL_N4_LEVELS = 8
 #: Volumes (ml) a stable grown region may have: an adult graft, with margin.
 _STABLE_VOLUME_ML = (100.0, 400.0)
 
@@ -375,23 +377,16 @@ def segment_graft_nocontrast(
     lap = timer.lap
     timings = timer.seconds
 
-    fixed = sitk.Cast(reference, sitk.sitkFloat32)
-    values = sitk.GetArrayViewFromImage(fixed)
-    if not np.isfinite(values).all() or float(np.ptp(values)) <= 0:
-        raise ValueError("the reference volume is constant or holds NaN/infinite values")
-    if config.n4:
-        # T2 alone: a coarse bias field keeps the kidney's contrast to the fat around it,
-        # which the fine (8-level) field, fitted through the kidney, flattens.
-        fixed = n4_correct(fixed, **({} if extras else {"fitting_levels": _GENTLE_N4_LEVELS}))
-    lap("n4")
+    # T2 alone: a coarse bias field keeps the kidney's contrast to the fat around it,
+    # which the fine (8-level) field, fitted through the kidney, flattens.
+    levels = (_GENTLE_N4_LEVELS if not extras else _FULL_N4_LEVELS) if config.n4 else None
+    fixed, found = localise_image(reference, config=localise, n4_levels=levels)
     spacing = image_spacing_zyx(fixed)
     arr = sitk.GetArrayViewFromImage(fixed)
-    found = localise_kidneys(arr, spacing_zyx=spacing, direction=fixed.GetDirection(),
-                             config=localise)
     if not found:
         raise ValueError("no region looks like a kidney graft (localisation found none)")
     margin = config.roi_margin_mm + extra_margin_mm - localise.margin_mm
-    lap("localise")
+    lap("localise")  # with the reference's N4
     if not extras:
         chosen = _grow_best(found[:_GROWN_CANDIDATES], arr, spacing=spacing)
         if chosen is not None:

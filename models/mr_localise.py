@@ -75,13 +75,16 @@ from scipy import ndimage as ndi
 from models.components import _as_spacing
 from models.ct_body import largest_region_filled
 from models.otsu import otsu_threshold
+from models.preprocess import n4_correct
 from models.roi import RegionOfInterest
+from models.volume import image_spacing_zyx
 
 __all__ = [
     "LocaliseConfig",
     "LocalisedKidney",
     "Target",
     "kidney_likeness",
+    "localise_image",
     "localise_kidneys",
     "pair_likeness",
     "patient_side",
@@ -506,6 +509,33 @@ def localise_kidneys(
     if config.target is Target.NATIVE:
         results = _native_pair(results, config.pair_sd_mm)
     return results
+
+
+def localise_image(image: sitk.Image, *, config: LocaliseConfig, n4_levels: int | None,
+                   ) -> tuple[sitk.Image, list[LocalisedKidney]]:
+    """:func:`localise_kidneys` on an image: checked, bias-corrected with ``n4_levels``
+    fitting levels (``None``: not corrected), as float32.
+
+    Returns
+    -------
+    tuple
+        The (corrected) image and its candidates.
+
+    Raises
+    ------
+    ValueError
+        A constant image or one holding NaN or infinite values.
+    """
+    fixed = sitk.Cast(image, sitk.sitkFloat32)
+    values = sitk.GetArrayViewFromImage(fixed)
+    if not np.isfinite(values).all() or float(np.ptp(values)) <= 0:
+        raise ValueError("the volume is constant or holds NaN/infinite values")
+    if n4_levels is not None:
+        fixed = n4_correct(fixed, fitting_levels=n4_levels)
+    found = localise_kidneys(sitk.GetArrayViewFromImage(fixed),
+                             spacing_zyx=image_spacing_zyx(fixed),
+                             direction=fixed.GetDirection(), config=config)
+    return fixed, found
 
 
 def pair_likeness(right: LocalisedKidney, left: LocalisedKidney,

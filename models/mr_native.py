@@ -36,10 +36,9 @@ from models.mr_localise import (
     LocaliseConfig,
     LocalisedKidney,
     Target,
-    localise_kidneys,
+    localise_image,
     pair_likeness,
 )
-from models.preprocess import n4_correct
 from models.timing import StepTimer
 from models.volume import image_spacing_zyx
 from models.watershed import grow_by_watershed
@@ -76,7 +75,7 @@ class NativeResult:
     pair_likeness : float or None
         Symmetry of the two localised kidneys (1: mirrored); ``None`` with one side.
     timings_s : dict of str to float
-        Seconds per step: ``n4``, ``localise``, ``grow``.
+        Seconds per step: ``localise`` (with N4), ``grow``.
     """
 
     masks: dict[str, np.ndarray]
@@ -112,20 +111,12 @@ def segment_native_kidneys(image: sitk.Image, *, n4: bool = True,
     if localise.target is not Target.NATIVE:
         raise ValueError("segment_native_kidneys needs a localisation for native kidneys")
     timer = StepTimer()
-    fixed = sitk.Cast(image, sitk.sitkFloat32)
-    values = sitk.GetArrayViewFromImage(fixed)
-    if not np.isfinite(values).all() or float(np.ptp(values)) <= 0:
-        raise ValueError("the volume is constant or holds NaN/infinite values")
-    if n4:
-        fixed = n4_correct(fixed, fitting_levels=_N4_LEVELS)
-    timer.lap("n4")
-    spacing = image_spacing_zyx(fixed)
-    arr = sitk.GetArrayFromImage(fixed)
-    found = localise_kidneys(arr, spacing_zyx=spacing, direction=fixed.GetDirection(),
-                             config=localise)
+    fixed, found = localise_image(image, config=localise, n4_levels=_N4_LEVELS if n4 else None)
     if not found:
         raise ValueError("no region looks like a native kidney (localisation found none)")
     timer.lap("localise")
+    spacing = image_spacing_zyx(fixed)
+    arr = sitk.GetArrayFromImage(fixed)
     masks = {k.side: grow_by_watershed(arr, k.mask, spacing_zyx=spacing) for k in found}
     timer.lap("grow")
     localised = {k.side: k for k in found}

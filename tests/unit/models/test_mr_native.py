@@ -25,7 +25,7 @@ def test_both_native_kidneys_of_a_real_fat_suppressed_t2_on_their_sides():
     assert dice(result.masks["left"], labels == 3) > 0.85
     left = result.masks["left"]
     assert (left & (labels == 4)).sum() < 0.02 * left.sum()  # not the spleen (label 4)
-    assert set(result.timings_s) == {"n4", "localise", "grow"}
+    assert set(result.timings_s) == {"localise", "grow"}
 
 
 def test_constant_volume_and_a_graft_localisation_are_refused():
