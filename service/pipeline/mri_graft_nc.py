@@ -59,8 +59,9 @@ def nocontrast_inputs(study: StudyInput, *, with_t1: bool
     """The reference volume, the groups of further channels, and whether a T2 is used.
 
     The reference is the T2 series with the most slices; without T2, the T1 series of the
-    "in-phase"-like image (by name), else the T1 series with the most slices. With
-    ``with_t1`` the other T1 series are further channels, grouped by grid (a Dixon set).
+    "in-phase"-like image (by name), else the T1 series with the most slices. The other
+    T1 series are further channels, grouped by grid (a Dixon set): with a T2 only when
+    ``with_t1``, without T2 always.
 
     Raises
     ------
@@ -77,7 +78,7 @@ def nocontrast_inputs(study: StudyInput, *, with_t1: bool
     else:
         in_phase = [s for s in t1 if _IN_PHASE.search(_description(s))]
         reference = max(in_phase or t1, key=_slices)
-        others = [s for s in t1 if s is not reference] if with_t1 else []
+        others = [s for s in t1 if s is not reference]
     groups: dict[tuple, list[sitk.Image]] = {}
     for series in sorted(others, key=lambda s: (not _IN_PHASE.search(_description(s)),
                                                 _description(s))):

@@ -46,13 +46,19 @@ def _inputs(study, *, t2=True, t1=True):
 
 
 def test_inputs_pick_the_reference_and_group_the_dixon_images(study):
-    pipeline = NoContrastGraftPipeline(settings=FAST)
+    # By default a T2 is used alone (T2 + Dixon measured worse); T1 channels on request.
+    reference, groups, has_t2 = NoContrastGraftPipeline(settings=FAST).inputs(_inputs(study))
+    assert has_t2 and str(reference.datasets[0].SeriesInstanceUID) == study.t2_series_uid
+    assert groups == []
+    pipeline = NoContrastGraftPipeline(settings=FAST.model_copy(update={"nocontrast_t1": True}))
     reference, groups, has_t2 = pipeline.inputs(_inputs(study))
     assert has_t2 and str(reference.datasets[0].SeriesInstanceUID) == study.t2_series_uid
     assert [len(g) for g in groups] == [4]  # one Dixon acquisition, one registration
-    reference, groups, has_t2 = pipeline.inputs(_inputs(study, t2=False))
-    assert not has_t2 and "_in" in str(reference.datasets[0].SeriesDescription)
-    assert [len(g) for g in groups] == [3]
+    for settings in (FAST, pipeline.settings):  # without T2: the T1 images together
+        without_t2 = NoContrastGraftPipeline(settings=settings).inputs(_inputs(study, t2=False))
+        reference, groups, has_t2 = without_t2
+        assert not has_t2 and "_in" in str(reference.datasets[0].SeriesDescription)
+        assert [len(g) for g in groups] == [3]
     with pytest.raises(PipelineError, match="no T2 or T1"):
         pipeline.inputs(_inputs(study, t2=False, t1=False))
 
