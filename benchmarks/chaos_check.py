@@ -35,12 +35,7 @@ from benchmarks.graft_eval import RESULTS, _revision
 from benchmarks.qc_eval import _verdict
 from models.graft import segment_graft
 from models.metrics import dice, hd95, precision, recall, volume_difference_pct
-from models.mr_native import (
-    ASYMMETRY_REVIEW,
-    UNPAIRED_BELOW,
-    segment_native_kidneys,
-    volume_asymmetry,
-)
+from models.mr_native import segment_native_kidneys
 from service.config import GraftSettings
 from service.pipeline.base import KIDNEY_LEFT, KIDNEY_RIGHT
 from service.pipeline.mri_graft import device_profile
@@ -97,11 +92,7 @@ def _native(image: sitk.Image, shape: tuple[int, ...]) -> dict[str, _Side]:
     try:
         result = segment_native_kidneys(image)
         masks, error, pair = result.masks, None, result.pair_likeness
-        if pair is not None and pair < UNPAIRED_BELOW:
-            flags += ("unpaired",)
-        asymmetry = volume_asymmetry(masks)
-        if asymmetry is not None and asymmetry > ASYMMETRY_REVIEW:
-            flags += ("asymmetric",)
+        flags += result.doubts()
     except ValueError as exc:
         masks, error = {}, str(exc)
     seconds = time.perf_counter() - t0

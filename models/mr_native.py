@@ -83,6 +83,16 @@ class NativeResult:
     pair_likeness: float | None = None
     timings_s: dict[str, float] = field(default_factory=dict)
 
+    def doubts(self) -> tuple[str, ...]:
+        """``"unpaired"`` and/or ``"asymmetric"`` when the pair looks doubtful (see the
+        module notes); the pipeline flags both sides with them."""
+        asymmetry = volume_asymmetry(self.masks)
+        return tuple(name for name, doubtful in (
+            ("unpaired", self.pair_likeness is not None
+             and self.pair_likeness < UNPAIRED_BELOW),
+            ("asymmetric", asymmetry is not None and asymmetry > ASYMMETRY_REVIEW))
+            if doubtful)
+
 
 def segment_native_kidneys(image: sitk.Image, *, n4: bool = True,
                            localise: LocaliseConfig = NATIVE_LOCALISE) -> NativeResult:

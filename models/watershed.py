@@ -23,7 +23,7 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage as ndi
 
-from models.components import _as_spacing, fill_holes, label_components
+from models.components import _as_spacing, fill_holes, label_components, largest_component
 from models.otsu import otsu_threshold
 from models.roi import RegionOfInterest
 
@@ -204,11 +204,7 @@ def grow_by_watershed(
     basins = sitk.MorphologicalWatershedFromMarkers(
         gradient, _to_image(markers, spacing), markWatershedLine=False, fullyConnected=False)
     organ = sitk.GetArrayFromImage(basins) == _OBJECT
-    labels, n = label_components(organ)
-    if n > 1:
-        sizes = np.bincount(labels.ravel())
-        sizes[0] = 0
-        organ = labels == int(np.argmax(sizes))
+    organ = largest_component(organ)
     for k in range(organ.shape[0]):
         organ[k] = ndi.binary_fill_holes(organ[k])
     out = np.zeros(arr.shape, dtype=bool)

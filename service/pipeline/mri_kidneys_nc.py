@@ -29,12 +29,7 @@ import numpy as np
 from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
 
-from models.mr_native import (
-    ASYMMETRY_REVIEW,
-    UNPAIRED_BELOW,
-    segment_native_kidneys,
-    volume_asymmetry,
-)
+from models.mr_native import segment_native_kidneys
 from models.volume import image_spacing_zyx, mask_volume_ml
 from service.errors import PipelineError
 from service.pipeline.base import KIDNEY_LEFT, KIDNEY_RIGHT, PipelineOutput, StudyInput
@@ -65,7 +60,7 @@ class NativeKidneysNoContrastPipeline:
             raise PipelineError(f"study {uid}: {self.name}: {exc}") from exc
         spacing = image_spacing_zyx(reference.image)
         flags = ["no-contrast"] + ([] if has_t2 else ["t1-only"])
-        asymmetry = volume_asymmetry(result.masks)
+        doubts = result.doubts()
         segments, masks = [], []
         for side, spec in _SIDES:
             mask = result.masks.get(side)
@@ -76,10 +71,7 @@ class NativeKidneysNoContrastPipeline:
             masks.append(np.asarray(mask, dtype=bool))
             if result.localised[side].roi.touches_edge:
                 flags.append(f"{side}-kidney-touches-edge")
-            if result.pair_likeness is not None and result.pair_likeness < UNPAIRED_BELOW:
-                flags.append(f"{side}-kidney-unpaired")
-            if asymmetry is not None and asymmetry > ASYMMETRY_REVIEW:
-                flags.append(f"{side}-kidney-asymmetric")
+            flags += [f"{side}-kidney-{doubt}" for doubt in doubts]
         volumes = {spec.structure: mask_volume_ml(mask, spacing)
                    for spec, mask in zip(segments, masks, strict=True)}
         logger.info("study %s: %s on %s: %s, pair likeness %s; %s", uid, self.name,
