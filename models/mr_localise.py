@@ -83,6 +83,7 @@ __all__ = [
     "LocaliseConfig",
     "LocalisedKidney",
     "Target",
+    "compactness",
     "kidney_likeness",
     "localise_image",
     "localise_kidneys",
@@ -309,6 +310,12 @@ def _shape(mask: np.ndarray, spacing: tuple[float, float, float]) -> tuple[float
     axes = min(_band(s / k, 0.35, 1.8, 0.3) for s, k in
                zip(semi, _KIDNEY_SEMI_AXES_MM, strict=True))
     return compact, axes
+
+
+def compactness(mask: np.ndarray, spacing_zyx: Sequence[float]) -> float:
+    """Volume of ``mask`` over that of the ellipsoid with its second moments, at most 1
+    (1 for an ellipsoid; a kidney about 0.9; a kidney with a bowel loop attached less)."""
+    return _shape(np.asarray(mask, dtype=bool), _as_spacing(spacing_zyx))[0]
 
 
 def kidney_likeness(mask: np.ndarray, spacing_zyx: Sequence[float], *,

@@ -1,0 +1,48 @@
+"""The T2-only graft method's region steps (:mod:`models.graft_nocontrast`)."""
+
+import numpy as np
+
+from models.graft_nocontrast import cut_appendages
+from models.metrics import dice
+from models.mr_localise import compactness
+
+SPACING = (4.0, 1.5, 1.5)
+SHAPE = (40, 140, 140)
+
+
+def _grid_mm() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    z, y, x = np.indices(SHAPE).astype(float)
+    return z * SPACING[0], y * SPACING[1], x * SPACING[2]
+
+
+def _kidney() -> np.ndarray:
+    """An ellipsoid graft of semi-axes 55 x 30 x 25 mm (about 170 ml), long axis along z."""
+    z, y, x = _grid_mm()
+    return ((z - 80) / 55) ** 2 + ((y - 100) / 30) ** 2 + ((x - 100) / 25) ** 2 <= 1.0
+
+
+def _bowel_loop() -> np.ndarray:
+    """A loop of 11 mm radius running front to back past the kidney's side, pressed 6 mm
+    into it and standing out 40 mm in front of it and behind it."""
+    z, y, x = _grid_mm()
+    return ((z - 80) ** 2 + (x - 136) ** 2 <= 11.0 ** 2) & (y > 30) & (y < 170)
+
+
+def test_a_bowel_loop_pressed_against_the_graft_is_cut_off():
+    kidney, loop = _kidney(), _bowel_loop()
+    region = kidney | loop
+    assert compactness(region, SPACING) < 0.85  # what a grown T2 region looks like
+    out = cut_appendages(region, spacing=SPACING)
+    assert dice(out, kidney) > 0.95, dice(out, kidney)
+    assert (out & loop & ~kidney).sum() < 0.1 * (loop & ~kidney).sum()
+    assert compactness(out, SPACING) >= 0.9
+
+
+def test_a_whole_kidney_is_left_as_it_is():
+    kidney = _kidney()
+    assert np.array_equal(cut_appendages(kidney, spacing=SPACING), kidney)
+    # with a shallow bulge (a pole's lobulation) it is compact enough to be left too
+    z, y, x = _grid_mm()
+    bulge = (z - 80) ** 2 + (y - 100) ** 2 + (x - 122) ** 2 <= 8.0 ** 2
+    bumpy = kidney | bulge
+    assert np.array_equal(cut_appendages(bumpy, spacing=SPACING), bumpy)
