@@ -30,7 +30,8 @@ field instead, before the localisation (the 8-level field absorbs the kidney's o
 signal: on synthetic T2 it brought the cortex from about 1.17 times the fat around it to
 1.0), and the localised region grown to its most stable threshold (:func:`grow_stable`),
 stripped, when it is not compact, of the bowel loops the growth leaked into by an opening
-of its core (:func:`cut_appendages`), is the mask. The four
+of its core (:func:`cut_appendages`), then grown to the half-way level between its border
+and its surroundings (:func:`grow_to_edge`), is the mask. The four
 best candidates of the localisation are grown so, and the grown region most like a whole
 graft (compact, a kidney's semi-axes, 100-300 ml) is kept: a bowel loop or a lymphocele
 often outscores the kidney as a seed, not once grown. The clustering runs only when no
@@ -69,7 +70,7 @@ from models.roi import RegionOfInterest
 from models.timing import StepTimer
 from models.volume import image_spacing_zyx
 
-__all__ = ["NoContrastResult", "cut_appendages", "grow_seed", "grow_stable",
+__all__ = ["NoContrastResult", "cut_appendages", "grow_seed", "grow_stable", "grow_to_edge",
            "segment_graft_nocontrast"]
 
 Progress = Callable[[int, float, int], None]
@@ -225,6 +226,42 @@ def cut_appendages(region: np.ndarray, *, spacing: tuple[float, float, float]) -
         if score > best[0]:
             best = (score, kept)
     return best[1]
+
+
+def grow_to_edge(region: np.ndarray, image: np.ndarray, *,
+                 spacing: tuple[float, float, float], band_mm: float = 2.0,
+                 smooth_mm: float = 1.5, rim_mm: float = 3.0,
+                 ring_mm: tuple[float, float] = (5.0, 12.0)) -> np.ndarray:
+    """``region`` grown to the half-way level between its own border and its surroundings.
+
+    The most stable threshold of :func:`grow_stable` lies above the half-way point
+    between the cortex and the fat around it, so its region stops short of the kidney's
+    edge (tuning seeds 80-99: 11 of 20 volumes more than 5 % low). The image smoothed
+    in-plane (``smooth_mm``), the half-way level is the mean of the median inside the
+    region within ``rim_mm`` of its border and the median ``ring_mm`` outside it (the
+    border of a partial-volume edge); voxels within ``band_mm`` outside the region at or
+    above it are added (holes filled, largest part kept). Nothing is removed.
+    """
+    if not region.any():
+        return region
+    pad = [int(np.ceil((ring_mm[1] + 2.0) / s)) + 1 for s in spacing]
+    index = np.nonzero(region)
+    box = tuple(slice(max(0, int(ix.min()) - p), int(ix.max()) + p + 1)
+                for ix, p in zip(index, pad, strict=True))
+    sub = region[box]
+    smooth = ndi.gaussian_filter(image[box].astype(np.float32),
+                                 (0.0, smooth_mm / spacing[1], smooth_mm / spacing[2]))
+    inside = ndi.distance_transform_edt(sub, sampling=spacing)
+    outside = ndi.distance_transform_edt(~sub, sampling=spacing)
+    rim = sub & (inside <= rim_mm)
+    ring = (outside >= ring_mm[0]) & (outside <= ring_mm[1])
+    if not rim.any() or not ring.any():
+        return region
+    level = 0.5 * (float(np.median(smooth[rim])) + float(np.median(smooth[ring])))
+    added = (outside > 0) & (outside <= band_mm) & (smooth >= level)
+    out = np.zeros_like(region)
+    out[box] = fill_holes(largest_component(sub | added))
+    return out
 
 
 #: How many of the localisation's best candidates are grown on a T2 alone.
@@ -426,6 +463,7 @@ def segment_graft_nocontrast(
         chosen = _grow_best(found[:_GROWN_CANDIDATES], arr, spacing=spacing)
         if chosen is not None:
             best, grown = chosen
+            grown = grow_to_edge(grown, arr, spacing=spacing)
             roi = _grow_roi(best.roi, margin_mm=margin, spacing=spacing, shape=arr.shape)
             lap("selection")
             return NoContrastResult(mask=grown, roi=roi, localised=best,
