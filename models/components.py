@@ -37,6 +37,7 @@ __all__ = [
     "binary_dilation",
     "binary_erosion",
     "binary_opening",
+    "box_around",
     "fill_holes",
     "label_components",
     "largest_component",
@@ -202,6 +203,19 @@ def largest_component(mask: np.ndarray, support: np.ndarray | None = None, *,
         score = hits + sizes / (sizes.max() + 1.0)
     score[0] = -1.0
     return labels == int(np.argmax(score))
+
+
+def box_around(mask: np.ndarray, *, margin_mm: float, spacing_zyx: Sequence[float],
+               extra_vox: int = 0) -> tuple[slice, ...]:
+    """Slices of ``mask``'s bounding box widened by ``margin_mm`` (rounded up to whole
+    voxels per axis) plus ``extra_vox`` voxels, clipped to the array. ``mask`` must not be
+    empty."""
+    index = np.nonzero(mask)
+    return tuple(
+        slice(max(0, int(ix.min()) - p), min(n, int(ix.max()) + 1 + p))
+        for ix, n, p in zip(index, np.shape(mask),
+                            (math.ceil(margin_mm / s) + extra_vox for s in spacing_zyx),
+                            strict=True))
 
 
 def fill_holes(mask: np.ndarray) -> np.ndarray:

@@ -48,7 +48,7 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage as ndi
 
-from models.components import binary_dilation, fill_holes, largest_component
+from models.components import binary_dilation, box_around, fill_holes, largest_component
 from models.feature_clustering import ClusteringResult, cluster_volume
 from models.graft import (
     GraftConfig,
@@ -189,17 +189,20 @@ def cut_appendages(region: np.ndarray, *, spacing: tuple[float, float, float]) -
     in turn; the first result at least :data:`_COMPACT_ENOUGH` compact, else the most
     compact, is returned (the region itself when nothing is more compact).
     """
-    if not region.any() or compactness(region, spacing) >= _COMPACT_KIDNEY:
+    if not region.any():
         return region
-    depth_max = float(ndi.distance_transform_edt(region, sampling=spacing).max())
-    pad = [int(np.ceil((max(_CORE_SHARES) * depth_max + 2.0) / s)) + 1 for s in spacing]
-    index = np.nonzero(region)
-    box = tuple(slice(max(0, int(ix.min()) - p), int(ix.max()) + p + 1)
-                for ix, p in zip(index, pad, strict=True))
+    best = (compactness(region, spacing), region)
+    if best[0] >= _COMPACT_KIDNEY:
+        return region
+    # The depth on the tight box (one background voxel around it) is the depth on the
+    # whole grid; the working box then leaves room for the opening.
+    tight = box_around(region, margin_mm=0.0, spacing_zyx=spacing, extra_vox=1)
+    depth_max = float(ndi.distance_transform_edt(region[tight], sampling=spacing).max())
+    box = box_around(region, margin_mm=max(_CORE_SHARES) * depth_max + 2.0,
+                     spacing_zyx=spacing, extra_vox=1)
     sub = region[box]
     depth = ndi.distance_transform_edt(sub, sampling=spacing)
     voxel_ml = float(np.prod(spacing)) / 1000.0
-    best = (compactness(region, spacing), region)
     for share in _CORE_SHARES:
         radius = share * depth_max
         core = largest_component(depth > radius)
@@ -244,10 +247,7 @@ def grow_to_edge(region: np.ndarray, image: np.ndarray, *,
     """
     if not region.any():
         return region
-    pad = [int(np.ceil((ring_mm[1] + 2.0) / s)) + 1 for s in spacing]
-    index = np.nonzero(region)
-    box = tuple(slice(max(0, int(ix.min()) - p), int(ix.max()) + p + 1)
-                for ix, p in zip(index, pad, strict=True))
+    box = box_around(region, margin_mm=ring_mm[1] + 2.0, spacing_zyx=spacing, extra_vox=1)
     sub = region[box]
     smooth = ndi.gaussian_filter(image[box].astype(np.float32),
                                  (0.0, smooth_mm / spacing[1], smooth_mm / spacing[2]))
@@ -338,10 +338,7 @@ def grow_stable(seed: np.ndarray, image: np.ndarray, *, spacing: tuple[float, fl
     """
     if not seed.any():
         return None
-    index = np.nonzero(seed)
-    pad = [int(np.ceil(margin_mm / s)) for s in spacing]
-    box = tuple(slice(max(0, int(ix.min()) - p), min(n, int(ix.max()) + 1 + p))
-                for ix, p, n in zip(index, pad, seed.shape, strict=True))
+    box = box_around(seed, margin_mm=margin_mm, spacing_zyx=spacing)
     inside = seed[box]
     smooth = ndi.gaussian_filter(image[box].astype(np.float32),
                                  (0.0, smooth_mm / spacing[1], smooth_mm / spacing[2]))

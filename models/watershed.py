@@ -23,7 +23,13 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage as ndi
 
-from models.components import _as_spacing, fill_holes, label_components, largest_component
+from models.components import (
+    _as_spacing,
+    box_around,
+    fill_holes,
+    label_components,
+    largest_component,
+)
 from models.otsu import otsu_threshold
 from models.roi import RegionOfInterest
 
@@ -176,10 +182,7 @@ def grow_by_watershed(
     seed = np.asarray(seed, dtype=bool)
     if seed.shape != arr.shape or not seed.any():
         raise ValueError("the seed must be a non-empty mask of the volume's shape")
-    index = np.nonzero(seed)
-    pad = [int(np.ceil(reach_mm / s)) + 1 for s in spacing]
-    box = tuple(slice(max(0, int(ix.min()) - p), min(n, int(ix.max()) + 1 + p))
-                for ix, p, n in zip(index, pad, arr.shape, strict=True))
+    box = box_around(seed, margin_mm=reach_mm, spacing_zyx=spacing, extra_vox=1)
     crop = arr[box]
     inside = seed[box]
     image = _to_image(np.ascontiguousarray(crop), spacing)

@@ -10,6 +10,7 @@ from models.components import (
     binary_dilation,
     binary_erosion,
     binary_opening,
+    box_around,
     fill_holes,
     label_components,
     largest_component,
@@ -138,3 +139,13 @@ def test_morphology_rejects_bad_radius_and_spacing():
         binary_dilation(mask, radius_vox=-1)
     with pytest.raises(ValueError, match="spacing_zyx"):
         binary_erosion(mask, radius_vox=1, spacing_zyx=(1.0, 0.0, 1.0))
+
+
+def test_box_around_widens_by_whole_voxels_per_axis_and_stays_in_the_array():
+    mask = np.zeros((10, 20, 20), dtype=bool)
+    mask[4:6, 2:5, 10:12] = True
+    # 3 mm on 2 mm slices is 2 voxels; on 1 mm pixels 3; plus 1 extra each
+    box = box_around(mask, margin_mm=3.0, spacing_zyx=(2.0, 1.0, 1.0), extra_vox=1)
+    assert box == (slice(1, 9), slice(0, 9), slice(6, 16))
+    assert box_around(mask, margin_mm=0.0, spacing_zyx=(2.0, 1.0, 1.0)) == (
+        slice(4, 6), slice(2, 5), slice(10, 12))
