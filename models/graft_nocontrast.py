@@ -33,13 +33,15 @@ stripped, when it is not compact, of the bowel loops the growth leaked into by a
 of its core (:func:`cut_appendages`), then grown to the half-way level between its border
 and its surroundings (:func:`grow_to_edge`), is the mask. The four
 best candidates of the localisation are grown so, and the grown region most like a whole
-graft (compact, a kidney's semi-axes, 100-300 ml) is kept: a bowel loop or a lymphocele
-often outscores the kidney as a seed, not once grown. The clustering runs only when no
-candidate grows to a region of plausible volume.
+graft (compact, a kidney's semi-axes, 100-300 ml), weighted by the square root of its
+seed's score, is kept: a bowel loop or a lymphocele often outscores the kidney as a seed,
+not once grown; the bladder grows as compact as a kidney, but from a mid-line seed. The
+clustering runs only when no candidate grows to a region of plausible volume.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -281,7 +283,9 @@ def _grow_best(found: Sequence[LocalisedKidney], image: np.ndarray, *,
     fat. Grown, such a seed stays small or spreads irregularly, while a piece of the
     kidney grows into the whole organ. The grown regions are compared by
     :func:`models.mr_localise.kidney_likeness` (ellipsoid compactness, semi-axes of a
-    kidney) and a graft's volume (:data:`_GRAFT_ML`).
+    kidney) and a graft's volume (:data:`_GRAFT_ML`), times the square root of the
+    candidate's own score (position, contrast, homogeneity): the bladder, grown, is as
+    compact as a kidney and of a graft's volume, but its seed lies in the mid-line.
     """
     best: tuple[float, LocalisedKidney, np.ndarray] | None = None
     for candidate in found:
@@ -289,7 +293,7 @@ def _grow_best(found: Sequence[LocalisedKidney], image: np.ndarray, *,
         if grown is None:
             continue
         grown = cut_appendages(fill_holes(largest_component(grown)), spacing=spacing)
-        score = kidney_likeness(grown, spacing, volume_ml=_GRAFT_ML)
+        score = kidney_likeness(grown, spacing, volume_ml=_GRAFT_ML) * math.sqrt(candidate.score)
         if best is None or score > best[0]:
             best = (score, candidate, grown)
     return None if best is None else (best[1], best[2])

@@ -87,6 +87,7 @@ __all__ = [
     "kidney_likeness",
     "localise_image",
     "localise_kidneys",
+    "native_pairs",
     "pair_likeness",
     "patient_side",
     "split_necks",
@@ -270,7 +271,10 @@ def _ramp(value: float, zero: float, one: float) -> float:
 
 
 def _band(value: float, low: float, high: float, soft: float) -> float:
-    """1 inside [low, high], falling linearly to 0 at ``soft`` outside."""
+    """1 inside [low, high], falling linearly to 0 at ``soft`` outside (a hard window for
+    ``soft`` 0)."""
+    if soft <= 0:
+        return float(low <= value <= high)
     return min(_ramp(value, low - soft, low), _ramp(value, high + soft, high))
 
 
@@ -341,7 +345,7 @@ def _score(ctx: _Context, mask: np.ndarray, box: tuple[slice, ...]) -> dict[str,
     sub = mask[box]
     sub = ndi.binary_fill_holes(sub)
     volume = float(sub.sum()) * voxel_ml
-    size = _band(volume, low, high, 0.0) if low <= volume <= high else (
+    size = 1.0 if low <= volume <= high else (
         _ramp(volume, 0.5 * low, low) if volume < low else _ramp(volume, 1.5 * high, high))
     if size <= 0:
         return None
@@ -416,6 +420,7 @@ def localise_kidneys(
     spacing_zyx: Sequence[float],
     direction: Sequence[float] = (1, 0, 0, 0, 1, 0, 0, 0, 1),
     config: LocaliseConfig = LocaliseConfig(),
+    ranked: bool = False,
 ) -> list[LocalisedKidney]:
     """Kidney candidates of an MR volume, best first (see the module notes).
 
@@ -429,6 +434,9 @@ def localise_kidneys(
         Direction cosines as SimpleITK gives them (9 values, row-major), DICOM LPS.
     config : LocaliseConfig
         Target and settings.
+    ranked : bool
+        Native kidneys: return every candidate, best first, not only the best pair
+        (:func:`native_pairs` then ranks the pairs).
 
     Returns
     -------
@@ -513,13 +521,13 @@ def localise_kidneys(
             kept.append(candidate)
     results = [_to_input(c, arr.shape, spacing, config, axes_left=c.terms["x_mm"] > 0)
                for c in kept]
-    if config.target is Target.NATIVE:
+    if config.target is Target.NATIVE and not ranked:
         results = _native_pair(results, config.pair_sd_mm)
     return results
 
 
 def localise_image(image: sitk.Image, *, config: LocaliseConfig, n4_levels: int | None,
-                   ) -> tuple[sitk.Image, list[LocalisedKidney]]:
+                   ranked: bool = False) -> tuple[sitk.Image, list[LocalisedKidney]]:
     """:func:`localise_kidneys` on an image: checked, bias-corrected with ``n4_levels``
     fitting levels (``None``: not corrected), as float32.
 
@@ -541,7 +549,7 @@ def localise_image(image: sitk.Image, *, config: LocaliseConfig, n4_levels: int 
         fixed = n4_correct(fixed, fitting_levels=n4_levels)
     found = localise_kidneys(sitk.GetArrayViewFromImage(fixed),
                              spacing_zyx=image_spacing_zyx(fixed),
-                             direction=fixed.GetDirection(), config=config)
+                             direction=fixed.GetDirection(), config=config, ranked=ranked)
     return fixed, found
 
 
@@ -556,16 +564,25 @@ def pair_likeness(right: LocalisedKidney, left: LocalisedKidney,
     return math.exp(-0.5 * d2)
 
 
-def _native_pair(results: list[LocalisedKidney], sd_mm: Sequence[float]
-                 ) -> list[LocalisedKidney]:
-    """The right and left candidates that make the best pair (see the module notes)."""
+def native_pairs(results: Sequence[LocalisedKidney], sd_mm: Sequence[float], *,
+                 limit: int = 1) -> list[list[LocalisedKidney]]:
+    """Up to ``limit`` pairs (right, left) of candidates, best first by the product of their
+    scores and :func:`pair_likeness` (see the module notes), each sorted by score. With
+    candidates on one side only, its best ``limit`` candidates, one per entry."""
     right = [r for r in results if r.side == "right"]
     left = [r for r in results if r.side == "left"]
     if not right or not left:
-        return results[:1]
-    pair = max(((r, candidate) for r in right for candidate in left),
-               key=lambda p: p[0].score * p[1].score * pair_likeness(*p, sd_mm))
-    return sorted(pair, key=lambda r: -r.score)
+        return [[r] for r in results[:limit]]
+    pairs = sorted(((r, candidate) for r in right for candidate in left),
+                   key=lambda p: -p[0].score * p[1].score * pair_likeness(*p, sd_mm))
+    return [sorted(pair, key=lambda r: -r.score) for pair in pairs[:limit]]
+
+
+def _native_pair(results: list[LocalisedKidney], sd_mm: Sequence[float]
+                 ) -> list[LocalisedKidney]:
+    """The right and left candidates that make the best pair (see the module notes)."""
+    pairs = native_pairs(results, sd_mm)
+    return pairs[0] if pairs else []
 
 
 def _to_input(found: _Found, shape: tuple[int, ...], spacing: tuple[float, float, float],

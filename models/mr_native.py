@@ -9,9 +9,15 @@ next to the liver, the spleen and bowel loops that are as bright on a T2. Here:
 2. localisation of the pair of kidneys (:func:`models.mr_localise.localise_kidneys` with
    :attr:`~models.mr_localise.Target.NATIVE`): candidates by shape and context in many
    intensity windows, the right and left ones chosen together as a mirrored pair;
-3. each localised kidney, usually a part of it (one window holds the cortex or the
+3. each localised kidney, often a part of it (one window holds the cortex or the
    medulla), grown to the whole organ by a marker-controlled watershed of the gradient
-   (:func:`models.watershed.grow_by_watershed`).
+   (:func:`models.watershed.grow_by_watershed`). When the best pair does not grow into a
+   plausible pair (a kidney of 40-450 ml each, neither more than
+   :data:`ASYMMETRY_REVIEW` times the other), the next pairs are grown in turn (up to
+   :data:`_PAIRS_TRIED`), and the first plausible one is kept: the spleen, as bright as
+   the kidney on a fat-suppressed T2 and often as kidney-shaped, leaks into the liver and
+   stomach when grown (CHAOS case 3: 733 ml); none plausible, the best pair stays and
+   the pipeline flags it.
 
 The pair's symmetry (:func:`models.mr_localise.pair_likeness`) is kept with the result:
 below :data:`UNPAIRED_BELOW` (the two positions differ by more than twice the tolerated
@@ -37,6 +43,7 @@ from models.mr_localise import (
     LocalisedKidney,
     Target,
     localise_image,
+    native_pairs,
     pair_likeness,
 )
 from models.timing import StepTimer
@@ -52,7 +59,7 @@ __all__ = [
     "volume_asymmetry",
 ]
 
-#: Localisation of native kidneys: a localised part of a kidney is often 70-80 ml.
+#: Localisation of native kidneys: a kidney, or the part of it one window holds, 80-300 ml.
 NATIVE_LOCALISE = LocaliseConfig(target=Target.NATIVE, volume_ml=(80.0, 300.0))
 #: A pair less symmetric than this (``d`` > 2 in :func:`pair_likeness`) is doubtful.
 UNPAIRED_BELOW = math.exp(-2.0)
@@ -60,6 +67,18 @@ UNPAIRED_BELOW = math.exp(-2.0)
 ASYMMETRY_REVIEW = 1.5
 #: Fitting levels of the bias field (see the module notes).
 _N4_LEVELS = 3
+#: Pairs of candidates grown, best first, until one grows into a plausible pair.
+_PAIRS_TRIED = 4
+#: Volumes (ml) a grown native kidney may have (an atrophic one to a large one).
+_GROWN_ML = (40.0, 450.0)
+
+
+def _plausible(masks: dict[str, np.ndarray], voxel_ml: float) -> bool:
+    """Every grown kidney of a plausible volume and, for two, not asymmetric."""
+    volumes = [float(np.count_nonzero(m)) * voxel_ml for m in masks.values()]
+    asymmetry = volume_asymmetry(masks)
+    return all(_GROWN_ML[0] <= v <= _GROWN_ML[1] for v in volumes) and (
+        asymmetry is None or asymmetry <= ASYMMETRY_REVIEW)
 
 
 @dataclass(frozen=True)
@@ -121,15 +140,31 @@ def segment_native_kidneys(image: sitk.Image, *, n4: bool = True,
     if localise.target is not Target.NATIVE:
         raise ValueError("segment_native_kidneys needs a localisation for native kidneys")
     timer = StepTimer()
-    fixed, found = localise_image(image, config=localise, n4_levels=_N4_LEVELS if n4 else None)
+    fixed, found = localise_image(image, config=localise, n4_levels=_N4_LEVELS if n4 else None,
+                                  ranked=True)
     if not found:
         raise ValueError("no region looks like a native kidney (localisation found none)")
     timer.lap("localise")
     spacing = image_spacing_zyx(fixed)
     arr = sitk.GetArrayFromImage(fixed)
-    masks = {k.side: grow_by_watershed(arr, k.mask, spacing_zyx=spacing) for k in found}
+    voxel_ml = float(np.prod(spacing)) / 1000.0
+    grown: dict[int, np.ndarray] = {}
+
+    def grow(kidney: LocalisedKidney) -> np.ndarray:
+        if id(kidney) not in grown:
+            grown[id(kidney)] = grow_by_watershed(arr, kidney.mask, spacing_zyx=spacing)
+        return grown[id(kidney)]
+
+    pairs = native_pairs(found, localise.pair_sd_mm, limit=_PAIRS_TRIED)
+    chosen = pairs[0]
+    for pair in pairs:
+        masks = {k.side: grow(k) for k in pair}
+        if _plausible(masks, voxel_ml):
+            chosen = pair
+            break
+    masks = {k.side: grow(k) for k in chosen}
     timer.lap("grow")
-    localised = {k.side: k for k in found}
+    localised = {k.side: k for k in chosen}
     pair = (pair_likeness(localised["right"], localised["left"], localise.pair_sd_mm)
             if len(localised) == 2 else None)
     return NativeResult(masks=masks, localised=localised, pair_likeness=pair,

@@ -108,3 +108,28 @@ def test_native_kidneys_are_chosen_as_a_mirrored_pair_not_by_their_own_scores():
     # One side only (a single kidney): its best candidate, nothing invented on the other.
     assert _native_pair([right, _candidate("right", 0.5, (-60.0, 0.0, 0.0))], sd) == [right]
     assert _native_pair([], sd) == []
+    # Ranked pairs, for the growth to fall back on: the mirrored pair first, then the
+    # right kidney with the spleen (its score makes up for a worse symmetry), bowel last.
+    from models.mr_localise import native_pairs
+
+    pairs = native_pairs([spleen, bowel, right, kidney], sd, limit=3)
+    assert pairs == [[right, kidney], [spleen, right], [bowel, right]]
+    assert native_pairs([right], sd, limit=3) == [[right]]
+
+
+def test_a_candidate_of_plausible_volume_is_scored_not_dropped():
+    # A 150 ml ellipsoid (a graft) in the right iliac fossa of an elliptic body: its
+    # volume lies inside LocaliseConfig.volume_ml, so its size term is 1. (A hard window
+    # used to score 0 inside its own range: only fragments and merges were candidates.)
+    rng = np.random.default_rng(0)
+    z, y, x = np.mgrid[0:40, 0:120, 0:160].astype(float)
+    spacing = (4.0, 2.5, 2.5)
+    body = ((y - 60) / 50) ** 2 + ((x - 80) / 75) ** 2 <= 1.0
+    volume = np.where(body, 100.0, 5.0) + rng.normal(0, 3, (40, 120, 160))
+    kidney = (((z - 20) * 4 / 50) ** 2 + ((y - 45) * 2.5 / 30) ** 2
+              + ((x - 40) * 2.5 / 24) ** 2) <= 1.0
+    assert 130 < kidney.sum() * np.prod(spacing) / 1000 < 170
+    volume[kidney] = 160.0 + rng.normal(0, 3, kidney.sum())
+    found = localise_kidneys(volume.astype(np.float32), spacing_zyx=spacing)
+    assert found and found[0].terms["size"] == 1.0
+    assert dice(found[0].mask, kidney) > 0.8 and found[0].side == "right"
