@@ -81,7 +81,7 @@ def run_study(seed: int, *, dixon: bool) -> dict:
     except ValueError as exc:
         row.update(error=str(exc), dice=0.0, seconds=round(time.perf_counter() - started, 1))
         return row
-    judged = _verdict(t2, result.mask, flags=("no-contrast",))
+    judged = _verdict(t2, result.mask, flags=("no-contrast", *result.doubts()))
     row.update(
         verdict=judged["verdict"], reasons=judged["reasons"],
         dice=dice(result.mask, truth),
@@ -89,6 +89,7 @@ def run_study(seed: int, *, dixon: bool) -> dict:
                                               signed=True),
         found_ml=float(result.mask.sum() * np.prod(spacing) / 1000.0),
         from_clusters=result.from_clusters,
+        likeness=None if result.likeness is None else round(result.likeness, 3),
         localised_in_box=float(truth[result.roi.slices].sum() / truth.sum()),
         iterations=result.clustering.iterations if result.clustering else 0,
         stopped_by=str(result.clustering.stopped_by) if result.clustering else "stable-grow",

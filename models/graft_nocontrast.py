@@ -72,8 +72,8 @@ from models.roi import RegionOfInterest
 from models.timing import StepTimer
 from models.volume import image_spacing_zyx
 
-__all__ = ["NoContrastResult", "cut_appendages", "grow_seed", "grow_stable", "grow_to_edge",
-           "segment_graft_nocontrast"]
+__all__ = ["KIDNEY_SHAPED", "NoContrastResult", "cut_appendages", "grow_seed", "grow_stable",
+           "grow_to_edge", "segment_graft_nocontrast"]
 
 Progress = Callable[[int, float, int], None]
 
@@ -103,6 +103,9 @@ class NoContrastResult:
     timings_s : dict of str to float
         Seconds per step: ``localise`` (with the reference's N4), ``n4`` (of further
         sequences), ``registration``, ``clustering``, ``selection``.
+    likeness : float or None
+        T2 alone: :func:`models.mr_localise.kidney_likeness` of the grown region before
+        its growth to the edge; ``None`` when the clustering gave the mask.
     """
 
     mask: np.ndarray
@@ -114,6 +117,14 @@ class NoContrastResult:
     channels: int
     from_clusters: bool = True
     timings_s: dict[str, float] = field(default_factory=dict)
+    likeness: float | None = None
+
+    def doubts(self) -> tuple[str, ...]:
+        """``("not-kidney-shaped",)`` when the grown region (T2 alone) looks less like a
+        whole kidney than :data:`KIDNEY_SHAPED` (:func:`models.mr_localise.kidney_likeness`:
+        a fragment of the kidney, a bowel loop); else nothing."""
+        doubtful = self.likeness is not None and self.likeness < KIDNEY_SHAPED
+        return ("not-kidney-shaped",) if doubtful else ()
 
 
 def _grow_roi(roi: RegionOfInterest, *, margin_mm: float,
@@ -266,6 +277,10 @@ def grow_to_edge(region: np.ndarray, image: np.ndarray, *,
     return out
 
 
+#: A grown region less like a whole kidney than this is flagged ``not-kidney-shaped``
+#: (the 58 development studies' chosen regions: 0.86 or more; a fragment of the kidney
+#: grown to 60 ml, Dice 0.58: 0.19).
+KIDNEY_SHAPED = 0.7
 #: How many of the localisation's best candidates are grown on a T2 alone.
 _GROWN_CANDIDATES = 4
 #: Graft volumes (ml) scoring 1 when a grown candidate is judged; 0 at 50 ml beyond.
@@ -274,9 +289,10 @@ _GRAFT_ML = (100.0, 300.0)
 
 def _grow_best(found: Sequence[LocalisedKidney], image: np.ndarray, *,
                spacing: tuple[float, float, float]
-               ) -> tuple[LocalisedKidney, np.ndarray] | None:
+               ) -> tuple[LocalisedKidney, np.ndarray, float] | None:
     """Each candidate grown (:func:`grow_stable`, :func:`cut_appendages`); the one whose grown
-    region looks most like a whole graft, with that region; ``None`` when none grows.
+    region looks most like a whole graft, with that region and its kidney-likeness;
+    ``None`` when none grows.
 
     On a T2 the localisation's best candidate is often a bowel loop or a lymphocele: more
     contrasted and more homogeneous than a kidney, whose cortex is barely brighter than
@@ -287,16 +303,17 @@ def _grow_best(found: Sequence[LocalisedKidney], image: np.ndarray, *,
     candidate's own score (position, contrast, homogeneity): the bladder, grown, is as
     compact as a kidney and of a graft's volume, but its seed lies in the mid-line.
     """
-    best: tuple[float, LocalisedKidney, np.ndarray] | None = None
+    best: tuple[float, LocalisedKidney, np.ndarray, float] | None = None
     for candidate in found:
         grown = grow_stable(candidate.mask, image, spacing=spacing, volume_ml=_STABLE_VOLUME_ML)
         if grown is None:
             continue
         grown = cut_appendages(fill_holes(largest_component(grown)), spacing=spacing)
-        score = kidney_likeness(grown, spacing, volume_ml=_GRAFT_ML) * math.sqrt(candidate.score)
+        likeness = kidney_likeness(grown, spacing, volume_ml=_GRAFT_ML)
+        score = likeness * math.sqrt(candidate.score)
         if best is None or score > best[0]:
-            best = (score, candidate, grown)
-    return None if best is None else (best[1], best[2])
+            best = (score, candidate, grown, likeness)
+    return None if best is None else best[1:]
 
 
 def _disk(radius_vox: int) -> np.ndarray:
@@ -463,14 +480,14 @@ def segment_graft_nocontrast(
     if not extras:
         chosen = _grow_best(found[:_GROWN_CANDIDATES], arr, spacing=spacing)
         if chosen is not None:
-            best, grown = chosen
+            best, grown, likeness = chosen
             grown = grow_to_edge(grown, arr, spacing=spacing)
             roi = _grow_roi(best.roi, margin_mm=margin, spacing=spacing, shape=arr.shape)
             lap("selection")
             return NoContrastResult(mask=grown, roi=roi, localised=best,
                                     working_spacing_zyx=spacing, working_shape=roi.shape,
                                     clustering=None, channels=1, from_clusters=False,
-                                    timings_s=timings)
+                                    timings_s=timings, likeness=likeness)
     best = found[0]
     roi = _grow_roi(best.roi, margin_mm=margin, spacing=spacing, shape=arr.shape)
     crops = [_crop(fixed, roi)]

@@ -34,8 +34,13 @@ import numpy as np
 from scipy import ndimage as ndi
 from scipy.spatial import ConvexHull, QhullError
 
-__all__ = ["MaskSignals", "QcThresholds", "QcVerdict", "Verdict", "judge", "mask_signals",
-           "worst"]
+__all__ = ["RESULT_DOUBTS", "MaskSignals", "QcThresholds", "QcVerdict", "Verdict", "judge",
+           "mask_signals", "worst"]
+
+#: A method's doubts about the whole result (not one side's segment) that ask for review:
+#: ``not-kidney-shaped``, a T2-only graft grown into a region unlike a whole kidney
+#: (:meth:`models.graft_nocontrast.NoContrastResult.doubts`).
+RESULT_DOUBTS = ("not-kidney-shaped",)
 
 
 class Verdict(enum.StrEnum):
@@ -222,8 +227,9 @@ def judge(
         change larger than ``change_pct_review`` % is not plausible between follow-ups.
     flags
         The pipeline's own warnings; ``*-touches-edge``, ``*-unpaired`` (a native
-        kidney whose partner does not lie mirrored to it) and ``*-asymmetric`` (one
-        kidney far larger than the other) ask for review.
+        kidney whose partner does not lie mirrored to it), ``*-asymmetric`` (one
+        kidney far larger than the other) and ``not-kidney-shaped`` (a T2-only graft
+        grown into a region unlike a whole kidney) ask for review.
     """
     t = thresholds
     fail: list[str] = []
@@ -274,7 +280,7 @@ def judge(
             review.append(f"{change:+.0f} % from the previous study ({previous_volume_ml:.0f} "
                           f"ml; > {t.change_pct_review:g} % is not plausible)")
     review.extend(f"method flag {f}" for f in flags
-                  if f.endswith(("touches-edge", "unpaired", "asymmetric")))
+                  if f.endswith(("touches-edge", "unpaired", "asymmetric", *RESULT_DOUBTS)))
     if fail:
         return QcVerdict(Verdict.FAIL, tuple(fail + review))
     if review:

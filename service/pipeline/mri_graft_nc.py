@@ -14,7 +14,9 @@ the inputs from the study's series, applies the device profile and wraps the res
   it (:func:`service.pipeline.graft_output.graft_output`);
 * flags: ``no-contrast`` always, ``t1-only`` without T2, ``multi-contrast`` with T1
   channels, ``localisation-grown`` when no cluster held the localised kidney,
-  ``roi-touches-edge``, ``not-converged``.
+  ``roi-touches-edge``, ``not-converged``, ``not-kidney-shaped`` (T2 alone: the grown
+  region looks less like a whole kidney than ``models.graft_nocontrast.KIDNEY_SHAPED``;
+  quality control sends it to review).
 """
 
 from __future__ import annotations
@@ -144,4 +146,4 @@ class NoContrastGraftPipeline:
             ("localisation-grown", not result.from_clusters),
             ("roi-touches-edge", result.roi.touches_edge),
             ("not-converged", c is not None and c.stopped_by == "max_iter")) if on)
-        return replace(output, flags=flags)
+        return replace(output, flags=flags + result.doubts())

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field, fields, replace
 import numpy as np
 import SimpleITK as sitk
 
-from models.qc import QcThresholds, Verdict, judge, mask_signals, worst
+from models.qc import RESULT_DOUBTS, QcThresholds, Verdict, judge, mask_signals, worst
 from models.volume import image_spacing_zyx
 from service.config import QcSettings
 from service.pipeline.base import PipelineOutput
@@ -73,7 +73,7 @@ def assess_output(
         thresholds, shape_checks = thresholds_for(spec.structure, settings, output.flags)
         side_flags = tuple(f for f in output.flags
                            if f.startswith(spec.structure.split("_")[-1] + "-")
-                           or f.startswith("roi-"))
+                           or f.startswith("roi-") or f in RESULT_DOUBTS)
         verdict = judge(signals, thresholds=thresholds, shape_checks=shape_checks,
                         previous_volume_ml=previous.get(spec.structure), flags=side_flags)
         found[spec.structure] = Assessment(verdict.verdict, verdict.reasons,

@@ -66,3 +66,26 @@ def test_a_region_short_of_the_kidney_edge_is_grown_to_it():
     # at the edge already: it barely moves, and never leaks into the fat
     again = grow_to_edge(kidney, image, spacing=SPACING)
     assert again.sum() < 1.05 * kidney.sum()
+
+
+def test_a_grown_region_unlike_a_kidney_is_doubted_and_a_kidney_is_not():
+    from models.graft_nocontrast import KIDNEY_SHAPED, NoContrastResult
+    from models.mr_localise import LocalisedKidney, kidney_likeness
+    from models.roi import RegionOfInterest
+
+    kidney = _kidney()
+    half = kidney & (np.indices(SHAPE)[0] * SPACING[0] > 95)  # the upper pole alone
+    likeness = {name: kidney_likeness(mask, SPACING, volume_ml=(100.0, 300.0))
+                for name, mask in (("kidney", kidney), ("pole", half))}
+    assert likeness["kidney"] > 0.9 > KIDNEY_SHAPED > likeness["pole"]
+    roi = RegionOfInterest(start=(0, 0, 0), stop=SHAPE)
+    seed = LocalisedKidney(mask=kidney, roi=roi, volume_ml=170.0, score=0.5)
+
+    def result(value: float | None) -> NoContrastResult:
+        return NoContrastResult(mask=kidney, roi=roi, localised=seed,
+                                working_spacing_zyx=SPACING, working_shape=SHAPE,
+                                clustering=None, channels=1, likeness=value)
+
+    assert result(likeness["pole"]).doubts() == ("not-kidney-shaped",)
+    assert result(likeness["kidney"]).doubts() == ()
+    assert result(None).doubts() == ()  # the clustering's mask: no grown region to judge

@@ -95,3 +95,14 @@ def test_volume_limits_and_the_worst_verdict():
         mask_signals(_image(), np.zeros_like(KIDNEY), spacing_zyx=SPACING)
     with pytest.raises(ValueError, match="grid"):
         mask_signals(_image()[:10], KIDNEY, spacing_zyx=SPACING)
+
+
+def test_a_graft_grown_unlike_a_kidney_is_sent_to_review_by_its_flag():
+    # The T2-only graft method's own doubt (models.graft_nocontrast.NoContrastResult.doubts):
+    # the shape signals of a kidney-sized mask may pass while the grown region was a
+    # fragment; the flag alone asks for review.
+    signals = mask_signals(_image(), KIDNEY, spacing_zyx=SPACING)
+    verdict = judge(signals, flags=("no-contrast", "not-kidney-shaped"))
+    assert verdict.verdict is Verdict.REVIEW
+    assert verdict.reasons == ("method flag not-kidney-shaped",)
+    assert judge(signals, flags=("no-contrast",)).verdict is Verdict.PASS

@@ -76,6 +76,31 @@ def test_t2_only_study_gives_the_graft_on_the_right(study):
     # but delineated coarsely: see benchmarks/results/graft_nocontrast.md for accuracy.
     assert dice(mask, truth) > 0.3
     assert output.volumes_ml["graft"] > 0
+    assert "not-kidney-shaped" not in output.flags  # grown into a kidney-like region
+
+
+def test_a_region_grown_unlike_a_kidney_is_flagged_and_reviewed(study, monkeypatch):
+    # The method's doubt (NoContrastResult.doubts) becomes a flag of the output, and
+    # quality control sends the result to review for it.
+    import service.pipeline.mri_graft_nc as module
+    from models.qc import Verdict
+    from service.config import QcSettings
+    from service.pipeline.quality import assess_output
+
+    real = module.segment_graft_nocontrast
+
+    def fragment(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        from dataclasses import replace
+
+        return replace(real(*args, **kwargs), likeness=0.19)
+
+    monkeypatch.setattr(module, "segment_graft_nocontrast", fragment)
+    torch.manual_seed(0)
+    output = NoContrastGraftPipeline(settings=FAST).run(_inputs(study, t1=False), device="cpu")
+    assert "not-kidney-shaped" in output.flags
+    assessment = assess_output(output, QcSettings())["graft"]
+    assert assessment.verdict is not Verdict.PASS
+    assert "method flag not-kidney-shaped" in assessment.reasons
 
 
 def test_grow_stable_takes_the_whole_bright_organ_not_its_core_or_the_fat():

@@ -128,3 +128,8 @@ def test_no_contrast_results_are_not_held_to_an_edge_at_their_border():
                             segments=(KIDNEY,), volumes_ml={"kidney": 1.0},
                             flags=("no-contrast",))
     assert any("gradient" in r for r in assess_output(output, strict)["kidney"].reasons)
+    # The method's own doubt about the whole result reaches the segment's verdict.
+    doubted = judged(("no-contrast", "not-kidney-shaped"))
+    assert doubted.verdict is Verdict.REVIEW
+    assert "method flag not-kidney-shaped" in doubted.reasons
+    assert "method flag not-kidney-shaped" not in no_contrast.reasons
