@@ -392,7 +392,9 @@ def split_necks(mask: np.ndarray, spacing: tuple[float, float, float], h_mm: flo
     distance = ndi.distance_transform_edt(mask, sampling=spacing).astype(np.float32)
     image = sitk.GetImageFromArray(distance)
     image.SetSpacing(spacing[::-1])
-    peaks = (distance - sitk.GetArrayViewFromImage(sitk.HMaxima(image, h_mm))) > 1e-3
+    # A copy: a view of the temporary HMaxima image would outlive its buffer (the node
+    # crashed with a segfault in this subtraction; tests warned of invalid values).
+    peaks = (distance - sitk.GetArrayFromImage(sitk.HMaxima(image, h_mm))) > 1e-3
     markers, n = ndi.label(peaks)
     if n < 2:
         return mask.astype(np.int32)
