@@ -68,6 +68,7 @@ from models.mr_localise import (
     localise_image,
 )
 from models.preprocess import n4_correct, register_t2_to_dce
+from models.qc import NOT_KIDNEY_SHAPED
 from models.roi import RegionOfInterest
 from models.timing import StepTimer
 from models.volume import image_spacing_zyx
@@ -124,7 +125,7 @@ class NoContrastResult:
         whole kidney than :data:`KIDNEY_SHAPED` (:func:`models.mr_localise.kidney_likeness`:
         a fragment of the kidney, a bowel loop); else nothing."""
         doubtful = self.likeness is not None and self.likeness < KIDNEY_SHAPED
-        return ("not-kidney-shaped",) if doubtful else ()
+        return (NOT_KIDNEY_SHAPED,) if doubtful else ()
 
 
 def _grow_roi(roi: RegionOfInterest, *, margin_mm: float,

@@ -34,13 +34,14 @@ import numpy as np
 from scipy import ndimage as ndi
 from scipy.spatial import ConvexHull, QhullError
 
-__all__ = ["RESULT_DOUBTS", "MaskSignals", "QcThresholds", "QcVerdict", "Verdict", "judge",
-           "mask_signals", "worst"]
+__all__ = ["NOT_KIDNEY_SHAPED", "RESULT_DOUBTS", "MaskSignals", "QcThresholds", "QcVerdict",
+           "Verdict", "judge", "mask_signals", "worst"]
 
 #: A method's doubts about the whole result (not one side's segment) that ask for review:
 #: ``not-kidney-shaped``, a T2-only graft grown into a region unlike a whole kidney
 #: (:meth:`models.graft_nocontrast.NoContrastResult.doubts`).
-RESULT_DOUBTS = ("not-kidney-shaped",)
+NOT_KIDNEY_SHAPED = "not-kidney-shaped"
+RESULT_DOUBTS = (NOT_KIDNEY_SHAPED,)
 
 
 class Verdict(enum.StrEnum):
