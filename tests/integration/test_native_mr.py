@@ -78,11 +78,15 @@ def _write_mr_series(image: sitk.Image, folder: Path, *, patient_id: str,
 
 
 @pytest.mark.skipif(not CHAOS.is_dir(), reason=f"no CHAOS T2-SPIR data at {CHAOS}")
+@pytest.mark.parametrize("case", [1, 3])
 def test_real_t2_of_native_kidneys_gets_a_right_and_a_left_kidney(
-        make_node, sqlite_url, tmp_path):
-    image = sitk.ReadImage(str(CHAOS / "image_1.nii.gz"), sitk.sitkFloat32)
-    labels = sitk.ReadImage(str(CHAOS / "label_1.nii.gz"))
-    files = _write_mr_series(image, tmp_path / "mr", patient_id="IT-NATIVE-MR-1",
+        make_node, sqlite_url, tmp_path, case):
+    # Case 3: the spleen is the localisation's best left candidate and best pair; grown it
+    # is no kidney, and the node must fall back to the next plausible pair.
+    image = sitk.ReadImage(str(CHAOS / f"image_{case}.nii.gz"), sitk.sitkFloat32)
+    labels = sitk.ReadImage(str(CHAOS / f"label_{case}.nii.gz"))
+    patient = f"IT-NATIVE-MR-{case}"
+    files = _write_mr_series(image, tmp_path / "mr", patient_id=patient,
                              description="T2 SPIR tra")
     dest = tmp_path / "dest"
     with node_sending_to_storescp(make_node, sqlite_url, dest, processing={
@@ -95,7 +99,7 @@ def test_real_t2_of_native_kidneys_gets_a_right_and_a_left_kidney(
         node.wait_for(lambda: [p for p in dest.glob("*") if p.is_file() and dcmread(
             p, stop_before_pixels=True).SOPClassUID == Comprehensive3DSRStorage], 30, "the SR")
         job = node.study(dcmread(files[0]).StudyInstanceUID)["jobs"][-1]
-        rows = json.loads(node.cli("volumes", "IT-NATIVE-MR-1", "--json").stdout)
+        rows = json.loads(node.cli("volumes", patient, "--json").stdout)
     assert job["pipeline"] == "mri-kidneys-nc" and job["state"] == "succeeded"
     assert dciodvfy_errors(seg_path) == []
     seg = dcmread(seg_path)
@@ -113,12 +117,14 @@ def test_real_t2_of_native_kidneys_gets_a_right_and_a_left_kidney(
     for side, value in (("right", 2), ("left", 3)):
         mask, expected = masks[sides[side]], truth == value
         dice = 2.0 * float((mask & expected).sum()) / float(mask.sum() + expected.sum())
-        print(f"\nCHAOS case 1 {side} kidney through the node: Dice {dice:.3f}")
+        print(f"\nCHAOS case {case} {side} kidney through the node: Dice {dice:.3f}")
         assert dice > 0.85, (side, dice)
+    left = masks[sides["left"]]
+    assert (left & (truth == 4)).sum() < 0.05 * left.sum()  # not the spleen (label 4)
     by_structure = {r["structure"]: r for r in rows}
     assert set(by_structure) == {"kidney_right", "kidney_left"}
     for structure, row in by_structure.items():
         print(f"{structure}: {row['volume_ml']:.1f} ml, QC {row['qc_verdict']} {row['qc_reasons']}")
         assert "no-contrast" in row["flags"]
         assert row["qc_verdict"] in ("pass", "review", "fail")
-        assert 150 < row["volume_ml"] < 260  # manual masks: 217 and 216 ml
+        assert 150 < row["volume_ml"] < 260  # manual masks: 217/216 ml, case 3 196/194
