@@ -24,7 +24,13 @@ from pydicom import dcmread
 from pydicom.uid import Comprehensive3DSRStorage, SegmentationStorage
 
 from service.imaging.series import load_series
-from service.synthetic import CtGrid, synthesize_ct, write_ct_study, write_mr_study
+from service.synthetic import (
+    CtGrid,
+    paper_protocol,
+    synthesize_ct,
+    write_ct_study,
+    write_mr_study,
+)
 from service.synthetic.ct_anatomy import Transplant
 from service.synthetic.ct_phantom import Coverage
 from service.synthetic.ct_tissues import CtPhase
@@ -142,6 +148,23 @@ def test_t2_only_graft_mri_gets_a_graft_segment_with_its_side_and_verdict(
         assert not row["in_trend"]
     if dice >= 0.7:
         assert side == "right"
+
+
+def test_a_t2_only_graft_grown_unlike_a_kidney_is_sent_to_review(make_node, sqlite_url,
+                                                                  tmp_path):
+    # Synthetic seed 12 at the paper's T2 resolution (benchmarks.graft_nocontrast_eval): a
+    # fragment of the graft grows to about 68 ml (Dice 0.63), a region unlike a whole
+    # kidney. The method's doubt must reach the index, the SEG and the SR as a review.
+    study = write_mr_study(tmp_path / "mr", patient_id="IT-NC-0012", seed=12,
+                           protocol=paper_protocol(12), include_dce=False)
+    node, seg_path, sr_path = _round_trip(make_node, sqlite_url, study.files, tmp_path)
+    seg, _, _ = _graft_segment(seg_path)
+    row = _checked_row(node, study.patient_id, seg, sr_path)
+    print(f"\nT2-only seed 12: {row['volume_ml']:.1f} ml, QC {row['qc_verdict']} "
+          f"{row['qc_reasons']}")
+    assert "not-kidney-shaped" in row["flags"]
+    assert row["qc_verdict"] == "review" and not row["in_trend"]
+    assert "method flag not-kidney-shaped" in row["qc_reasons"]
 
 
 def test_pelvic_ct_finds_the_graft_in_its_iliac_fossa(make_node, sqlite_url, tmp_path):
