@@ -233,7 +233,8 @@ def segment_ct_graft(ct: sitk.Image, config: CtGraftConfig | None = None, *,
                              f"{0.0 if best is None else best.score:.2f} < {min_score})",
                        crest_z)
     mask = delineate(hu, best, best_zone, kc)
-    return CtGraft(_on_ct_grid(best_side, mask, work, ct, best.score, record=FoundGraft), "",
+    return CtGraft(_on_ct_grid(best_side, mask, work, ct, best.score, kc,
+                                       record=FoundGraft), "",
                    crest_z)
 
 

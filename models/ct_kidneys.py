@@ -72,6 +72,7 @@ from models.ct_body import (
     spine_track,
     to_working_grid,
 )
+from models.ct_edge import fat_level, redraw_fat_edge
 
 __all__ = ["CtKidneyConfig", "CtKidneys", "FoundKidney", "segment_ct_kidneys"]
 
@@ -89,6 +90,8 @@ class CtKidneyConfig:
     #: Typical fat HU: the kidney's outline is drawn half-way between its own median HU
     #: and this (the 50 % partial-volume level), never below ``fat_hu``. None: ``fat_hu``.
     fat_reference_hu: float | None = -100.0
+    #: Redraw the outline against fat on the CT's own grid (see :mod:`models.ct_edge`).
+    redraw_fat_edge: bool = True
     #: Lateral distance of the search zone from the column's centre, mm.
     lateral_mm: tuple[float, float] = (25.0, 140.0)
     #: Antero-posterior extent of the zone around the column's centre (anterior < 0), mm.
@@ -253,7 +256,7 @@ def segment_ct_kidneys(ct: sitk.Image, config: CtKidneyConfig | None = None) -> 
                 f"{0.0 if best is None else best.score:.2f} < {config.min_score})")
             continue
         mask = delineate(hu, best, zone, config)
-        found[side] = _on_ct_grid(side, mask, work, ct, best.score)
+        found[side] = _on_ct_grid(side, mask, work, ct, best.score, config)
     return CtKidneys(found["right"], found["left"], reasons, unenhanced)
 
 
@@ -476,12 +479,7 @@ def delineate(hu: np.ndarray, best: Candidate, zone: np.ndarray,
     """
     mask = np.zeros(hu.shape, dtype=bool)
     mask[best.bbox] = best.mask
-    level = config.fat_hu
-    if config.fat_reference_hu is not None:
-        inside = hu[best.bbox][best.mask]
-        inside = inside[inside > config.fat_hu]
-        if inside.size:
-            level = max(level, (float(np.median(inside)) + config.fat_reference_hu) / 2.0)
+    level = _fat_level(hu[best.bbox], best.mask, config)
     if config.rim_voxels > 0:
         rim = ndi.binary_dilation(mask, structure=_BALL1, iterations=config.rim_voxels)
         mask |= rim & zone
@@ -535,14 +533,27 @@ def solidify(mask: np.ndarray, radius: int) -> np.ndarray:
     return ndi.binary_fill_holes(mask)
 
 
+def _fat_level(hu: np.ndarray, mask: np.ndarray, config: CtKidneyConfig) -> float:
+    if config.fat_reference_hu is None:
+        return config.fat_hu
+    return fat_level(hu, mask, config.fat_reference_hu, config.fat_hu)
+
+
 def _on_ct_grid(side: str, mask: np.ndarray, work: sitk.Image, ct: sitk.Image,
-                score: float, record: type = FoundKidney):  # noqa: ANN202
-    """The working-grid mask resampled (linear, then > 0.5) to ``ct``'s grid, as a
-    ``record`` (:class:`FoundKidney`, or the graft's record of the same fields)."""
+                score: float, config: CtKidneyConfig,
+                record: type = FoundKidney):  # noqa: ANN202
+    """The working-grid mask resampled (linear, then > 0.5) to ``ct``'s grid, its edge
+    against fat redrawn there (:func:`models.ct_edge.redraw_fat_edge`, within half a
+    working voxel), as a ``record`` (:class:`FoundKidney`, or the graft's record of the
+    same fields)."""
     m = sitk.GetImageFromArray(mask.astype(np.float32))
     m.CopyInformation(work)
     back = sitk.Resample(m, ct, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32)
     arr = sitk.GetArrayFromImage(back) > 0.5
+    if config.redraw_fat_edge and arr.any():
+        hu = sitk.GetArrayViewFromImage(ct)  # ct is the caller's: its buffer outlives this
+        arr = redraw_fat_edge(arr, hu, ct.GetSpacing()[::-1], _fat_level(hu, arr, config),
+                              0.5 * config.working_spacing_mm, config.bone_hu)
     voxel_ml = float(np.prod(ct.GetSpacing())) / 1000.0
     z_any = arr.any(axis=(1, 2))
     touches = bool(z_any[0] or z_any[-1]) if arr.shape[0] else False

@@ -54,15 +54,9 @@ def _job_of(node, study_uid: str) -> dict | None:  # noqa: ANN001
     return jobs[-1] if jobs and jobs[-1]["state"] in ("succeeded", "failed") else None
 
 
-#: Unenhanced, on this 4 mm grid the right kidney comes out 21 % small (Dice 0.83): a
-#: known limit of issue 16, kept as a strict expected failure so that a fix shows.
-_UNENHANCED_SMALL = pytest.mark.xfail(strict=True, reason="issue 16: unenhanced right kidney "
-                                      "21 % small on the 4 mm grid")
-
-
 @pytest.mark.parametrize(("seed", "phase"), [
     (SEED, CtPhase.CORTICOMEDULLARY),
-    pytest.param(6, CtPhase.UNENHANCED, marks=_UNENHANCED_SMALL)])
+    (6, CtPhase.UNENHANCED)])
 def test_ct_kidneys_reach_the_destination_with_their_sides(make_node, sqlite_url, tmp_path,
                                                            seed: int, phase: CtPhase):
     """A contrast CT and one without contrast (found so by the node, smoothed, flagged

@@ -1,0 +1,71 @@
+"""A kidney's outline against fat, redrawn on the CT's own grid.
+
+The CT kidney and graft searches work on a 2.5 mm grid (smoothed when unenhanced); the
+mask resampled from it to the CT's finer grid loses part of the outermost layer of
+voxels where the kidney meets fat. Synthetic unenhanced graft CTs (development seeds
+1-20): about 40 % of the reference's outer voxel layer next to fat was missing, while
+those voxels' median HU (28) was the parenchyma's, fat's (-95) one voxel out. Against
+fat the kidney's edge is sharp on the CT's own grid even without contrast (100 HU or
+more apart, the voxel noise 15-20 HU), so it is redrawn there at the half-way level; the
+edge against muscle, bowel and vessels is left as the search drew it.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import ndimage as ndi
+
+__all__ = ["fat_level", "redraw_fat_edge"]
+
+
+def fat_level(hu: np.ndarray, mask: np.ndarray, fat_reference_hu: float,
+              floor_hu: float) -> float:
+    """The 50 % partial-volume level between the median HU of ``mask`` (its voxels above
+    ``floor_hu``) and fat's ``fat_reference_hu``, never below ``floor_hu``."""
+    inside = hu[mask]
+    inside = inside[inside > floor_hu]
+    if inside.size == 0:
+        return floor_hu
+    return max(floor_hu, (float(np.median(inside)) + fat_reference_hu) / 2.0)
+
+
+def redraw_fat_edge(mask: np.ndarray, hu: np.ndarray, spacing_zyx: tuple[float, float, float],
+                    level: float, reach_mm: float, ceiling_hu: float) -> np.ndarray:
+    """``mask`` with its outline against fat moved to ``level`` on ``hu``'s grid.
+
+    Voxels within ``reach_mm`` outside ``mask`` (at least one voxel, along the finely
+    sampled axes only: a thick slice is a coarse step) are added when their HU lies
+    between ``level`` and ``ceiling_hu`` (bone) and a fat voxel (HU below ``level``)
+    touches them: only the layer between the kidney and fat is claimed, not muscle or
+    bowel pressed against it. Voxels of the mask's own border below ``level`` are fat and
+    dropped. Returns a new array; ``mask`` is unchanged.
+    """
+    if not mask.any():
+        return mask.copy()
+    spacing = np.asarray(spacing_zyx, dtype=float)
+    fine = spacing <= 1.5 * spacing.min()
+    structure = np.zeros((3, 3, 3), dtype=bool)
+    structure[1, 1, 1] = True
+    for axis in np.nonzero(fine)[0]:
+        for end in (0, 2):
+            index = [1, 1, 1]
+            index[axis] = end
+            structure[tuple(index)] = True
+    steps = max(1, int(round(reach_mm / float(spacing[fine].max()))))
+    pad = steps + 1
+    box = tuple(slice(max(0, s.start - pad), min(n, s.stop + pad)) for s, n in
+                zip(ndi.find_objects(mask.astype(np.uint8))[0], mask.shape, strict=True))
+    sub = mask[box]
+    values = hu[box]
+    fat = values < level
+    tissue = ~fat & (values < ceiling_hu)
+    next_to_fat = ndi.binary_dilation(fat, structure=structure)
+    grown = sub.copy()
+    for _ in range(steps):
+        grown |= ndi.binary_dilation(grown, structure=structure) & tissue & next_to_fat
+    border = sub & ndi.binary_dilation(~sub, structure=structure)
+    grown &= ~(border & fat)
+    out = mask.copy()
+    out[box] = grown
+    return out
+
