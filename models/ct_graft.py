@@ -381,7 +381,7 @@ def _graft_prior(mid: np.ndarray, body: np.ndarray, zone: np.ndarray, side: str,
     a, b = config.cut_share
 
     def apply(c: Candidate) -> Candidate:
-        k, _, i = np.argwhere(c.mask).mean(axis=0) + [sl.start for sl in c.bbox]
+        k, _, i = c.centre
         dx = (i - mid[int(round(k))]) * spacing_mm
         lateral = -dx if side == "right" else dx
         off = max(0.0, lo - lateral, lateral - hi)

@@ -8,10 +8,13 @@ import SimpleITK as sitk
 
 from models.ct_body import blood_enhanced_area_mm2, body_mask, spine_track, to_working_grid
 from models.ct_kidneys import (
+    Candidate,
     CtKidneyConfig,
     bone_mask,
+    choose_pair,
     delineate,
     detach_appendages,
+    pair_term,
     score_region,
     segment_ct_kidneys,
     solidify,
@@ -247,3 +250,32 @@ def test_outline_follows_the_half_way_level_between_kidney_and_fat(kidney_hu: fl
         assert fixed.sum() > 1.1 * truth.sum()
     else:
         np.testing.assert_array_equal(fixed, outline)
+
+
+def _candidate_at(z: int, y: int, x: int, score: float) -> Candidate:
+    """A small candidate centred at (z, y, x) of the working grid with the given score."""
+    mask = np.ones((3, 3, 3), dtype=bool)
+    box = (slice(z - 1, z + 2), slice(y - 1, y + 2), slice(x - 1, x + 2))
+    return Candidate(window=(0.0, 40.0), bbox=box, mask=mask, volume_ml=150.0, contrast=1.0,
+                     compactness=1.0, shape=score, bone_share=0.0, upright=1.0, bone_free=1.0)
+
+
+def test_a_kidney_level_with_the_other_side_beats_a_slightly_better_scoring_loop() -> None:
+    """Synthetic unenhanced CT seed 211: the ascending colon (78 mm below and 43 mm in
+    front of the left kidney, score 0.531) against the right kidney (level with the left
+    one, 0.517): the pair decides."""
+    config = CtKidneyConfig()
+    s = config.working_spacing_mm
+    left = _candidate_at(96, 150, 177, 0.472)
+    kidney = _candidate_at(int(96 - 15 / s), 152, 78, 0.517)
+    colon = _candidate_at(int(96 - 78 / s), int(150 - 43 / s), 61, 0.531)
+    assert colon.score > kidney.score
+    assert pair_term(kidney, left, s, config) == 1.0
+    assert pair_term(colon, left, s, config) < 0.3
+    chosen = choose_pair([colon, kidney], [left], s, config)
+    assert chosen["right"] is kidney and chosen["left"] is left
+    # Alone on its side (no candidate on the other), the best-scoring region is taken.
+    assert choose_pair([colon, kidney], [], s, config) == {"right": colon, "left": None}
+    # A right kidney 3 cm lower than the left (within the free band) is not penalised.
+    low = _candidate_at(int(96 - 30 / s), 150, 78, 0.5)
+    assert pair_term(low, left, s, config) == 1.0
