@@ -140,6 +140,10 @@ class CtKidneyConfig:
     #: (see :func:`choose_pair`).
     pair_free_mm: tuple[float, float] = (40.0, 30.0)
     pair_sigma_mm: float = 20.0
+    #: Below this pair term the best pair is no pair: each side's best is taken
+    #: (synthetic transplant CT seed 102: the graft, 165 mm below the left native
+    #: kidney, and a fluid-filled loop 95 mm below it were the right side's candidates).
+    pair_min: float = 0.5
     #: Voxels above this HU are cortical bone; below ``fat_hu`` fat.
     bone_hu: float = 300.0
     fat_hu: float = -30.0
@@ -284,14 +288,19 @@ def choose_pair(right: list[Candidate], left: list[Candidate], spacing_mm: float
     so a bowel loop far below or in front of the other side's kidney loses to a kidney
     level with it that scores a little lower (synthetic unenhanced CT, seed 211: the
     ascending colon 78 mm below and 43 mm in front of the left kidney scored 0.531, the
-    right kidney 0.517). With candidates on one side only, its best is chosen.
+    right kidney 0.517). With candidates on one side only, or when even the best pair is
+    not level (its term below ``pair_min``: no candidate is the other kidney's match, as
+    when an atrophic native kidney is missed beside a graft), each side's best is chosen.
     """
+    alone = {"right": max(right, key=lambda c: c.score, default=None),
+             "left": max(left, key=lambda c: c.score, default=None)}
     if not right or not left:
-        return {"right": max(right, key=lambda c: c.score, default=None),
-                "left": max(left, key=lambda c: c.score, default=None)}
-    r, left_choice = max(((a, b) for a in right for b in left),
-                         key=lambda p: p[0].score * p[1].score
-                         * pair_term(p[0], p[1], spacing_mm, config))
+        return alone
+    pairs = [(a.score * b.score * pair_term(a, b, spacing_mm, config), a, b)
+             for a in right for b in left]
+    value, r, left_choice = max(pairs, key=lambda p: p[0])
+    if value < config.pair_min * r.score * left_choice.score:
+        return alone
     return {"right": r, "left": left_choice}
 
 

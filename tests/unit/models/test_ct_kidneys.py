@@ -276,6 +276,8 @@ def test_a_kidney_level_with_the_other_side_beats_a_slightly_better_scoring_loop
     assert chosen["right"] is kidney and chosen["left"] is left
     # Alone on its side (no candidate on the other), the best-scoring region is taken.
     assert choose_pair([colon, kidney], [], s, config) == {"right": colon, "left": None}
+    # Without a match level with the left kidney (pair term < 0.5), the best alone.
+    assert choose_pair([colon], [left], s, config)["right"] is colon
     # A right kidney 3 cm lower than the left (within the free band) is not penalised.
     low = _candidate_at(int(96 - 30 / s), 150, 78, 0.5)
     assert pair_term(low, left, s, config) == 1.0
