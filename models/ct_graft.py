@@ -233,9 +233,8 @@ def segment_ct_graft(ct: sitk.Image, config: CtGraftConfig | None = None, *,
                              f"{0.0 if best is None else best.score:.2f} < {min_score})",
                        crest_z)
     mask = delineate(hu, best, best_zone, kc)
-    return CtGraft(_on_ct_grid(best_side, mask, work, ct, best.score, kc,
-                                       record=FoundGraft), "",
-                   crest_z)
+    found = _on_ct_grid(best_side, mask, work, ct, best.score, kc, record=FoundGraft)
+    return CtGraft(found, "", crest_z)
 
 
 def separate_natives(kidneys: CtKidneys, graft: CtGraft, ct: sitk.Image) -> CtKidneys:
