@@ -525,6 +525,25 @@ def merge_neighbours(hu: np.ndarray, bone: np.ndarray, seed: Candidate,
     return best
 
 
+def score_body(hu: np.ndarray, bone: np.ndarray, c: Candidate, spacing_mm: float,
+               config: CtKidneyConfig,
+               prior: Callable[[Candidate], Candidate] | None = None) -> Candidate:
+    """``c`` or its main body without the tubes hanging from it, whichever scores higher.
+
+    A region grown in one HU window can carry vessels, the ureter or a bowel loop of the
+    same HU (excretory phase: the iliac veins match an enhancing graft); they lower its
+    compactness and shape, though :func:`delineate` would cut them off
+    (:func:`detach_appendages`, same settings). Scoring the body as well judges the
+    region that would be delineated.
+    """
+    body = detach_appendages(c.mask, config.detach_voxels, config.detach_max_share)
+    if body.sum() == c.mask.sum():
+        return c
+    scored = score_region(hu, bone, c.bbox, body, c.window, spacing_mm, config)
+    scored = prior(scored) if prior else scored
+    return scored if scored.score > c.score else c
+
+
 def delineate(hu: np.ndarray, best: Candidate, zone: np.ndarray,
               config: CtKidneyConfig) -> np.ndarray:
     """The kidney's mask on the working grid from its chosen (solidified) candidate.

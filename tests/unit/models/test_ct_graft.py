@@ -48,6 +48,16 @@ def test_graft_found_on_its_side(seed: int, side: Side, phase: CtPhase) -> None:
     assert result.crest_z_mm is not None
 
 
+def test_an_excretory_graft_joined_by_bright_veins_is_found() -> None:
+    """Seed 107, excretory: the iliac veins are as bright as the graft and join its
+    region (compactness 0.47); scored on its body the graft is found (issue 16)."""
+    grid = CtGrid(matrix=256, slice_spacing_mm=3.0, coverage=Coverage.PELVIS)
+    ct = synthesize_ct(107, grid=grid, phase=CtPhase.EXCRETORY, transplant=Transplant())
+    result = segment_ct_graft(_image(ct))
+    assert result.graft is not None, result.reason
+    assert _dice(result.graft.mask, _graft_truth(ct)) >= 0.8
+
+
 def test_natives_are_never_the_graft() -> None:
     """Abdomen and pelvis with normal native kidneys and a graft: the graft search keeps
     off the natives, and a 'native kidney' found in the pelvis is dropped."""

@@ -15,6 +15,7 @@ from models.ct_kidneys import (
     delineate,
     detach_appendages,
     pair_term,
+    score_body,
     score_region,
     segment_ct_kidneys,
     solidify,
@@ -226,6 +227,29 @@ def test_detach_appendages_cuts_a_tube_but_not_a_thin_kidney() -> None:
     plate = np.zeros((20, 30, 30), dtype=bool)
     plate[9:12, 5:25, 5:25] = True
     assert np.array_equal(detach_appendages(plate, 4, 0.15), plate)
+
+
+def test_a_kidney_with_a_vessel_of_its_own_hu_is_scored_on_its_body() -> None:
+    """Excretory phase: an iliac vein as bright as the graft joins its region; the score
+    judges what delineation keeps (the body), not the kidney with its tube."""
+    config = CtKidneyConfig(detach_voxels=2)
+    shape = (80, 40, 40)
+    hu = np.full(shape, -100.0, dtype=np.float32)
+    kidney = np.zeros(shape, dtype=bool)
+    kidney[:60] = _ellipsoid((60, 40, 40), (22, 12, 9))
+    vessel = np.zeros(shape, dtype=bool)
+    vessel[30:80, 18:21, 17:20] = True  # 3-voxel tube down from the hilum, out of view
+    vessel[30:80, 18:21, 20:35] |= np.eye(50, 15, k=-30, dtype=bool)[:, None, :]  # a loop
+    hu[kidney | vessel] = 140.0
+    bone = np.zeros(shape, dtype=bool)
+    whole = tuple(slice(0, n) for n in shape)
+    tubed = score_region(hu, bone, whole, kidney | vessel, (100.0, 200.0), 2.5, config)
+    body = score_body(hu, bone, tubed, 2.5, config)
+    assert body.score > tubed.score and body.compactness > tubed.compactness
+    assert body.mask[kidney].mean() > 0.95 and not body.mask[65:].any()
+    # A kidney without appendages keeps its own candidate.
+    plain = score_region(hu, bone, whole, kidney, (100.0, 200.0), 2.5, config)
+    assert score_body(hu, bone, plain, 2.5, config) is plain
 
 
 @pytest.mark.parametrize("kidney_hu", [30.0, 160.0])
