@@ -17,9 +17,12 @@ then :func:`models.ct_graft.segment_ct_graft` with the natives kept out, then
 
 Per study: graft Dice against the graft without its renal sinus fat (as reference
 segmentations draw kidneys), volume error, side, whether a native kidney's voxels were
-reported as the graft, the natives' Dice, seconds of segmentation (natives and graft) and
-the process's peak resident memory. Targets: mean Dice >= 0.88, every volume within 10 %,
-side right, natives never reported as the graft, <= 60 s per study.
+reported as the graft, the natives' Dice, seconds of segmentation (natives and graft),
+the process's peak resident memory, and the graft's quality-control verdict as the node
+gives it (:func:`service.pipeline.quality.assess_output`, segment "Transplanted kidney"),
+counted per Dice band so that its separation of good from bad results is measured.
+Targets: mean Dice >= 0.88, every volume within 10 %, side right, natives never reported
+as the graft, <= 60 s per study.
 
     python -m benchmarks.ct_graft_eval [--seeds 101-110] [--phases unenhanced,...]
         [--hard] [--negatives 201-202] [--out benchmarks/results/ct_graft]
@@ -43,8 +46,10 @@ import SimpleITK as sitk
 
 from benchmarks.ct_kidneys_eval import REAL, _seeds
 from benchmarks.graft_eval import RESULTS, _revision
+from benchmarks.qc_eval import _verdict
 from models.ct_graft import segment_ct_graft, separate_natives
 from models.ct_kidneys import segment_ct_kidneys
+from service.pipeline.base import graft_segment
 from service.synthetic.ct_anatomy import NativeKidneys, Transplant
 from service.synthetic.ct_phantom import Coverage, CtGrid, synthesize_ct
 from service.synthetic.ct_tissues import CtPhase, CtTissue
@@ -78,6 +83,9 @@ def run_case(name: str, image: sitk.Image, graft_truth: np.ndarray | None, graft
     if graft is not None:
         row.update(graft_side=graft.side, graft_ml=round(graft.volume_ml, 1),
                    graft_score=round(graft.score, 3), touches_edge=graft.touches_edge)
+        qc = _verdict(image, graft.mask, graft_segment(graft.side),
+                      ("graft-touches-edge",) if graft.touches_edge else ())
+        row.update(verdict=qc["verdict"], reasons=qc["reasons"])
         if natives is not None:
             row["native_as_graft"] = bool((graft.mask & (natives > 0)).any())
     if graft_truth is not None:
@@ -139,6 +147,25 @@ def _summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
+def _qc_cell(row: dict[str, Any]) -> str:
+    if "verdict" not in row:
+        return "–"
+    return row["verdict"] + (f" ({'; '.join(row['reasons'])})" if row["reasons"] else "")
+
+
+def qc_by_dice(rows: list[dict[str, Any]]) -> dict[str, dict[str, int]]:
+    """Verdicts of the grafts found, counted per Dice band (< 0.7, 0.7-0.9, >= 0.9)."""
+    bands: dict[str, dict[str, int]] = {}
+    for r in rows:
+        if "verdict" not in r or "dice" not in r:
+            continue
+        band = ("Dice < 0.7" if r["dice"] < 0.7 else "0.7 <= Dice < 0.9" if r["dice"] < 0.9
+                else "Dice >= 0.9")
+        counts = bands.setdefault(band, {"pass": 0, "review": 0, "fail": 0})
+        counts[r["verdict"]] += 1
+    return bands
+
+
 def markdown(run: dict[str, Any], rows: list[dict[str, Any]]) -> str:
     lines = [
         "# Kidney graft on CT without weights (issue 16)", "",
@@ -146,8 +173,8 @@ def markdown(run: dict[str, Any], rows: list[dict[str, Any]]) -> str:
         "Reference: the synthetic graft without its renal sinus fat. Seeds 1-5 were used "
         "to develop the method.", "",
         "| case | graft | Dice | volume (ml) vs reference | side | natives (Dice) | "
-        "native as graft | seconds | peak RSS MB |",
-        "|---|---|---|---|---|---|---|---|---|"]
+        "native as graft | QC | seconds | peak RSS MB |",
+        "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         graft = (f"{r['graft_side']} ({r['graft_score']:.2f})" if r["graft_found"]
                  else "none")
@@ -164,7 +191,7 @@ def markdown(run: dict[str, Any], rows: list[dict[str, Any]]) -> str:
             else f"{s} missed" if "reference_ml" in r[s] else f"{s} –"
             for s, _ in SIDES)
         lines.append(f"| {r['case']} | {graft} | {dice} | {volume} | {side} | {natives} | "
-                     f"{r.get('native_as_graft', False)} | {r['seconds']:.1f} | "
+                     f"{r.get('native_as_graft', False)} | {_qc_cell(r)} | {r['seconds']:.1f} | "
                      f"{r['peak_rss_mb']} |")
     lines += ["", "Per group (a graft not found counts as Dice 0):", "",
               "| group | studies | found | mean Dice | min Dice | volume within 10 % | "
@@ -176,6 +203,9 @@ def markdown(run: dict[str, Any], rows: list[dict[str, Any]]) -> str:
                      f"{summary['within_10pct']} | {summary['side_right']} | "
                      f"{summary['native_as_graft']} | {summary['mean_seconds']} | "
                      f"{summary['max_seconds']} |")
+    lines += ["", "QC verdict of the grafts found, by Dice band (standard cases): " +
+              "; ".join(f"{band}: " + ", ".join(f"{n} {v}" for v, n in counts.items())
+                        for band, counts in run.get("qc", {}).items()) + "."]
     lines += ["", "Targets (standard cases): mean Dice >= 0.88, every volume within 10 %, "
               "side right, natives never reported as the graft, <= 60 s per study; "
               "negative controls: no graft.", ""]
@@ -244,7 +274,7 @@ def main(argv: list[str] | None = None) -> int:
            "groups": {g: _summary(rs) if g != "negative controls" else {
                **_summary([{**r, "dice": 0.0} for r in rs]), "mean_dice": None,
                "min_dice": None} for g, rs in groups.items()},
-           "targets": targets}
+           "targets": targets, "qc": qc_by_dice(standard)}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.with_suffix(".json").write_text(json.dumps({"run": run, "cases": rows}, indent=1))
     args.out.with_suffix(".md").write_text(markdown(run, rows))

@@ -136,6 +136,12 @@ class CtGraftConfig:
     unenhanced_min_hu: float = 15.0
     below_muscle_hu: float = 8.0
     tissue_sigma_hu: float = 5.0
+    #: With contrast, a graft's median HU lies at least this far above the patient's
+    #: muscle (a perfused graft enhances, muscle and bowel content hardly do), a Gaussian
+    #: fall-off of ``enhanced_sigma_hu`` below: a fluid-filled bowel loop with its wall
+    #: (38 HU) was reported as a graft on a native-only cortico-medullary CT (seed 224).
+    enhanced_above_muscle_hu: float = 15.0
+    enhanced_sigma_hu: float = 10.0
     #: Lowest score of a graft (below the native kidneys' 0.2: the zone and the position
     #: term already exclude most look-alikes; the real native-only CT's best pelvic
     #: region scores 0.07).
@@ -211,14 +217,17 @@ def segment_ct_graft(ct: sitk.Image, config: CtGraftConfig | None = None, *,
         return CtGraft(None, "no hip bone in view: no pelvis to search")
     pelvis_z = slice(min(h[1].start for h in hips.values()),
                      max(h[1].stop for h in hips.values()))
-    plain = None
     min_score = config.min_score
     work, hu, kc, unenhanced = adapt_to_phase(work, hu, spine, bone, kc)
+    muscle = _muscle_hu(hu, body, bone, pelvis_z)
+    tissue = None
     if unenhanced:
-        muscle = _muscle_hu(hu, body, bone, pelvis_z)
         hi = muscle - config.below_muscle_hu if np.isfinite(muscle) else math.inf
-        plain = (hu, config.unenhanced_min_hu, hi)
+        tissue = (hu, config.unenhanced_min_hu, hi, config.tissue_sigma_hu)
         min_score = config.unenhanced_min_score
+    elif np.isfinite(muscle):
+        tissue = (hu, muscle + config.enhanced_above_muscle_hu, math.inf,
+                  config.enhanced_sigma_hu)
     crest = pelvis_z.stop - 1
     crest_z = float(work.TransformIndexToPhysicalPoint((0, 0, int(crest)))[2])
     exclude = _natives_on(work, ct, natives, config.native_margin_mm / s, crest_z)
@@ -229,7 +238,7 @@ def segment_ct_graft(ct: sitk.Image, config: CtGraftConfig | None = None, *,
         zone = _zone(body, bone, mid, hip, side, s, config, spine_y) & ~exclude
         if not zone.any():
             continue
-        prior = _graft_prior(mid, body, zone, side, s, config, plain)
+        prior = _graft_prior(mid, body, zone, side, s, config, tissue, cut_faces=unenhanced)
         candidates = find_candidates(hu, zone, bone, s, kc, prior)
         for seed in _distinct_best(candidates, kc.merge_seeds):
             grown = merge_neighbours(hu, bone, seed, candidates, s, kc, prior=prior)
@@ -365,8 +374,8 @@ def _zone(body: np.ndarray, bone: np.ndarray, mid: np.ndarray,
 
 def _graft_prior(mid: np.ndarray, body: np.ndarray, zone: np.ndarray, side: str,
                  spacing_mm: float, config: CtGraftConfig,
-                 plain: tuple[np.ndarray, float, float] | None = None
-                 ) -> Callable[[Candidate], Candidate]:
+                 tissue: tuple[np.ndarray, float, float, float] | None = None, *,
+                 cut_faces: bool = False) -> Callable[[Candidate], Candidate]:
     """A candidate's position and tissue terms.
 
     Position: 1 when its centre lies ``graft_lateral_mm`` from the mid-line and its front
@@ -375,13 +384,13 @@ def _graft_prior(mid: np.ndarray, body: np.ndarray, zone: np.ndarray, side: str,
     the flank wall far out; the graft lies under the anterior abdominal wall, the
     iliopsoas and iliac vessels deep behind it.
 
-    Unenhanced CT (``plain`` = the HU array and the plausible range of a graft's median
-    HU): the position term is also multiplied by 1 when the candidate's outline lies
-    inside ``zone``, falling linearly to 0 as the share of its outline on the zone's cut
-    faces goes over ``cut_share``: without contrast a region cut by the mid-line or the
-    zone's back is part of something larger (the bladder, the psoas). And the tissue term
-    is 1 when its median HU lies in the range, a Gaussian fall-off
-    (``tissue_sigma_hu``) outside.
+    With ``cut_faces`` (unenhanced CT) the position term is also multiplied by 1 when the
+    candidate's outline lies inside ``zone``, falling linearly to 0 as the share of its
+    outline on the zone's cut faces goes over ``cut_share``: without contrast a region cut
+    by the mid-line or the zone's back is part of something larger (the bladder, the
+    psoas). ``tissue`` (the HU array, the plausible range of a graft's median HU and the
+    spread of the fall-off outside it) gives the tissue term: 1 when the candidate's
+    median lies in the range, a Gaussian fall-off outside.
     """
     lo, hi = config.graft_lateral_mm
     any_body = body.any(axis=1)
@@ -400,16 +409,16 @@ def _graft_prior(mid: np.ndarray, body: np.ndarray, zone: np.ndarray, side: str,
         depth = float(np.min(first[kk, ii] - front)) * spacing_mm if kk.size else 0.0
         off_ant = max(0.0, depth - config.anterior_depth_mm)
         position = math.exp(-(off ** 2 + off_ant ** 2) / (2 * config.position_sigma_mm ** 2))
-        if plain is None:
+        if cut_faces:
+            outline = ndi.binary_dilation(c.mask) & ~c.mask
+            cut = float(np.mean(~zone[c.bbox][outline])) if outline.any() else 0.0
+            position *= float(np.clip((b - cut) / (b - a), 0.0, 1.0))
+        if tissue is None:
             return replace(c, position=position)
-        outline = ndi.binary_dilation(c.mask) & ~c.mask
-        cut = float(np.mean(~zone[c.bbox][outline])) if outline.any() else 0.0
-        whole = float(np.clip((b - cut) / (b - a), 0.0, 1.0))
-        hu, hu_lo, hu_hi = plain
+        hu, hu_lo, hu_hi, sigma = tissue
         median = float(np.median(hu[c.bbox][c.mask]))
         miss = max(0.0, hu_lo - median, median - hu_hi)
-        return replace(c, position=position * whole,
-                       tissue=math.exp(-miss ** 2 / (2 * config.tissue_sigma_hu ** 2)))
+        return replace(c, position=position, tissue=math.exp(-miss ** 2 / (2 * sigma ** 2)))
 
     return apply
 

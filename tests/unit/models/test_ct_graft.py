@@ -99,6 +99,17 @@ def test_no_graft_in_a_native_only_ct(phase: CtPhase) -> None:
     assert "no graft-like region" in result.reason
 
 
+def test_a_bowel_loop_that_does_not_enhance_is_no_graft() -> None:
+    """Seed 224, native-only abdomen-pelvis CT, cortico-medullary: a fluid-filled bowel
+    loop with its wall (38 HU, below muscle) scored 0.19 as a graft; a perfused graft
+    enhances above muscle (issue 16)."""
+    grid = CtGrid(matrix=256, slice_spacing_mm=3.0, coverage=Coverage.ABDOMEN_PELVIS)
+    ct = synthesize_ct(224, grid=grid, phase=CtPhase.CORTICOMEDULLARY,
+                       transplant=Transplant(has_graft=False, natives=NativeKidneys.NORMAL))
+    result = segment_ct_graft(_image(ct))
+    assert result.graft is None, f"{result.graft.volume_ml:.0f} ml reported as a graft"
+
+
 def test_no_pelvis_no_search() -> None:
     result = segment_ct_graft(_image(synthesize_ct(2, grid=CtGrid.small())))
     assert result.graft is None and "hip bone" in result.reason
@@ -163,10 +174,13 @@ def test_graft_prior_cut_by_the_zone_and_implausible_tissue() -> None:
     whole_zone = body & (np.arange(shape[2]) < 40)[None, None, :]
     cut_zone = whole_zone & (np.arange(shape[2]) >= 20)[None, None, :]  # through its middle
     muscle = 50.0
-    plain = (hu, config.unenhanced_min_hu, muscle - config.below_muscle_hu)
+    plain = (hu, config.unenhanced_min_hu, muscle - config.below_muscle_hu,
+             config.tissue_sigma_hu)
 
-    whole = _graft_prior(mid, body, whole_zone, "right", spacing, config, plain)(candidate)
-    cut = _graft_prior(mid, body, cut_zone, "right", spacing, config, plain)(candidate)
+    whole = _graft_prior(mid, body, whole_zone, "right", spacing, config, plain,
+                         cut_faces=True)(candidate)
+    cut = _graft_prior(mid, body, cut_zone, "right", spacing, config, plain,
+                       cut_faces=True)(candidate)
     assert whole.position > 0.9 and whole.tissue == 1.0
     assert cut.position == 0.0 and cut.score == 0.0
     contrast = _graft_prior(mid, body, cut_zone, "right", spacing, config)(candidate)
@@ -174,8 +188,18 @@ def test_graft_prior_cut_by_the_zone_and_implausible_tissue() -> None:
 
     for fluid_hu in (5.0, 50.0):  # urine-like, muscle-like
         other = np.where(blob, fluid_hu, -100.0).astype(np.float32)
-        implausible = (other, config.unenhanced_min_hu, muscle - config.below_muscle_hu)
+        implausible = (other, config.unenhanced_min_hu, muscle - config.below_muscle_hu,
+                       config.tissue_sigma_hu)
         scored = _graft_prior(mid, body, whole_zone, "right", spacing, config,
-                              implausible)(candidate)
+                              implausible, cut_faces=True)(candidate)
         assert scored.tissue < 0.3
         assert scored.score < 0.3 * whole.score
+    # With contrast a graft enhances above muscle; a bowel loop of 38 HU does not.
+    for region_hu, enhances in ((38.0, False), (130.0, True)):
+        image = np.where(blob, region_hu, -100.0).astype(np.float32)
+        enhanced = (image, muscle + config.enhanced_above_muscle_hu, float("inf"),
+                    config.enhanced_sigma_hu)
+        scored = _graft_prior(mid, body, cut_zone, "right", spacing, config,
+                              enhanced)(candidate)
+        assert (scored.tissue == 1.0) if enhances else (scored.tissue < 0.05)
+        assert scored.position == contrast.position  # no cut-face term with contrast
