@@ -144,7 +144,8 @@ class CtGraftConfig:
     enhanced_sigma_hu: float = 10.0
     #: Lowest score of a graft (below the native kidneys' 0.2: the zone and the position
     #: term already exclude most look-alikes; the real native-only CT's best pelvic
-    #: region scores 0.07).
+    #: region scores 0.117 since it is scored on its body too, 0.087 before: a thin
+    #: margin; synthetic native-only cortico-medullary CTs 212-240: 0.02 at most).
     min_score: float = 0.12
     #: Unenhanced, the lowest score of a graft: the smoothed search scores grafts higher
     #: and look-alikes too (development seeds 1-10: grafts 0.33-0.69; native-only CTs
