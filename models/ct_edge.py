@@ -15,6 +15,8 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage as ndi
 
+from models.components import box_around
+
 __all__ = ["fat_level", "redraw_fat_edge"]
 
 
@@ -48,9 +50,7 @@ def redraw_fat_edge(mask: np.ndarray, hu: np.ndarray, spacing_zyx: tuple[float, 
     for axis in np.nonzero(~fine)[0]:  # no step across a thick slice
         structure[(slice(None),) * axis + ([0, 2],)] = False
     steps = max(1, int(round(reach_mm / float(spacing[fine].max()))))
-    pad = steps + 1
-    box = tuple(slice(max(0, s.start - pad), min(n, s.stop + pad)) for s, n in
-                zip(ndi.find_objects(mask.astype(np.uint8))[0], mask.shape, strict=True))
+    box = box_around(mask, margin_mm=0.0, spacing_zyx=spacing, extra_vox=steps + 1)
     sub = mask[box]
     values = hu[box]
     fat = values < level
