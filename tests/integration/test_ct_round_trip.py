@@ -140,6 +140,27 @@ def test_an_unenhanced_ct_takes_the_kidney_level_with_the_other_not_a_bowel_loop
     assert all(d >= 0.85 for d in dice.values()), dice
 
 
+def test_a_contrast_ct_without_graft_reports_no_bowel_loop_as_a_graft(make_node, sqlite_url,
+                                                                     tmp_path):
+    """Native-only abdomen-pelvis CT, cortico-medullary (synthetic seed 224): a
+    fluid-filled bowel loop in the pelvis (38 HU) scored as a graft and was sent as a
+    73 ml "Transplanted kidney". A graft enhances: the SEG holds the two kidneys only."""
+    ct = synthesize_ct(224, grid=CtGrid(matrix=256, slice_spacing_mm=3.0,
+                                        coverage=Coverage.ABDOMEN_PELVIS),
+                       phase=CtPhase.CORTICOMEDULLARY,
+                       transplant=Transplant(has_graft=False, natives=NativeKidneys.NORMAL))
+    study = write_ct_study(tmp_path / "ct", ct, patient_id="IT-CT-0224")
+    with node_sending_to_storescp(make_node, sqlite_url, tmp_path / "dest") as node:
+        assert storescu(node.dicom_port, list(study.files)).returncode == 0
+        segs = node.wait_for(lambda: _objects_in(tmp_path / "dest", SegmentationStorage), 180,
+                             "the SEG at storescp")
+        rows = json.loads(node.cli("volumes", study.patient_id, "--json").stdout)
+    labels = sorted(s.SegmentLabel for s in dcmread(segs[0], stop_before_pixels=True)
+                    .SegmentSequence)
+    assert labels == sorted(SIDES), labels
+    assert {r["structure"] for r in rows} == {"kidney_right", "kidney_left"}
+
+
 def test_ct_without_kidney_succeeds_with_the_outcome_and_sends_nothing(make_node, sqlite_url,
                                                                        tmp_path):
     study = write_ct_study(tmp_path / "ct", synthesize_ct(
