@@ -545,19 +545,25 @@ def score_body(hu: np.ndarray, bone: np.ndarray, c: Candidate, spacing_mm: float
 
 
 def delineate(hu: np.ndarray, best: Candidate, zone: np.ndarray,
-              config: CtKidneyConfig) -> np.ndarray:
+              config: CtKidneyConfig, *, rim_voxels: int | None = None,
+              rim_ceiling_hu: float = math.inf) -> np.ndarray:
     """The kidney's mask on the working grid from its chosen (solidified) candidate.
 
-    The renal sinus fat, filled in to score the shape, is taken out again: the kidney's
-    volume is its parenchyma and collecting system, as reference segmentations draw it.
-    The largest remaining component is the kidney.
+    ``rim_voxels`` (default ``config.rim_voxels``) layers of the zone around it are added
+    back, only voxels at most ``rim_ceiling_hu`` (a graft's caller keeps the rim from
+    growing into the brighter muscle it lies against). The renal sinus fat, filled in to
+    score the shape, is taken out again: the kidney's volume is its parenchyma and
+    collecting system, as reference segmentations draw it. The largest remaining
+    component is the kidney.
     """
     mask = np.zeros(hu.shape, dtype=bool)
     mask[best.bbox] = best.mask
     level = _fat_level(hu[best.bbox], best.mask, config)
-    if config.rim_voxels > 0:
-        rim = ndi.binary_dilation(mask, structure=_BALL1, iterations=config.rim_voxels)
-        mask |= rim & zone
+    rim_voxels = config.rim_voxels if rim_voxels is None else rim_voxels
+    if rim_voxels > 0:
+        allowed = zone & (hu <= rim_ceiling_hu)
+        for _ in range(rim_voxels):
+            mask |= ndi.binary_dilation(mask, structure=_BALL1) & allowed
     mask &= hu > level
     return largest_component(detach_appendages(mask, config.detach_voxels, config.detach_max_share))
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import SimpleITK as sitk
+from scipy import ndimage as ndi
 
 from models.ct_body import blood_enhanced_area_mm2, body_mask, spine_track, to_working_grid
 from models.ct_kidneys import (
@@ -227,6 +228,33 @@ def test_detach_appendages_cuts_a_tube_but_not_a_thin_kidney() -> None:
     plate = np.zeros((20, 30, 30), dtype=bool)
     plate[9:12, 5:25, 5:25] = True
     assert np.array_equal(detach_appendages(plate, 4, 0.15), plate)
+
+
+def test_the_rim_added_back_stops_at_its_ceiling() -> None:
+    """An unenhanced graft (30 HU) drawn two voxels short of its edge, against fat on one
+    side and muscle (50 HU) on the other: two rim layers restore its edge against fat;
+    a ceiling half-way to muscle keeps them out of the muscle, which they enter without
+    one (issue 16)."""
+    shape = (40, 40, 40)
+    kidney = _ellipsoid(shape, (14, 12, 12))
+    hu = np.full(shape, -100.0, dtype=np.float32)
+    hu[kidney] = 30.0
+    muscle = ~kidney & (np.indices(shape)[2] >= 27)
+    hu[muscle] = 50.0
+    # Drawn two layers short against fat; against muscle (the smoothed grid blends the
+    # two there) the candidate reaches the edge.
+    short = ndi.binary_erosion(kidney, iterations=2) | (kidney & (np.indices(shape)[2] >= 27))
+    box = (slice(0, 40),) * 3
+    best = Candidate(window=(20.0, 40.0), bbox=box, mask=short, volume_ml=1.0, contrast=1.0,
+                     compactness=1.0, shape=1.0, bone_share=0.0, upright=1.0, bone_free=1.0)
+    zone = np.ones(shape, dtype=bool)
+    config = CtKidneyConfig(detach_voxels=0)
+    one = delineate(hu, best, zone, config)
+    two = delineate(hu, best, zone, config, rim_voxels=2, rim_ceiling_hu=40.0)
+    unbounded = delineate(hu, best, zone, config, rim_voxels=2)
+    assert (one & kidney).sum() < 0.93 * kidney.sum()  # a layer short against fat
+    assert not (two & muscle).any() and (two & kidney).sum() > 0.98 * kidney.sum()
+    assert (unbounded & muscle).sum() > 100
 
 
 def test_a_kidney_with_a_vessel_of_its_own_hu_is_scored_on_its_body() -> None:
