@@ -33,7 +33,7 @@ from service.synthetic import (
 )
 from service.synthetic.ct_anatomy import Transplant
 from service.synthetic.ct_phantom import Coverage
-from service.synthetic.ct_tissues import CtPhase
+from service.synthetic.ct_tissues import CtPhase, CtTissue
 from service.writers.sr import QC_SCHEME, QC_VERDICT
 from tests.ct_cases import truth_on
 from tests.peers import dciodvfy_errors, node_sending_to_storescp, storescu
@@ -182,12 +182,17 @@ def test_pelvic_ct_finds_the_graft_in_its_iliac_fossa(make_node, sqlite_url, tmp
     volume = load_series(list(study.files)).volumes[0]
     masks = segment_masks(seg_path, volume)
     dice = _dice(masks[label], truth_on(volume.image, study.graft_path) > 0)
+    # The volume is parenchyma and collecting system, as reference segmentations draw a
+    # kidney: the truth without its sinus fat.
+    parenchyma = ct.graft & (ct.tissues != CtTissue.SINUS_FAT)
+    truth_ml = float(parenchyma.sum()) * float(np.prod(ct.geometry.spacing_mm)) / 1000.0
     row = _checked_row(node, study.patient_id, seg, sr_path)
     # The node noticed the CT has no contrast and says so on the result.
     assert "unenhanced" in row["flags"]
-    print(f"\npelvic graft CT: Dice {dice:.3f}, {row['volume_ml']:.1f} ml, side {side}, "
-          f"QC {row['qc_verdict']} {row['qc_reasons']}")
+    print(f"\npelvic graft CT: Dice {dice:.3f}, {row['volume_ml']:.1f} ml vs {truth_ml:.1f}, "
+          f"side {side}, QC {row['qc_verdict']} {row['qc_reasons']}")
     assert dice >= 0.8
+    assert row["volume_ml"] == pytest.approx(truth_ml, rel=0.10)
 
 
 def test_an_excretory_ct_graft_joined_by_bright_veins_reaches_the_destination(
