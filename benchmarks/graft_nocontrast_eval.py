@@ -6,7 +6,8 @@ iliac fossa, bowel loops touching it, bright bladder in view, bias field, Rician
 T2 moved against the T1 frame) without its DCE series; odd seeds add a lymphocele against
 the graft. The truth is the kidney mask on the T2 grid. The method runs as the node's
 CPU profile (``GraftSettings()``), T2 alone, or with ``--dixon`` T2 + the four T1 Dixon
-images as further channels. Dice, volume difference, seconds per study (N4,
+images as further channels, or with ``--t1-only`` the four Dixon images alone (in-phase
+as the reference, truth on the Dixon grid). Dice, volume difference, seconds per study (N4,
 localisation, registration, clustering, choice) and the process's peak resident memory
 (rendering included).
 
@@ -19,7 +20,7 @@ were the report seeds until the misses among them (19, 30, 33, 64, 75) were look
 while fixing the localisation's size term and weighting the grown regions by their
 seed's score; seeds 100-139 are the report seeds since, never used to choose anything.
 
-    python -m benchmarks.graft_nocontrast_eval [--seeds 10-19] [--dixon] [--threads 2]
+    python -m benchmarks.graft_nocontrast_eval [--seeds 10-19] [--dixon | --t1-only]
 """
 
 from __future__ import annotations
@@ -59,29 +60,47 @@ def seed_set(seed: int) -> str:
 
 
 
-def run_study(seed: int, *, dixon: bool) -> dict:
-    """Render one study, segment it, score it."""
+def _variant(dixon: bool, t1_only: bool) -> str:
+    return "t1-dixon" if t1_only else "t2+dixon" if dixon else "t2"
+
+
+def run_study(seed: int, *, dixon: bool, t1_only: bool = False) -> dict:
+    """Render one study, segment it, score it. ``t1_only``: no T2; the Dixon in-phase
+    image is the reference and the other three Dixon images its further channels, as
+    the node takes a study without T2 (truth on the Dixon grid)."""
     mr = synthesize_mr(seed=seed, protocol=paper_protocol(seed), include_dce=False,
-                       lymphocele=seed % 2 == 1, dixon=dixon)
-    assert mr.t2 is not None and mr.t2_geometry is not None and mr.t2_kidney_mask is not None
-    t2 = geometry_image(mr.t2.astype(np.float32), mr.t2_geometry)
-    extras = []
-    if dixon and mr.dixon is not None:
-        extras = [[geometry_image(mr.dixon[n].astype(np.float32), mr.dce_geometry)
-                   for n in DIXON_IMAGES]]
-    truth = mr.t2_kidney_mask.astype(bool)
-    spacing = mr.t2_geometry.spacing_mm
-    row = {"seed": seed, "variant": "t2+dixon" if dixon else "t2", "lymphocele": seed % 2 == 1,
-           "t2_shape": list(mr.t2.shape), "t2_spacing_mm": list(spacing),
-           "truth_ml": float(mr.t2_truth_volume_ml or 0.0), "tuned_on": seed in TUNED_SEEDS}
+                       lymphocele=seed % 2 == 1, dixon=dixon or t1_only)
+    if t1_only:
+        assert mr.dixon is not None
+        images = [geometry_image(mr.dixon[n].astype(np.float32), mr.dce_geometry)
+                  for n in DIXON_IMAGES]
+        reference, extras = images[0], [images[1:]]
+        truth = mr.kidney_mask.astype(bool)
+        geometry = mr.dce_geometry
+        truth_ml = float(mr.truth_volume_ml)
+    else:
+        assert mr.t2 is not None and mr.t2_geometry is not None
+        assert mr.t2_kidney_mask is not None
+        reference = geometry_image(mr.t2.astype(np.float32), mr.t2_geometry)
+        extras = []
+        if dixon and mr.dixon is not None:
+            extras = [[geometry_image(mr.dixon[n].astype(np.float32), mr.dce_geometry)
+                       for n in DIXON_IMAGES]]
+        truth = mr.t2_kidney_mask.astype(bool)
+        geometry = mr.t2_geometry
+        truth_ml = float(mr.t2_truth_volume_ml or 0.0)
+    spacing = geometry.spacing_mm
+    row = {"seed": seed, "variant": _variant(dixon, t1_only), "lymphocele": seed % 2 == 1,
+           "t2_shape": list(truth.shape), "t2_spacing_mm": list(spacing),
+           "truth_ml": truth_ml, "tuned_on": seed in TUNED_SEEDS}
     started = time.perf_counter()
     try:
-        result = segment_graft_nocontrast(t2, extras, config=device_profile(GraftSettings(),
-                                                                            cpu=True))
+        result = segment_graft_nocontrast(reference, extras,
+                                          config=device_profile(GraftSettings(), cpu=True))
     except ValueError as exc:
         row.update(error=str(exc), dice=0.0, seconds=round(time.perf_counter() - started, 1))
         return row
-    judged = _verdict(t2, result.mask, flags=("no-contrast", *result.doubts()))
+    judged = _verdict(reference, result.mask, flags=("no-contrast", *result.doubts()))
     row.update(
         verdict=judged["verdict"], reasons=judged["reasons"],
         dice=dice(result.mask, truth),
@@ -157,19 +176,21 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", default="10-19")
     parser.add_argument("--dixon", action="store_true", help="T2 + T1 Dixon channels")
+    parser.add_argument("--t1-only", action="store_true",
+                        help="no T2: the four Dixon images, in-phase as the reference")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, default=RESULTS / "graft_nocontrast")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     jsonl = args.out.with_suffix(".jsonl")
-    variant = "t2+dixon" if args.dixon else "t2"
+    variant = _variant(args.dixon, args.t1_only)
     rows = load_rows(jsonl)
     done = {(r["variant"], r["seed"]) for r in rows}
     revision = _revision()
     for seed in seed_list(args.seeds):
         if (variant, seed) in done:
             continue
-        row = run_study(seed, dixon=args.dixon)
+        row = run_study(seed, dixon=args.dixon, t1_only=args.t1_only)
         row["commit"] = revision
         rows.append(row)
         append_row(jsonl, row)

@@ -150,6 +150,38 @@ def test_t2_only_graft_mri_gets_a_graft_segment_with_its_side_and_verdict(
         assert side == "right"
 
 
+def test_a_t1_dixon_graft_mri_without_t2_gets_a_graft_segment_on_the_in_phase_series(
+        make_node, sqlite_url, tmp_path):
+    """No contrast and no T2: the four Dixon series only (synthetic seed 140 at the paper's
+    resolution, benchmarks.graft_nocontrast_eval --t1-only). The node takes the in-phase
+    series as the reference (its grid is the SEG's), the other three as channels."""
+    study = write_mr_study(tmp_path / "mr", patient_id="IT-NC-0002", seed=140,
+                           protocol=paper_protocol(140), include_dce=False,
+                           include_t2=False, dixon=True)
+    node, seg_path, sr_path = _round_trip(make_node, sqlite_url, study.files, tmp_path)
+    assert dciodvfy_errors(seg_path) == [] and dciodvfy_errors(sr_path) == []
+    seg, label, side = _graft_segment(seg_path)
+    job = node.study(study.study_instance_uid)["jobs"][-1]
+    assert job["pipeline"] == "mri-graft-nc" and job["state"] == "succeeded"
+    reference = seg.ReferencedSeriesSequence[0].SeriesInstanceUID
+    assert reference == study.dixon_series_uids["in"]
+    series = load_series([p for p in study.files
+                          if dcmread(p, stop_before_pixels=True).SeriesInstanceUID
+                          == reference])
+    dice = _dice(segment_masks(seg_path, series.volumes[0])[label],
+                 sitk.GetArrayFromImage(study.truth_mask) > 0)
+    row = _checked_row(node, study.patient_id, seg, sr_path)
+    assert {"no-contrast", "t1-only", "multi-contrast"} <= set(row["flags"])
+    print(f"\nT1 Dixon only: Dice {dice:.3f}, {row['volume_ml']:.1f} ml vs truth "
+          f"{study.truth_volume_ml:.1f} ml, side {side}, QC {row['qc_verdict']} "
+          f"{row['qc_reasons']}")
+    # As for T2 alone: a wrong answer is never passed, a right one is on its side.
+    if dice < 0.7:
+        assert row["qc_verdict"] in ("review", "fail"), (dice, row)
+    else:
+        assert side == "right"
+
+
 def test_a_t2_only_graft_grown_unlike_a_kidney_is_sent_to_review(make_node, sqlite_url,
                                                                   tmp_path):
     # Synthetic seed 12 at the paper's T2 resolution (benchmarks.graft_nocontrast_eval): a
