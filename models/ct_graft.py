@@ -262,13 +262,12 @@ def segment_ct_graft(ct: sitk.Image, config: CtGraftConfig | None = None, *,
         return CtGraft(None, f"no graft-like region in the pelvis (best score "
                              f"{0.0 if best is None else best.score:.2f} < {min_score})",
                        crest_z)
+    rim: dict[str, float] = {}
     if unenhanced and np.isfinite(muscle):
         inside = float(np.median(hu[best.bbox][best.mask]))
-        ceiling = inside + config.unenhanced_rim_towards_muscle * (muscle - inside)
-        mask = delineate(hu, best, best_zone, kc, rim_voxels=config.unenhanced_rim_voxels,
-                         rim_ceiling_hu=ceiling)
-    else:
-        mask = delineate(hu, best, best_zone, kc)
+        rim = {"rim_voxels": config.unenhanced_rim_voxels, "rim_ceiling_hu":
+               inside + config.unenhanced_rim_towards_muscle * (muscle - inside)}
+    mask = delineate(hu, best, best_zone, kc, **rim)
     found = _on_ct_grid(best_side, mask, work, ct, best.score, kc, record=FoundGraft)
     return CtGraft(found, "", crest_z)
 

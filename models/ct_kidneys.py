@@ -560,10 +560,9 @@ def delineate(hu: np.ndarray, best: Candidate, zone: np.ndarray,
     mask[best.bbox] = best.mask
     level = _fat_level(hu[best.bbox], best.mask, config)
     rim_voxels = config.rim_voxels if rim_voxels is None else rim_voxels
-    if rim_voxels > 0:
-        allowed = zone & (hu <= rim_ceiling_hu)
-        for _ in range(rim_voxels):
-            mask |= ndi.binary_dilation(mask, structure=_BALL1) & allowed
+    if rim_voxels > 0:  # grown layer by layer through the allowed voxels only
+        mask = ndi.binary_dilation(mask, structure=_BALL1, iterations=rim_voxels,
+                                   mask=zone & (hu <= rim_ceiling_hu))
     mask &= hu > level
     return largest_component(detach_appendages(mask, config.detach_voxels, config.detach_max_share))
 

@@ -115,6 +115,24 @@ def test_ct_kidneys_reach_the_destination_with_their_sides(make_node, sqlite_url
           f"{job['timings']}; " + "; ".join(measured))
 
 
+def _native_only_ct_through_node(make_node, sqlite_url, tmp_path: Path, seed: int,  # noqa: ANN001
+                                 phase: CtPhase):  # noqa: ANN202
+    """A native-only abdomen-pelvis CT of clinical resolution (256 x 256 pixels of about
+    1.5 mm, 3 mm slices) sent through the node to storescp: the study, the SEGs received
+    and the index's rows of the patient."""
+    ct = synthesize_ct(seed, grid=CtGrid(matrix=256, slice_spacing_mm=3.0,
+                                         coverage=Coverage.ABDOMEN_PELVIS),
+                       phase=phase,
+                       transplant=Transplant(has_graft=False, natives=NativeKidneys.NORMAL))
+    study = write_ct_study(tmp_path / "ct", ct, patient_id=f"IT-CT-{seed:04d}")
+    with node_sending_to_storescp(make_node, sqlite_url, tmp_path / "dest") as node:
+        assert storescu(node.dicom_port, list(study.files)).returncode == 0
+        segs = node.wait_for(lambda: _objects_in(tmp_path / "dest", SegmentationStorage), 180,
+                             "the SEG at storescp")
+        rows = json.loads(node.cli("volumes", study.patient_id, "--json").stdout)
+    return study, segs, rows
+
+
 def test_an_unenhanced_ct_takes_the_kidney_level_with_the_other_not_a_bowel_loop(
         make_node, sqlite_url, tmp_path):
     """Unenhanced abdomen-pelvis CT of clinical resolution (synthetic seed 211, 256 x 256
@@ -123,15 +141,8 @@ def test_an_unenhanced_ct_takes_the_kidney_level_with_the_other_not_a_bowel_loop
     0.517). The two kidneys are chosen as a pair, level with each other: both segments
     at the destination are the kidneys (with the best region per side alone the right
     segment was the colon, Dice 0)."""
-    ct = synthesize_ct(211, grid=CtGrid(matrix=256, slice_spacing_mm=3.0,
-                                        coverage=Coverage.ABDOMEN_PELVIS),
-                       phase=CtPhase.UNENHANCED,
-                       transplant=Transplant(has_graft=False, natives=NativeKidneys.NORMAL))
-    study = write_ct_study(tmp_path / "ct", ct, patient_id="IT-CT-0211")
-    with node_sending_to_storescp(make_node, sqlite_url, tmp_path / "dest") as node:
-        assert storescu(node.dicom_port, list(study.files)).returncode == 0
-        segs = node.wait_for(lambda: _objects_in(tmp_path / "dest", SegmentationStorage), 180,
-                             "the SEG at storescp")
+    study, segs, _ = _native_only_ct_through_node(make_node, sqlite_url, tmp_path, 211,
+                                                  CtPhase.UNENHANCED)
     volume = load_series(list(study.files)).volumes[0]
     truth = truth_on(volume.image, study.kidneys_path)
     masks = segment_masks(segs[0], volume)
@@ -145,16 +156,8 @@ def test_a_contrast_ct_without_graft_reports_no_bowel_loop_as_a_graft(make_node,
     """Native-only abdomen-pelvis CT, cortico-medullary (synthetic seed 224): a
     fluid-filled bowel loop in the pelvis (38 HU) scored as a graft and was sent as a
     73 ml "Transplanted kidney". A graft enhances: the SEG holds the two kidneys only."""
-    ct = synthesize_ct(224, grid=CtGrid(matrix=256, slice_spacing_mm=3.0,
-                                        coverage=Coverage.ABDOMEN_PELVIS),
-                       phase=CtPhase.CORTICOMEDULLARY,
-                       transplant=Transplant(has_graft=False, natives=NativeKidneys.NORMAL))
-    study = write_ct_study(tmp_path / "ct", ct, patient_id="IT-CT-0224")
-    with node_sending_to_storescp(make_node, sqlite_url, tmp_path / "dest") as node:
-        assert storescu(node.dicom_port, list(study.files)).returncode == 0
-        segs = node.wait_for(lambda: _objects_in(tmp_path / "dest", SegmentationStorage), 180,
-                             "the SEG at storescp")
-        rows = json.loads(node.cli("volumes", study.patient_id, "--json").stdout)
+    _, segs, rows = _native_only_ct_through_node(make_node, sqlite_url, tmp_path, 224,
+                                                 CtPhase.CORTICOMEDULLARY)
     labels = sorted(s.SegmentLabel for s in dcmread(segs[0], stop_before_pixels=True)
                     .SegmentSequence)
     assert labels == sorted(SIDES), labels
