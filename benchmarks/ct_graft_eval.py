@@ -2,7 +2,8 @@
 
 Runs what the ``ct-kidneys`` pipeline runs (:func:`models.ct_kidneys.segment_ct_kidneys`,
 then :func:`models.ct_graft.segment_ct_graft` with the natives kept out, then
-:func:`models.ct_graft.separate_natives`) on
+:func:`models.ct_graft.separate_natives` and :func:`models.ct_graft.find_atrophic_natives`)
+on
 
 * synthetic CTs of kidney-transplant recipients (:func:`service.synthetic.synthesize_ct`
   with a :class:`~service.synthetic.ct_anatomy.Transplant`: graft in the right or left
@@ -47,7 +48,7 @@ import SimpleITK as sitk
 from benchmarks.ct_kidneys_eval import REAL, _seeds
 from benchmarks.graft_eval import RESULTS, _revision
 from benchmarks.qc_eval import _verdict
-from models.ct_graft import segment_ct_graft, separate_natives
+from models.ct_graft import find_atrophic_natives, segment_ct_graft, separate_natives
 from models.ct_kidneys import segment_ct_kidneys
 from service.pipeline.base import graft_segment
 from service.synthetic.ct_anatomy import NativeKidneys, Transplant
@@ -72,7 +73,8 @@ def run_case(name: str, image: sitk.Image, graft_truth: np.ndarray | None, graft
     t0 = time.perf_counter()
     kidneys = segment_ct_kidneys(image)
     search = segment_ct_graft(image, natives=kidneys)
-    kidneys = separate_natives(kidneys, search, image)
+    first = separate_natives(kidneys, search, image)
+    kidneys = find_atrophic_natives(first, search, image)
     seconds = time.perf_counter() - t0
     voxel_ml = float(np.prod(image.GetSpacing())) / 1000.0
     row: dict[str, Any] = {"case": name, "seconds": round(seconds, 1),
@@ -101,6 +103,8 @@ def run_case(name: str, image: sitk.Image, graft_truth: np.ndarray | None, graft
         entry: dict[str, Any] = {"found": kidney is not None}
         if kidney is not None:
             entry["volume_ml"] = round(kidney.volume_ml, 1)
+            entry["score"] = round(kidney.score, 3)
+            entry["second_look"] = getattr(first, side) is None
         if natives is not None and (natives == label).any():
             entry["reference_ml"] = round(float((natives == label).sum()) * voxel_ml, 1)
             if kidney is not None:
@@ -109,13 +113,14 @@ def run_case(name: str, image: sitk.Image, graft_truth: np.ndarray | None, graft
     return row
 
 
-def synthetic_case(seed: int, phase: CtPhase, *, hard: bool = False,
-                   graft: bool = True) -> tuple[str, sitk.Image, np.ndarray | None, str | None,
-                                                np.ndarray]:
-    """A synthetic study: odd seeds pelvic, even seeds abdomen-pelvis."""
+def synthetic_case(seed: int, phase: CtPhase, *, hard: bool = False, graft: bool = True,
+                   natives: NativeKidneys = NativeKidneys.ATROPHIC
+                   ) -> tuple[str, sitk.Image, np.ndarray | None, str | None, np.ndarray]:
+    """A synthetic study: odd seeds pelvic, even seeds abdomen-pelvis (with ``natives``)."""
     if graft:
         coverage = Coverage.PELVIS if seed % 2 else Coverage.ABDOMEN_PELVIS
-        transplant = Transplant(lymphocele=hard and seed % 2 == 0, bowel_against_graft=hard)
+        transplant = Transplant(lymphocele=hard and seed % 2 == 0, bowel_against_graft=hard,
+                                natives=natives)
     else:
         coverage = Coverage.ABDOMEN_PELVIS
         transplant = Transplant(has_graft=False, natives=NativeKidneys.NORMAL)
@@ -127,14 +132,21 @@ def synthetic_case(seed: int, phase: CtPhase, *, hard: bool = False,
     natives = np.where(sinus, 0, ct.kidneys).astype(np.uint8)
     side = ct.graft_side.name.lower() if ct.graft_side is not None else None
     kind = ("no graft" if not graft else "pelvis" if seed % 2 else "abdomen-pelvis") + \
-        (", hard" if hard else "")
+        (", hard" if hard else "") + \
+        (f", {natives} natives" if graft and natives is not NativeKidneys.ATROPHIC else "")
     return f"synthetic seed {seed}, {phase}, {kind}", image, truth, side, natives
 
 
 def _summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
     dices = [r["dice"] for r in rows]
     errors = [r.get("volume_error") for r in rows]
+    sides = [r[s] for r in rows for s, _ in SIDES]
+    native_dices = [e["dice"] for e in sides if "dice" in e]
     return {
+        "natives_in_view": sum("reference_ml" in e for e in sides),
+        "natives_found": sum(e["found"] and "reference_ml" in e for e in sides),
+        "natives_mean_dice": round(float(np.mean(native_dices)), 3) if native_dices else None,
+        "false_natives": sum(e["found"] and "reference_ml" not in e for e in sides),
         "studies": len(rows),
         "found": sum(r["graft_found"] for r in rows),
         "mean_dice": round(float(np.mean(dices)), 3) if dices else None,
@@ -187,7 +199,7 @@ def markdown(run: dict[str, Any], rows: list[dict[str, Any]]) -> str:
                 f"{r['true_side']}: {'right' if r.get('side_right') else 'WRONG'}")
         natives = ", ".join(
             f"{s} {r[s]['dice']:.2f}" if "dice" in r[s]
-            else f"{s} found" if r[s]["found"]
+            else f"{s} found (no kidney there)" if r[s]["found"]
             else f"{s} missed" if "reference_ml" in r[s] else f"{s} –"
             for s, _ in SIDES)
         lines.append(f"| {r['case']} | {graft} | {dice} | {volume} | {side} | {natives} | "
@@ -195,13 +207,16 @@ def markdown(run: dict[str, Any], rows: list[dict[str, Any]]) -> str:
                      f"{r['peak_rss_mb']} |")
     lines += ["", "Per group (a graft not found counts as Dice 0):", "",
               "| group | studies | found | mean Dice | min Dice | volume within 10 % | "
-              "side right | native as graft | mean s | max s |",
-              "|---|---|---|---|---|---|---|---|---|---|"]
+              "side right | native as graft | natives found / in view (mean Dice) | "
+              "natives where none is | mean s | max s |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for group, summary in run["groups"].items():
         lines.append(f"| {group} | {summary['studies']} | {summary['found']} | "
                      f"{summary['mean_dice']} | {summary['min_dice']} | "
                      f"{summary['within_10pct']} | {summary['side_right']} | "
-                     f"{summary['native_as_graft']} | {summary['mean_seconds']} | "
+                     f"{summary['native_as_graft']} | {summary['natives_found']} / "
+                     f"{summary['natives_in_view']} ({summary['natives_mean_dice']}) | "
+                     f"{summary['false_natives']} | {summary['mean_seconds']} | "
                      f"{summary['max_seconds']} |")
     lines += ["", "QC verdict of the grafts found, by Dice band (standard cases): " +
               "; ".join(f"{band}: " + ", ".join(f"{n} {v}" for v, n in counts.items())
@@ -219,12 +234,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", default="101-110")
     parser.add_argument("--phases", default="unenhanced,corticomedullary,nephrographic,excretory")
     parser.add_argument("--hard", action="store_true", help="also the hard variants")
+    parser.add_argument("--natives", default="atrophic",
+                        choices=[str(n) for n in NativeKidneys],
+                        help="state of the transplant recipients' native kidneys")
     parser.add_argument("--negatives", default="201-202",
                         help="seeds of native-only abdomen-pelvis CTs ('' for none)")
     parser.add_argument("--no-real", action="store_true", help="skip the real example CT")
     parser.add_argument("--out", type=Path, default=RESULTS / "ct_graft")
     args = parser.parse_args(argv)
     phases = [CtPhase(p) for p in args.phases.split(",") if p]
+    natives = NativeKidneys(args.natives)
     rows: list[dict[str, Any]] = []
     groups: dict[str, list[dict[str, Any]]] = {}
 
@@ -236,11 +255,12 @@ def main(argv: list[str] | None = None) -> int:
 
     for phase in phases:
         for seed in _seeds(args.seeds):
-            record(str(phase), run_case(*synthetic_case(seed, phase)))
+            record(str(phase), run_case(*synthetic_case(seed, phase, natives=natives)))
     if args.hard:
         for phase in phases:
             for seed in _seeds(args.seeds):
-                record(f"{phase}, hard", run_case(*synthetic_case(seed, phase, hard=True)))
+                record(f"{phase}, hard",
+                       run_case(*synthetic_case(seed, phase, hard=True, natives=natives)))
     negatives = []
     for seed in _seeds(args.negatives) if args.negatives else []:
         phase = CtPhase.UNENHANCED if seed % 2 else CtPhase.CORTICOMEDULLARY

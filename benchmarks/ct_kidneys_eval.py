@@ -205,8 +205,12 @@ def targets(rows: list[dict[str, Any]]) -> dict[str, bool]:
 
 
 def _seeds(text: str) -> list[int]:
-    lo, _, hi = text.partition("-")
-    return list(range(int(lo), int(hi or lo) + 1))
+    """Seeds from ``"1-10"``, ``"4"`` or a comma-separated list of either."""
+    out: list[int] = []
+    for part in text.split(","):
+        lo, _, hi = part.strip().partition("-")
+        out += range(int(lo), int(hi or lo) + 1)
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -16,7 +16,7 @@ import SimpleITK as sitk
 from scipy import ndimage as ndi
 
 __all__ = ["AIR_HU", "SpineTrack", "blood_enhanced_area_mm2", "body_mask",
-           "largest_region_filled", "spine_track", "to_working_grid"]
+           "largest_region_filled", "muscle_hu", "spine_track", "to_working_grid"]
 
 #: Fill value outside the scanned field (air).
 AIR_HU = -1024.0
@@ -156,3 +156,15 @@ def blood_enhanced_area_mm2(hu: np.ndarray, spine: SpineTrack, bone: np.ndarray,
         blood = (sub >= blood_hu[0]) & (sub < blood_hu[1]) & ~bone[k, ya:yb, xa:xb]
         areas.append(float(blood.sum()))
     return float(np.median(areas)) * spacing_mm ** 2 if areas else 0.0
+
+
+def muscle_hu(hu: np.ndarray, body: np.ndarray, bone: np.ndarray, z: slice) -> float:
+    """The patient's skeletal muscle HU: the mode of the soft-tissue histogram (0-100 HU)
+    in the body over the slices ``z`` (NaN without soft tissue there)."""
+    values = hu[z][body[z] & ~bone[z]]
+    values = values[(values > 0.0) & (values < 100.0)]
+    if values.size == 0:
+        return float("nan")
+    counts, edges = np.histogram(values, bins=50, range=(0.0, 100.0))
+    counts = ndi.uniform_filter1d(counts.astype(float), 3)
+    return float(edges[int(np.argmax(counts))] + 1.0)

@@ -60,7 +60,9 @@ posterior, beside the column; (b) the native kidneys found by
 :func:`models.ct_kidneys.segment_ct_kidneys` are removed from the graft zone; (c)
 :func:`separate_natives` drops a "native kidney" whose centre lies below the iliac crests
 or that overlaps the graft. Known limit: an ectopic pelvic native kidney would be reported
-as a graft.
+as a graft. A transplant recipient's natives are often end-stage (30-80 ml), which the
+native search, made for adult kidneys, misses: beside a graft, each side without one is
+searched again for a small kidney (:func:`find_atrophic_natives`).
 """
 
 from __future__ import annotations
@@ -73,7 +75,7 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage as ndi
 
-from models.ct_body import body_mask, spine_track, to_working_grid
+from models.ct_body import body_mask, muscle_hu, spine_track, to_working_grid
 from models.ct_kidneys import (
     Candidate,
     CtKidneyConfig,
@@ -86,12 +88,15 @@ from models.ct_kidneys import (
     find_candidates,
     merge_neighbours,
     score_body,
+    segment_ct_kidneys,
+    tissue_term,
 )
 
 __all__ = [
     "CtGraft",
     "CtGraftConfig",
     "FoundGraft",
+    "find_atrophic_natives",
     "segment_ct_graft",
     "separate_natives",
 ]
@@ -101,6 +106,12 @@ SIDES = ("right", "left")
 
 def _graft_kidney_config() -> CtKidneyConfig:
     return CtKidneyConfig(max_tilt_deg=70.0, candidate_ml=(40.0, 600.0), detach_voxels=2)
+
+
+def _atrophic_kidney_config() -> CtKidneyConfig:
+    return CtKidneyConfig(semi_axes_scale=(0.55, 1.0), candidate_ml=(10.0, 600.0),
+                          enhanced_above_muscle_hu=15.0, kidney_ap_mm=(-20.0, 55.0),
+                          min_score=0.4)
 
 
 @dataclass(frozen=True)
@@ -162,6 +173,23 @@ class CtGraftConfig:
     #: iliopsoas and bowel the graft lies against.
     unenhanced_rim_voxels: int = 2
     unenhanced_rim_towards_muscle: float = 0.5
+    #: The native kidneys of a transplant recipient are often end-stage: 30-80 ml, a
+    #: kidney's shape at 55-80 % of its length, which the native search's shape term
+    #: (an adult kidney's size) scores near 0 (synthetic seed 134: best scores 0.14 and
+    #: 0.20, both natives missed). When a graft is found, a side without a native kidney
+    #: is searched again with these settings (see :func:`find_atrophic_natives`): the
+    #: shape term forgives 55-100 % of an adult kidney's size, the centre lies at most
+    #: 20 mm in front of the column's centre (the renal fossa), the tissue term keeps
+    #: fluid-filled bowel out (on CTs whose natives had been removed, seeds 132-138,
+    #: bowel loops scored 0.22-0.38 as small kidneys without these), and a second look
+    #: needs a score of 0.4: unenhanced, bowel, spleen and liver tips in emptied renal
+    #: fossae still scored 0.22-0.35 (seeds 2, 6, 10, 132), the atrophic natives of
+    #: seeds 132, 134 and 136 0.54-0.64. None: not searched.
+    atrophic_natives: CtKidneyConfig | None = field(default_factory=_atrophic_kidney_config)
+    #: That search runs this far above the iliac crests and higher only, mm (a native
+    #: kidney's lower pole lies about at L3; bowel loops 20-40 mm above the crests scored
+    #: as small kidneys on CTs whose natives had been removed, seeds 132-138).
+    natives_above_crest_mm: float = 40.0
 
 
 @dataclass(frozen=True)
@@ -231,7 +259,8 @@ def segment_ct_graft(ct: sitk.Image, config: CtGraftConfig | None = None, *,
                      max(h[1].stop for h in hips.values()))
     min_score = config.min_score
     work, hu, kc, unenhanced = adapt_to_phase(work, hu, spine, bone, kc)
-    muscle = _muscle_hu(hu, body, bone, pelvis_z)
+    # The pelvis's muscle: glutei, iliopsoas, abdominal wall.
+    muscle = muscle_hu(hu, body, bone, pelvis_z)
     tissue = None
     if unenhanced:
         hi = muscle - config.below_muscle_hu if np.isfinite(muscle) else math.inf
@@ -308,6 +337,44 @@ def separate_natives(kidneys: CtKidneys, graft: CtGraft, ct: sitk.Image) -> CtKi
             found[side] = None
             reasons[side] = why
     return replace(kidneys, right=found["right"], left=found["left"], reasons=reasons)
+
+
+def find_atrophic_natives(kidneys: CtKidneys, graft: CtGraft, ct: sitk.Image,
+                          config: CtGraftConfig | None = None) -> CtKidneys:
+    """``kidneys`` with each side that has none searched again for a small native kidney
+    (``config.atrophic_natives``), when ``graft`` holds a graft: a transplant recipient's
+    native kidneys are often atrophic. That search keeps ``natives_above_crest_mm``
+    above the iliac crests, asks the kidney's tissue to enhance with contrast (or to be
+    denser than fluid without) and drops what lies on the graft
+    (:func:`separate_natives`). Without a graft, with both natives found, or with a field
+    of view that ends below that height, ``kidneys`` is returned as it is."""
+    config = config or CtGraftConfig()
+    missing = tuple(side for side in SIDES if getattr(kidneys, side) is None)
+    if (graft.graft is None or graft.crest_z_mm is None or not missing
+            or config.atrophic_natives is None):
+        return kidneys
+    above = graft.crest_z_mm + config.natives_above_crest_mm
+    if _top_z_mm(ct) <= above:
+        return kidneys
+    again = separate_natives(segment_ct_kidneys(ct, config.atrophic_natives, sides=missing,
+                                                above_z_mm=above), graft, ct)
+    found = {side: getattr(kidneys, side) for side in SIDES}
+    reasons = dict(kidneys.reasons)
+    for side in missing:
+        found[side] = getattr(again, side)
+        if found[side] is not None:
+            reasons.pop(side, None)
+        else:
+            reasons[side] = (f"{reasons.get(side, 'not found')}; searched again as an "
+                             f"atrophic kidney: {again.reasons.get(side, 'not found')}")
+    return replace(kidneys, right=found["right"], left=found["left"], reasons=reasons)
+
+
+def _top_z_mm(ct: sitk.Image) -> float:
+    """The highest patient z (LPS, mm) of ``ct``'s field of view."""
+    size = ct.GetSize()
+    return max(ct.TransformIndexToPhysicalPoint((i, j, k))[2]
+               for i in (0, size[0] - 1) for j in (0, size[1] - 1) for k in (0, size[2] - 1))
 
 
 def _other(side: str) -> str:
@@ -432,24 +499,9 @@ def _graft_prior(mid: np.ndarray, body: np.ndarray, zone: np.ndarray, side: str,
             position *= float(np.clip((b - cut) / (b - a), 0.0, 1.0))
         if tissue is None:
             return replace(c, position=position)
-        hu, hu_lo, hu_hi, sigma = tissue
-        median = float(np.median(hu[c.bbox][c.mask]))
-        miss = max(0.0, hu_lo - median, median - hu_hi)
-        return replace(c, position=position, tissue=math.exp(-miss ** 2 / (2 * sigma ** 2)))
+        return replace(c, position=position, tissue=tissue_term(c, *tissue))
 
     return apply
-
-
-def _muscle_hu(hu: np.ndarray, body: np.ndarray, bone: np.ndarray, z: slice) -> float:
-    """The patient's skeletal muscle HU: the mode of the soft-tissue histogram (0-100 HU)
-    in the body over the slices ``z`` (the pelvis: glutei, iliopsoas, abdominal wall)."""
-    values = hu[z][body[z] & ~bone[z]]
-    values = values[(values > 0.0) & (values < 100.0)]
-    if values.size == 0:
-        return float("nan")
-    counts, edges = np.histogram(values, bins=50, range=(0.0, 100.0))
-    counts = ndi.uniform_filter1d(counts.astype(float), 3)
-    return float(edges[int(np.argmax(counts))] + 1.0)
 
 
 def _natives_on(work: sitk.Image, ct: sitk.Image, natives: CtKidneys | None,

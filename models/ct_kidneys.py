@@ -71,6 +71,7 @@ from models.ct_body import (
     SpineTrack,
     blood_enhanced_area_mm2,
     body_mask,
+    muscle_hu,
     spine_track,
     to_working_grid,
 )
@@ -108,6 +109,11 @@ class CtKidneyConfig:
     #: Adult kidney semi-axes (mm) and the log-normal spread of the shape term.
     semi_axes_mm: tuple[float, float, float] = (55.0, 30.0, 22.0)
     shape_sigma: float = 0.35
+    #: Sizes the shape term accepts without cost, as factors on ``semi_axes_mm``: a
+    #: candidate's semi-axes are compared with the reference scaled by the factor in this
+    #: band nearest their common scale (the geometric mean of their ratios), so that only
+    #: the size outside the band and the proportions cost. (1, 1): an adult kidney's size.
+    semi_axes_scale: tuple[float, float] = (1.0, 1.0)
     #: Long axis tilt from the body's axis that costs nothing, and the spread beyond it.
     max_tilt_deg: float = 35.0
     tilt_sigma_deg: float = 20.0
@@ -166,6 +172,15 @@ class CtKidneyConfig:
     #: darker than its psoas is cut by windows 10 HU apart).
     unenhanced_window_lows_hu: tuple[float, ...] = tuple(float(v) for v in range(-20, 60, 3))
     unenhanced_window_widths_hu: tuple[float, ...] = (15.0, 20.0, 25.0, 30.0, 40.0)
+    #: Tissue term (None: none; the search for atrophic natives beside a graft uses it):
+    #: with contrast a kidney's median HU lies at least this far above the patient's
+    #: muscle (a perfused kidney enhances, bowel content and wall hardly do); unenhanced
+    #: between ``plain_min_hu`` (water-like bowel content lies below) and the muscle less
+    #: ``plain_below_muscle_hu``; a Gaussian fall-off of ``tissue_sigma_hu`` outside.
+    enhanced_above_muscle_hu: float | None = None
+    plain_min_hu: float = 22.0
+    plain_below_muscle_hu: float = 5.0
+    tissue_sigma_hu: float = 5.0
 
 
 @dataclass(frozen=True)
@@ -235,8 +250,12 @@ class Candidate:
 _BALL1 = FACE_CONNECTIVITY
 
 
-def segment_ct_kidneys(ct: sitk.Image, config: CtKidneyConfig | None = None) -> CtKidneys:
-    """Find and segment the right and left kidney of ``ct`` (HU, any orientation).
+def segment_ct_kidneys(ct: sitk.Image, config: CtKidneyConfig | None = None, *,
+                       sides: tuple[str, ...] = SIDES,
+                       above_z_mm: float | None = None) -> CtKidneys:
+    """Find and segment the right and left kidney of ``ct`` (HU, any orientation), or
+    only those of ``sides`` (the others are None without a reason), searched only above
+    the patient height ``above_z_mm`` (LPS z, mm) when it is given.
 
     Returns
     -------
@@ -257,10 +276,13 @@ def segment_ct_kidneys(ct: sitk.Image, config: CtKidneyConfig | None = None) -> 
     found: dict[str, FoundKidney | None] = {}
     reasons: dict[str, str] = {}
     zones: dict[str, np.ndarray] = {}
-    options: dict[str, list[Candidate]] = {}
-    for side in SIDES:
+    options: dict[str, list[Candidate]] = {side: [] for side in SIDES}
+    for side in sides:
         zones[side] = search_zone(body, bone, spine, side, s, config)
-        prior = lateral_prior(spine, side, s, config)
+        if above_z_mm is not None:
+            zones[side] &= _slice_heights(work)[:, None, None] > above_z_mm
+        prior = _with_tissue(lateral_prior(spine, side, s, config),
+                             _tissue_range(hu, body, bone, zones[side], unenhanced, config))
         candidates = find_candidates(hu, zones[side], bone, s, config, prior)
         grown = [merge_neighbours(hu, bone, seed, candidates, s, config, prior=prior)
                  for seed in _distinct_best(candidates, config.merge_seeds)]
@@ -277,6 +299,45 @@ def segment_ct_kidneys(ct: sitk.Image, config: CtKidneyConfig | None = None) -> 
         mask = delineate(hu, best, zones[side], config)
         found[side] = _on_ct_grid(side, mask, work, ct, best.score, config)
     return CtKidneys(found["right"], found["left"], reasons, unenhanced)
+
+
+def tissue_term(c: Candidate, hu: np.ndarray, lo: float, hi: float, sigma: float) -> float:
+    """1 when the median HU of ``c`` (on ``hu``) lies in ``[lo, hi]``, a Gaussian
+    fall-off of ``sigma`` outside."""
+    median = float(np.median(hu[c.bbox][c.mask]))
+    miss = max(0.0, lo - median, median - hi)
+    return math.exp(-miss ** 2 / (2 * sigma ** 2))
+
+
+def _tissue_range(hu: np.ndarray, body: np.ndarray, bone: np.ndarray, zone: np.ndarray,
+                  unenhanced: bool, config: CtKidneyConfig
+                  ) -> tuple[np.ndarray, float, float, float] | None:
+    """The tissue term's arguments for a search in ``zone`` (see ``CtKidneyConfig``), None
+    when it is off or the muscle level cannot be measured."""
+    if config.enhanced_above_muscle_hu is None or not zone.any():
+        return None
+    z = np.nonzero(zone.any(axis=(1, 2)))[0]
+    muscle = muscle_hu(hu, body, bone, slice(int(z[0]), int(z[-1]) + 1))
+    if not np.isfinite(muscle):
+        return None
+    if unenhanced:
+        return (hu, config.plain_min_hu, muscle - config.plain_below_muscle_hu,
+                config.tissue_sigma_hu)
+    return hu, muscle + config.enhanced_above_muscle_hu, math.inf, config.tissue_sigma_hu
+
+
+def _with_tissue(prior: Callable[[Candidate], Candidate],
+                 tissue: tuple[np.ndarray, float, float, float] | None
+                 ) -> Callable[[Candidate], Candidate]:
+    if tissue is None:
+        return prior
+    return lambda c: replace(prior(c), tissue=tissue_term(c, *tissue))
+
+
+def _slice_heights(work: sitk.Image) -> np.ndarray:
+    """Patient z (LPS, mm) of each slice of the working grid."""
+    return np.array([work.TransformIndexToPhysicalPoint((0, 0, k))[2]
+                     for k in range(work.GetSize()[2])])
 
 
 def choose_pair(right: list[Candidate], left: list[Candidate], spacing_mm: float,
@@ -475,8 +536,10 @@ def score_region(hu: np.ndarray, bone: np.ndarray, where: tuple[slice, ...],
     tilt = math.degrees(math.acos(min(1.0, abs(float(eigvec[0, -1])))))
     excess = max(0.0, tilt - config.max_tilt_deg)
     upright = math.exp(-excess ** 2 / (2 * config.tilt_sigma_deg ** 2))
-    ref = np.log(np.array(config.semi_axes_mm))
-    shape = float(np.exp(-np.sum((np.log(semi) - ref) ** 2) / (2 * config.shape_sigma ** 2)))
+    off = np.log(semi) - np.log(np.array(config.semi_axes_mm))
+    lo, hi = config.semi_axes_scale
+    off -= float(np.clip(off.mean(), math.log(lo), math.log(hi)))
+    shape = float(np.exp(-np.sum(off ** 2) / (2 * config.shape_sigma ** 2)))
     bone_free = max(0.0, 1.0 - bone_share / config.max_bone_share)
     through = (box[0].start == 0 and inner[0].any() and box[0].stop == hu.shape[0]
                and inner[-1].any())

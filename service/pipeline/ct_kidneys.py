@@ -6,7 +6,9 @@ on one CT series of the study (:func:`service.pipeline.ct_series.choose_ct_volum
 ``processing.ct.search_graft`` (default) the pelvis is searched for a graft
 (:func:`models.ct_graft.segment_ct_graft`, the native kidneys kept out of its zone), and a
 "native kidney" that lies in the pelvis or on the graft is dropped
-(:func:`models.ct_graft.separate_natives`); the graft is a segment of its own
+(:func:`models.ct_graft.separate_natives`); when a graft is found, a side without a
+native kidney is searched again for a small (atrophic) one above the iliac crests
+(:func:`models.ct_graft.find_atrophic_natives`); the graft is a segment of its own
 (:func:`service.pipeline.base.graft_segment`: structure ``graft``, laterality by the
 patient's side), flagged ``graft-touches-edge`` when it reaches the first or last slice.
 With ``processing.ct.cortex_models_dir`` set, the renal-cortex ensemble
@@ -32,7 +34,14 @@ from pydicom.sr.coding import Code
 
 from models.cortex_ensemble import segment_cortex
 from models.cortex_unet import ARCHITECTURE_NAME, ARCHITECTURE_VERSION
-from models.ct_graft import CtGraft, CtGraftConfig, FoundGraft, segment_ct_graft, separate_natives
+from models.ct_graft import (
+    CtGraft,
+    CtGraftConfig,
+    FoundGraft,
+    find_atrophic_natives,
+    segment_ct_graft,
+    separate_natives,
+)
 from models.ct_kidneys import CtKidneyConfig, CtKidneys, FoundKidney, segment_ct_kidneys
 from models.volume import image_spacing_zyx, mask_volume_ml
 from service.config import CtSettings
@@ -73,7 +82,7 @@ class CtKidneysPipeline:
     contrast or plain CT of the abdomen and/or pelvis."""
 
     name: str = "ct-kidneys"
-    version: str = "0.3.0"
+    version: str = "0.4.0"
     family: Code = codes.cid7162.MorphologicalOperations
     settings: CtSettings = field(default_factory=CtSettings)
 
@@ -98,8 +107,10 @@ class CtKidneysPipeline:
         graft: FoundGraft | None = None
         graft_reason = ""
         if self.settings.search_graft:
-            search = segment_ct_graft(volume.image, CtGraftConfig(), natives=kidneys)
+            graft_config = CtGraftConfig()
+            search = segment_ct_graft(volume.image, graft_config, natives=kidneys)
             kidneys = separate_natives(kidneys, search, volume.image)
+            kidneys = find_atrophic_natives(kidneys, search, volume.image, graft_config)
             graft = _graft_on_grid(search, volume, uid)
             graft_reason = search.reason if search.pelvis_in_view else ""
         found = _found_sides(kidneys, volume, uid)

@@ -6,7 +6,13 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from models.ct_graft import CtGraft, FoundGraft, segment_ct_graft, separate_natives
+from models.ct_graft import (
+    CtGraft,
+    FoundGraft,
+    find_atrophic_natives,
+    segment_ct_graft,
+    separate_natives,
+)
 from models.ct_kidneys import CtKidneys, FoundKidney
 from service.synthetic.ct_anatomy import NativeKidneys, Side, Transplant
 from service.synthetic.ct_phantom import Coverage, CtGrid, SyntheticCT, synthesize_ct
@@ -217,3 +223,23 @@ def test_graft_prior_cut_by_the_zone_and_implausible_tissue() -> None:
                               enhanced)(candidate)
         assert (scored.tissue == 1.0) if enhances else (scored.tissue < 0.05)
         assert scored.position == contrast.position  # no cut-face term with contrast
+
+
+def test_atrophic_natives_are_searched_only_beside_a_graft_and_below_the_top() -> None:
+    """The second native search (issue 16) runs only when a graft was found, a side has
+    no native and the field of view reaches 40 mm above the iliac crests: otherwise the
+    natives come back as they were, without a search."""
+    image = sitk.Image([8, 8, 10], sitk.sitkFloat32)  # z from 0 to 9 mm
+    mask = np.zeros((10, 8, 8), dtype=bool)
+    graft = FoundGraft(side="left", mask=mask, volume_ml=150.0, score=0.5, touches_edge=False)
+    none = CtKidneys(None, None, {"right": "r", "left": "l"})
+    assert find_atrophic_natives(none, CtGraft(None, "no graft", -200.0), image) is none
+    # The crests at z = -40 mm: the zone would begin at z = 0 mm, the top is 9 mm: searched.
+    # At z = -30 mm the zone would begin above the top: not searched.
+    assert find_atrophic_natives(none, CtGraft(graft, "", -30.0), image) is none
+    both = CtKidneys(FoundKidney("right", mask, 40.0, 0.5, False),
+                     FoundKidney("left", mask, 40.0, 0.5, False))
+    assert find_atrophic_natives(both, CtGraft(graft, "", -200.0), image) is both
+    searched = find_atrophic_natives(none, CtGraft(graft, "", -40.0), image)
+    assert searched is not none and searched.found == ()
+    assert "searched again as an atrophic kidney" in searched.reasons["right"]

@@ -216,6 +216,32 @@ def test_score_prefers_an_upright_kidney_in_fat_to_a_slab() -> None:
     assert bony.bone_free == 0.0 and bony.score == 0.0
 
 
+def test_the_size_band_forgives_a_small_kidney_its_size_not_its_proportions() -> None:
+    """An atrophic kidney is a kidney's shape at 55-80 % of its length: the adult size
+    alone scores it near 0; with a size band it keeps its proportions' score, and a
+    small region of other proportions stays low."""
+    shape = (40, 30, 30)
+    hu = np.full(shape, -100.0, dtype=np.float32)
+    small = _ellipsoid(shape, (13, 7, 5.5))  # 33 x 18 x 14 mm: 0.6 of the adult size
+    hu[small] = 150.0
+    bone = np.zeros(shape, dtype=bool)
+    whole = (slice(0, 40), slice(0, 30), slice(0, 30))
+    adult = CtKidneyConfig()
+    band = CtKidneyConfig(semi_axes_scale=(0.55, 1.0))
+    assert score_region(hu, bone, whole, small, (100.0, 200.0), 2.5, adult).shape < 0.1
+    assert score_region(hu, bone, whole, small, (100.0, 200.0), 2.5, band).shape > 0.8
+    ball_like = _ellipsoid(shape, (8, 8, 8))
+    assert score_region(hu, bone, whole, ball_like, (100.0, 200.0), 2.5, band).shape < 0.3
+    # The default band (1, 1) is the adult size: a kidney of that size is unchanged.
+    big_shape = (60, 40, 40)
+    big = _ellipsoid(big_shape, (22, 12, 9))
+    fat = np.where(big, 150.0, -100.0).astype(np.float32)
+    none = np.zeros(big_shape, dtype=bool)
+    full = (slice(0, 60), slice(0, 40), slice(0, 40))
+    assert score_region(fat, none, full, big, (100.0, 200.0), 2.5, band).shape == \
+        pytest.approx(score_region(fat, none, full, big, (100.0, 200.0), 2.5, adult).shape)
+
+
 def test_detach_appendages_cuts_a_tube_but_not_a_thin_kidney() -> None:
     body = np.zeros((60, 40, 40), dtype=bool)
     body[:40] = _ellipsoid((40, 40, 40), (16, 12, 12))

@@ -79,7 +79,7 @@ def test_graft_and_natives_are_segments_of_their_own(case, monkeypatch):
     monkeypatch.setattr(ct_kidneys, "segment_ct_graft",
                         _fake_graft(study.graft_path, touches_edge=True))
     pipeline = _pipeline()
-    assert pipeline.version == "0.3.0"
+    assert pipeline.version == "0.4.0"
     out = pipeline.run(loaded, device="cpu")
     assert out.finding is None
     assert out.segments == (KIDNEY_RIGHT, KIDNEY_LEFT, GRAFT_LEFT)
@@ -100,15 +100,35 @@ def test_graft_and_natives_are_segments_of_their_own(case, monkeypatch):
     assert volume.array[..., 2].sum() == graft.sum()
 
 
+def _no_second_look(kidneys, graft, ct, config=None):  # noqa: ANN001, ANN202, ARG001
+    return kidneys
+
+
 def test_graft_alone_in_a_pelvic_study(case, monkeypatch):
     study, loaded, graft = case
     monkeypatch.setattr(ct_kidneys, "segment_ct_kidneys",
                         fake_segmenter(study.kidneys_path, sides=()))
     monkeypatch.setattr(ct_kidneys, "segment_ct_graft", _fake_graft(study.graft_path))
+    monkeypatch.setattr(ct_kidneys, "find_atrophic_natives", _no_second_look)
     out = _pipeline().run(loaded, device="cpu")
     assert out.finding is None and out.segments == (GRAFT_LEFT,)
     assert out.flags == ("right-kidney-not-found", "left-kidney-not-found")
     assert set(out.volumes_ml) == {"graft"}
+
+
+def test_natives_missed_beside_a_graft_get_a_second_look(case, monkeypatch):
+    """With a graft found and no native, the pipeline searches again for small natives
+    (models.ct_graft.find_atrophic_natives, run for real here on this CT's natives)."""
+    study, loaded, graft = case
+    monkeypatch.setattr(ct_kidneys, "segment_ct_kidneys",
+                        fake_segmenter(study.kidneys_path, sides=()))
+    monkeypatch.setattr(ct_kidneys, "segment_ct_graft", _fake_graft(study.graft_path))
+    out = _pipeline().run(loaded, device="cpu")
+    assert out.segments == (KIDNEY_RIGHT, KIDNEY_LEFT, GRAFT_LEFT)
+    assert out.flags == ()
+    truth = truth_on(loaded.series[SeriesRole.CT][0].volumes[0].image, study.kidneys_path)
+    for mask, label in zip(out.masks[:2], (1, 2), strict=True):
+        assert 2 * (mask & (truth == label)).sum() / (mask.sum() + (truth == label).sum()) > 0.7
 
 
 def test_a_native_kidney_on_the_graft_is_dropped(case, monkeypatch):
@@ -124,6 +144,7 @@ def test_a_native_kidney_on_the_graft_is_dropped(case, monkeypatch):
 
     monkeypatch.setattr(ct_kidneys, "segment_ct_kidneys", natives_on_graft)
     monkeypatch.setattr(ct_kidneys, "segment_ct_graft", _fake_graft(study.graft_path))
+    monkeypatch.setattr(ct_kidneys, "find_atrophic_natives", _no_second_look)
     out = _pipeline().run(loaded, device="cpu")
     assert out.segments == (KIDNEY_LEFT, GRAFT_LEFT)
     assert "right-kidney-not-found" in out.flags
