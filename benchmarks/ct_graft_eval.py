@@ -129,12 +129,12 @@ def synthetic_case(seed: int, phase: CtPhase, *, hard: bool = False, graft: bool
     image = sitk.Cast(geometry_image(ct.hu, ct.geometry), sitk.sitkFloat32)
     sinus = ct.tissues == CtTissue.SINUS_FAT
     truth = (ct.graft & ~sinus) if ct.graft_in_view else None
-    natives = np.where(sinus, 0, ct.kidneys).astype(np.uint8)
+    labels = np.where(sinus, 0, ct.kidneys).astype(np.uint8)
     side = ct.graft_side.name.lower() if ct.graft_side is not None else None
     kind = ("no graft" if not graft else "pelvis" if seed % 2 else "abdomen-pelvis") + \
         (", hard" if hard else "") + \
         (f", {natives} natives" if graft and natives is not NativeKidneys.ATROPHIC else "")
-    return f"synthetic seed {seed}, {phase}, {kind}", image, truth, side, natives
+    return f"synthetic seed {seed}, {phase}, {kind}", image, truth, side, labels
 
 
 def _summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
