@@ -104,7 +104,7 @@ def run_case(name: str, image: sitk.Image, graft_truth: np.ndarray | None, graft
         if kidney is not None:
             entry["volume_ml"] = round(kidney.volume_ml, 1)
             entry["score"] = round(kidney.score, 3)
-            entry["second_look"] = getattr(first, side) is None
+            entry["second_look"] = getattr(first, side) is not kidney
         if natives is not None and (natives == label).any():
             entry["reference_ml"] = round(float((natives == label).sum()) * voxel_ml, 1)
             if kidney is not None:

@@ -227,8 +227,9 @@ def test_graft_prior_cut_by_the_zone_and_implausible_tissue() -> None:
 
 def test_atrophic_natives_are_searched_only_beside_a_graft_and_below_the_top() -> None:
     """The second native search (issue 16) runs only when a graft was found, a side has
-    no native and the field of view reaches 40 mm above the iliac crests: otherwise the
-    natives come back as they were, without a search."""
+    no native or one scoring under 0.4, and the field of view reaches 40 mm above the
+    iliac crests: otherwise the natives come back as they were, without a search. A
+    first answer is only replaced by a better-scoring one."""
     image = sitk.Image([8, 8, 10], sitk.sitkFloat32)  # z from 0 to 9 mm
     mask = np.zeros((10, 8, 8), dtype=bool)
     graft = FoundGraft(side="left", mask=mask, volume_ml=150.0, score=0.5, touches_edge=False)
@@ -243,3 +244,7 @@ def test_atrophic_natives_are_searched_only_beside_a_graft_and_below_the_top() -
     searched = find_atrophic_natives(none, CtGraft(graft, "", -40.0), image)
     assert searched is not none and searched.found == ()
     assert "searched again as an atrophic kidney" in searched.reasons["right"]
+    weak = CtKidneys(FoundKidney("right", mask, 40.0, 0.3, False), both.left)
+    again = find_atrophic_natives(weak, CtGraft(graft, "", -40.0), image)
+    assert again is not weak  # searched again: nothing found, the first answers stay
+    assert again.right is weak.right and again.left is weak.left
