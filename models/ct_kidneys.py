@@ -277,10 +277,10 @@ def segment_ct_kidneys(ct: sitk.Image, config: CtKidneyConfig | None = None, *,
     reasons: dict[str, str] = {}
     zones: dict[str, np.ndarray] = {}
     options: dict[str, list[Candidate]] = {side: [] for side in SIDES}
+    high = (_slice_heights(work) > above_z_mm)[:, None, None] if above_z_mm is not None \
+        else True
     for side in sides:
-        zones[side] = search_zone(body, bone, spine, side, s, config)
-        if above_z_mm is not None:
-            zones[side] &= _slice_heights(work)[:, None, None] > above_z_mm
+        zones[side] = search_zone(body, bone, spine, side, s, config) & high
         prior = _with_tissue(lateral_prior(spine, side, s, config),
                              _tissue_range(hu, body, bone, zones[side], unenhanced, config))
         candidates = find_candidates(hu, zones[side], bone, s, config, prior)
