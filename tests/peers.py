@@ -17,10 +17,13 @@ from typing import Any
 
 import pytest
 import yaml
+from pydicom import dcmread
 
 ROOT = Path(__file__).resolve().parents[1]
 DCMTK = Path("/usr/bin")
 NODE_BIN = Path(sys.executable).parent / "kidney-node"
+#: Prefix of the empty file :func:`storescp` writes beside each object it has received.
+RECEIVED_MARK = ".received."
 
 
 def dcmtk(tool: str) -> str:
@@ -158,14 +161,25 @@ def storescp(port: int, out_dir: Path, ae_title: str = "DEST"):  # noqa: ANN201
     """DCMTK storescp accepting everything into ``out_dir``."""
     out_dir.mkdir(parents=True, exist_ok=True)
     proc = subprocess.Popen([dcmtk("storescp"), "-aet", ae_title, "+xa", "-od", str(out_dir),
-                             str(port)], env=peer_env(), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE)
+                             "-xcr", f"touch '#p/{RECEIVED_MARK}#f'", str(port)],
+                            env=peer_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         wait_port(port)
         yield proc
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+def received(folder: Path, sop_class_uid: str) -> list[Path]:
+    """The objects of ``sop_class_uid`` that :func:`storescp` has finished writing into
+    ``folder``. storescp writes each object under its final name, so a poll can find one
+    half-written (pydicom reads a truncated file without complaint); its reception command
+    marks each object once it is whole."""
+    whole = [folder / mark.name.removeprefix(RECEIVED_MARK)
+             for mark in folder.glob(f"{RECEIVED_MARK}*")]
+    return sorted(path for path in whole
+                  if dcmread(path, stop_before_pixels=True).SOPClassUID == sop_class_uid)
 
 
 def wait_port(port: int, timeout: float = 10.0) -> None:

@@ -23,7 +23,7 @@ from service.synthetic import Coverage, CtGrid, SyntheticCTStudy, synthesize_ct,
 from service.synthetic.ct_anatomy import NativeKidneys, Transplant
 from service.synthetic.ct_tissues import CtPhase
 from tests.ct_cases import tiny_model_dir, truth_on
-from tests.peers import dciodvfy_errors, node_sending_to_storescp, storescu
+from tests.peers import dciodvfy_errors, node_sending_to_storescp, received, storescu
 from tests.segs import segment_masks
 
 pytestmark = pytest.mark.integration
@@ -33,11 +33,6 @@ MIN_DICE = 0.8
 MAX_VOLUME_ERROR = 0.15
 #: Segment label -> (truth label, SNOMED CT laterality).
 SIDES = {"Right kidney": (1, "24028007"), "Left kidney": (2, "7771000")}
-
-
-def _objects_in(folder: Path, sop_class_uid: str) -> list[Path]:
-    return [path for path in folder.glob("*") if path.is_file()
-            and dcmread(path, stop_before_pixels=True).SOPClassUID == sop_class_uid]
 
 
 def _x_mm(volume: LoadedVolume, mask: np.ndarray) -> float:
@@ -69,10 +64,10 @@ def test_ct_kidneys_reach_the_destination_with_their_sides(make_node, sqlite_url
         t0 = time.perf_counter()
         sent = storescu(node.dicom_port, list(study.files))
         assert sent.returncode == 0, sent.stderr
-        segs = node.wait_for(lambda: _objects_in(tmp_path / "dest", SegmentationStorage), 90,
+        segs = node.wait_for(lambda: received(tmp_path / "dest", SegmentationStorage), 90,
                              "the SEG at storescp")
         t_round = time.perf_counter() - t0
-        reports = node.wait_for(lambda: _objects_in(tmp_path / "dest", Comprehensive3DSRStorage),
+        reports = node.wait_for(lambda: received(tmp_path / "dest", Comprehensive3DSRStorage),
                                 30, "the SR at storescp")
     (job,) = json.loads(node.cli("jobs", "--json").stdout)
     assert (job["state"], job["pipeline"], job["outcome"]) == ("succeeded", "ct-kidneys", None)
@@ -127,7 +122,7 @@ def _native_only_ct_through_node(make_node, sqlite_url, tmp_path: Path, seed: in
     study = write_ct_study(tmp_path / "ct", ct, patient_id=f"IT-CT-{seed:04d}")
     with node_sending_to_storescp(make_node, sqlite_url, tmp_path / "dest") as node:
         assert storescu(node.dicom_port, list(study.files)).returncode == 0
-        segs = node.wait_for(lambda: _objects_in(tmp_path / "dest", SegmentationStorage), 180,
+        segs = node.wait_for(lambda: received(tmp_path / "dest", SegmentationStorage), 180,
                              "the SEG at storescp")
         rows = json.loads(node.cli("volumes", study.patient_id, "--json").stdout)
     return study, segs, rows
@@ -198,7 +193,7 @@ def test_ct_with_cortex_models_sends_overlapping_cortex_segments(make_node, sqli
             processing={"ct": {"cortex_models_dir": str(models)}}) as node:
         sent = storescu(node.dicom_port, list(study.files))
         assert sent.returncode == 0, sent.stderr
-        segs = node.wait_for(lambda: _objects_in(tmp_path / "dest", SegmentationStorage), 90,
+        segs = node.wait_for(lambda: received(tmp_path / "dest", SegmentationStorage), 90,
                              "the SEG at storescp")
     (job,) = json.loads(node.cli("jobs", "--json").stdout)
     assert (job["state"], job["pipeline"]) == ("succeeded", "ct-kidneys"), job["error"]

@@ -36,18 +36,13 @@ from service.synthetic.ct_phantom import Coverage
 from service.synthetic.ct_tissues import CtPhase, CtTissue
 from service.writers.sr import QC_SCHEME, QC_VERDICT
 from tests.ct_cases import truth_on
-from tests.peers import dciodvfy_errors, node_sending_to_storescp, storescu
+from tests.peers import dciodvfy_errors, node_sending_to_storescp, received, storescu
 from tests.segs import segment_masks
 
 pytestmark = pytest.mark.integration
 
 GRAFT_CODE = "70948008"
 LATERALITY = {"right": "24028007", "left": "7771000"}
-
-
-def _objects_in(folder: Path, sop_class_uid: str) -> list[Path]:
-    return [path for path in folder.glob("*") if path.is_file()
-            and dcmread(path, stop_before_pixels=True).SOPClassUID == sop_class_uid]
 
 
 def _dice(a: np.ndarray, b: np.ndarray) -> float:
@@ -79,9 +74,9 @@ def _round_trip(make_node, sqlite_url: str, files, tmp_path: Path,  # noqa: ANN0
     with node_sending_to_storescp(make_node, sqlite_url, dest, processing=processing) as node:
         sent = storescu(node.dicom_port, list(files))
         assert sent.returncode == 0, sent.stderr
-        (seg,) = node.wait_for(lambda: _objects_in(dest, SegmentationStorage), 240,
+        (seg,) = node.wait_for(lambda: received(dest, SegmentationStorage), 240,
                                "the SEG at storescp")
-        (sr,) = node.wait_for(lambda: _objects_in(dest, Comprehensive3DSRStorage), 30,
+        (sr,) = node.wait_for(lambda: received(dest, Comprehensive3DSRStorage), 30,
                               "the SR at storescp")
     return node, seg, sr
 

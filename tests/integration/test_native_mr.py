@@ -29,7 +29,7 @@ from pydicom.uid import (
 )
 
 from service.imaging.series import load_series
-from tests.peers import dciodvfy_errors, node_sending_to_storescp, storescu
+from tests.peers import dciodvfy_errors, node_sending_to_storescp, received, storescu
 from tests.segs import segment_masks
 
 pytestmark = pytest.mark.integration
@@ -94,10 +94,8 @@ def test_real_t2_of_native_kidneys_gets_a_right_and_a_left_kidney(
         sent = storescu(node.dicom_port, files)
         assert sent.returncode == 0, sent.stderr
         (seg_path,) = node.wait_for(
-            lambda: [p for p in dest.glob("*") if p.is_file() and dcmread(
-                p, stop_before_pixels=True).SOPClassUID == SegmentationStorage], 240, "the SEG")
-        node.wait_for(lambda: [p for p in dest.glob("*") if p.is_file() and dcmread(
-            p, stop_before_pixels=True).SOPClassUID == Comprehensive3DSRStorage], 30, "the SR")
+            lambda: received(dest, SegmentationStorage), 240, "the SEG")
+        node.wait_for(lambda: received(dest, Comprehensive3DSRStorage), 30, "the SR")
         job = node.study(dcmread(files[0]).StudyInstanceUID)["jobs"][-1]
         rows = json.loads(node.cli("volumes", patient, "--json").stdout)
     assert job["pipeline"] == "mri-kidneys-nc" and job["state"] == "succeeded"

@@ -10,26 +10,28 @@ from pathlib import Path
 
 import highdicom as hd
 import pytest
-from pydicom import dcmread
 from pydicom.uid import Comprehensive3DSRStorage, SegmentationStorage
 
 from tests.conftest import free_port
-from tests.peers import chromium_dom, dciodvfy_errors, dcmtk, peer_env, storescp, storescu
+from tests.peers import (
+    chromium_dom,
+    dciodvfy_errors,
+    dcmtk,
+    peer_env,
+    received,
+    storescp,
+    storescu,
+)
 
 pytestmark = pytest.mark.integration
 
 
-def _objects_in(folder: Path, sop_class_uid: str) -> list[Path]:
-    return [path for path in folder.glob("*") if path.is_file()
-            and dcmread(path, stop_before_pixels=True).SOPClassUID == sop_class_uid]
-
-
 def _segs_in(folder: Path) -> list[Path]:
-    return _objects_in(folder, SegmentationStorage)
+    return received(folder, SegmentationStorage)
 
 
 def _reports_in(folder: Path) -> list[Path]:
-    return _objects_in(folder, Comprehensive3DSRStorage)
+    return received(folder, Comprehensive3DSRStorage)
 
 
 def test_echo_and_called_ae_check(make_node, sqlite_url):
