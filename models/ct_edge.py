@@ -17,7 +17,7 @@ from scipy import ndimage as ndi
 
 from models.components import box_around
 
-__all__ = ["fat_level", "redraw_fat_edge"]
+__all__ = ["fat_level", "grow_rim_by_nearest_side", "redraw_fat_edge"]
 
 
 def fat_level(hu: np.ndarray, mask: np.ndarray, fat_reference_hu: float,
@@ -65,3 +65,39 @@ def redraw_fat_edge(mask: np.ndarray, hu: np.ndarray, spacing_zyx: tuple[float, 
     out[box] = grown
     return out
 
+
+
+def grow_rim_by_nearest_side(mask: np.ndarray, hu: np.ndarray, allowed: np.ndarray,
+                             layers: int) -> np.ndarray:
+    """``mask`` grown by up to ``layers`` voxel layers (face steps, within ``allowed``),
+    each added voxel nearer in HU to the mask's median than to what lies beyond it.
+
+    What lies beyond a candidate voxel is the mean HU of the next layer out within its
+    5 x 5 x 5 neighbourhood: fat, muscle, bowel or a vessel. So a layer lost to the
+    candidates' opening comes back where it is at least half kidney against fat (the 50 %
+    partial-volume edge), but not where it is muscle pressed against the kidney: a plain
+    layer put 4-6 % of iliopsoas into grafts with contrast (synthetic seeds 141, 147 and
+    149, nephrographic). Returns a new array.
+    """
+    if not mask.any() or layers < 1:
+        return mask.copy()
+    box = box_around(mask, margin_mm=0.0, spacing_zyx=(1.0, 1.0, 1.0), extra_vox=layers + 3)
+    grown = mask[box].copy()
+    values = hu[box].astype(np.float32)
+    free = allowed[box]
+    inside = float(np.median(values[grown]))
+    face = ndi.generate_binary_structure(3, 1)
+    for _ in range(layers):
+        layer = ndi.binary_dilation(grown, structure=face) & ~grown
+        beyond = ndi.binary_dilation(grown | layer, structure=face) & ~(grown | layer)
+        weight = ndi.uniform_filter(beyond.astype(np.float32), size=5)
+        total = ndi.uniform_filter(np.where(beyond, values, 0.0).astype(np.float32), size=5)
+        outside = np.divide(total, weight, out=np.full_like(total, np.nan), where=weight > 0)
+        nearer = np.abs(values - inside) <= np.abs(values - outside)
+        added = layer & free & (nearer | np.isnan(outside))
+        if not added.any():
+            break
+        grown |= added
+    out = mask.copy()
+    out[box] = grown
+    return out

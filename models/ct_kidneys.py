@@ -75,7 +75,7 @@ from models.ct_body import (
     spine_track,
     to_working_grid,
 )
-from models.ct_edge import fat_level, redraw_fat_edge
+from models.ct_edge import fat_level, grow_rim_by_nearest_side, redraw_fat_edge
 
 __all__ = ["CtKidneyConfig", "CtKidneys", "FoundKidney", "segment_ct_kidneys"]
 
@@ -127,6 +127,9 @@ class CtKidneyConfig:
     #: Non-fat voxels this many voxels around the chosen region are added back (the
     #: one-voxel opening of the candidates takes a rim off).
     rim_voxels: int = 1
+    #: Add a rim voxel only where it is nearer in HU to the kidney than to what lies
+    #: beyond it (:func:`models.ct_edge.grow_rim_by_nearest_side`), not every non-fat one.
+    rim_nearest_side: bool = False
     #: Widest ball (voxels) of the opening that detaches the extrarenal pelvis, ureter and
     #: vessels from the kidney, and the most of the volume that may be cut off that way.
     detach_voxels: int = 4
@@ -609,12 +612,15 @@ def score_body(hu: np.ndarray, bone: np.ndarray, c: Candidate, spacing_mm: float
 
 def delineate(hu: np.ndarray, best: Candidate, zone: np.ndarray,
               config: CtKidneyConfig, *, rim_voxels: int | None = None,
-              rim_ceiling_hu: float = math.inf) -> np.ndarray:
+              rim_ceiling_hu: float = math.inf,
+              rim_nearest_side: bool | None = None) -> np.ndarray:
     """The kidney's mask on the working grid from its chosen (solidified) candidate.
 
     ``rim_voxels`` (default ``config.rim_voxels``) layers of the zone around it are added
     back, only voxels at most ``rim_ceiling_hu`` (a graft's caller keeps the rim from
-    growing into the brighter muscle it lies against). The renal sinus fat, filled in to
+    growing into the brighter muscle it lies against), and with ``rim_nearest_side``
+    (default ``config.rim_nearest_side``) only voxels nearer in HU to the region than to
+    what lies beyond them. The renal sinus fat, filled in to
     score the shape, is taken out again: the kidney's volume is its parenchyma and
     collecting system, as reference segmentations draw it. The largest remaining
     component is the kidney.
@@ -623,7 +629,11 @@ def delineate(hu: np.ndarray, best: Candidate, zone: np.ndarray,
     mask[best.bbox] = best.mask
     level = _fat_level(hu[best.bbox], best.mask, config)
     rim_voxels = config.rim_voxels if rim_voxels is None else rim_voxels
-    if rim_voxels > 0:  # grown layer by layer through the allowed voxels only
+    if rim_nearest_side is None:
+        rim_nearest_side = config.rim_nearest_side
+    if rim_voxels > 0 and rim_nearest_side:
+        mask = grow_rim_by_nearest_side(mask, hu, zone & (hu <= rim_ceiling_hu), rim_voxels)
+    elif rim_voxels > 0:  # grown layer by layer through the allowed voxels only
         mask = ndi.binary_dilation(mask, structure=_BALL1, iterations=rim_voxels,
                                    mask=zone & (hu <= rim_ceiling_hu))
     mask &= hu > level

@@ -82,7 +82,7 @@ class CtKidneysPipeline:
     contrast or plain CT of the abdomen and/or pelvis."""
 
     name: str = "ct-kidneys"
-    version: str = "0.4.0"
+    version: str = "0.4.1"
     family: Code = codes.cid7162.MorphologicalOperations
     settings: CtSettings = field(default_factory=CtSettings)
 

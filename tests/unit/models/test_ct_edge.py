@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage as ndi
 
-from models.ct_edge import fat_level, redraw_fat_edge
+from models.ct_edge import fat_level, grow_rim_by_nearest_side, redraw_fat_edge
 
 
 def _dice(a: np.ndarray, b: np.ndarray) -> float:
@@ -64,3 +64,29 @@ def test_a_thick_slice_is_not_a_step_and_finer_pixels_take_more_steps() -> None:
     fine = redraw_fat_edge(mask, hu, (0.6, 0.6, 0.6), -35.0, 1.25, 300.0)
     assert fine[2, :, 1].all() and fine[6, :, 1].all()  # two steps, along the fat only
     assert not fine[2, :, 2:].any() and not fine[:, :, 5:].any()
+
+
+def test_a_rim_grows_back_towards_fat_but_not_into_the_muscle_against_the_kidney() -> None:
+    """A graft with contrast (170 HU) on a smoothed 2.5 mm grid: fat (-100 HU) on most
+    sides, muscle (60 HU) against its back; the candidate has lost its outer layer against
+    fat (not against the muscle, brighter than fat). A plain rim takes the kidney's layer
+    back and a layer of muscle with it; the nearest-side rim takes the kidney's only."""
+    z, y, x = np.mgrid[:30, :40, :40]
+    kidney = ((z - 15) / 11.0) ** 2 + ((y - 18) / 9.0) ** 2 + ((x - 20) / 13.0) ** 2 <= 1.0
+    muscle = (y >= 24) & (y < 34) & (np.abs(x - 20) < 16) & (np.abs(z - 15) < 13) & ~kidney
+    hu = np.full(kidney.shape, -100.0)
+    hu[kidney] = 170.0
+    hu[muscle] = 60.0
+    hu = ndi.gaussian_filter(hu, 0.7) + np.random.default_rng(3).normal(0.0, 6.0, hu.shape)
+    face = ndi.generate_binary_structure(3, 1)
+    against_muscle = kidney & ndi.binary_dilation(muscle, structure=face)
+    short = ndi.binary_erosion(kidney, structure=face) | against_muscle
+    allowed = hu > -30.0  # the non-fat voxels a plain rim takes
+    plain = ndi.binary_dilation(short, structure=face, mask=allowed)
+    nearest = grow_rim_by_nearest_side(short, hu, allowed, 1)
+    lost_to_fat = kidney & ~short
+    assert (plain & muscle).sum() > 0.03 * kidney.sum()
+    assert (nearest & muscle).sum() < 0.2 * (plain & muscle).sum()
+    assert (nearest & lost_to_fat).sum() > 0.7 * (plain & lost_to_fat).sum()
+    assert (nearest & short).sum() == short.sum()
+    assert _dice(nearest, kidney) > _dice(plain, kidney) > _dice(short, kidney) - 0.05

@@ -79,7 +79,7 @@ def test_graft_and_natives_are_segments_of_their_own(case, monkeypatch):
     monkeypatch.setattr(ct_kidneys, "segment_ct_graft",
                         _fake_graft(study.graft_path, touches_edge=True))
     pipeline = _pipeline()
-    assert pipeline.version == "0.4.0"
+    assert pipeline.version == "0.4.1"
     out = pipeline.run(loaded, device="cpu")
     assert out.finding is None
     assert out.segments == (KIDNEY_RIGHT, KIDNEY_LEFT, GRAFT_LEFT)
