@@ -68,9 +68,12 @@ def redraw_fat_edge(mask: np.ndarray, hu: np.ndarray, spacing_zyx: tuple[float, 
 
 
 def grow_rim_by_nearest_side(mask: np.ndarray, hu: np.ndarray, allowed: np.ndarray,
-                             layers: int) -> np.ndarray:
+                             layers: int, *, brighter_is_inside: bool = False) -> np.ndarray:
     """``mask`` grown by up to ``layers`` voxel layers (face steps, within ``allowed``),
-    each added voxel nearer in HU to the mask's median than to what lies beyond it.
+    each added voxel nearer in HU to the mask's median than to what lies beyond it (or,
+    with ``brighter_is_inside``, at least as bright as that median: an enhancing kidney
+    is brighter than what surrounds it, and a region holding the medulla of a
+    cortico-medullary kidney has its bright cortex beyond it).
 
     What lies beyond a candidate voxel is the mean HU of the next layer out within its
     5 x 5 x 5 neighbourhood: fat, muscle, bowel or a vessel. So a layer lost to the
@@ -94,7 +97,8 @@ def grow_rim_by_nearest_side(mask: np.ndarray, hu: np.ndarray, allowed: np.ndarr
         total = ndi.uniform_filter(np.where(beyond, values, 0.0).astype(np.float32), size=5)
         outside = np.divide(total, weight, out=np.full_like(total, np.nan), where=weight > 0)
         nearer = np.abs(values - inside) <= np.abs(values - outside)
-        added = layer & free & (nearer | np.isnan(outside))
+        added = layer & free & (nearer | np.isnan(outside)
+                                | (brighter_is_inside & (values >= inside)))
         if not added.any():
             break
         grown |= added

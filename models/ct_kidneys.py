@@ -632,7 +632,8 @@ def delineate(hu: np.ndarray, best: Candidate, zone: np.ndarray,
     if rim_nearest_side is None:
         rim_nearest_side = config.rim_nearest_side
     if rim_voxels > 0 and rim_nearest_side:
-        mask = grow_rim_by_nearest_side(mask, hu, zone & (hu <= rim_ceiling_hu), rim_voxels)
+        mask = grow_rim_by_nearest_side(mask, hu, zone & (hu <= rim_ceiling_hu), rim_voxels,
+                                        brighter_is_inside=True)
     elif rim_voxels > 0:  # grown layer by layer through the allowed voxels only
         mask = ndi.binary_dilation(mask, structure=_BALL1, iterations=rim_voxels,
                                    mask=zone & (hu <= rim_ceiling_hu))

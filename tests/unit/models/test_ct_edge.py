@@ -90,3 +90,21 @@ def test_a_rim_grows_back_towards_fat_but_not_into_the_muscle_against_the_kidney
     assert (nearest & lost_to_fat).sum() > 0.7 * (plain & lost_to_fat).sum()
     assert (nearest & short).sum() == short.sum()
     assert _dice(nearest, kidney) > _dice(plain, kidney) > _dice(short, kidney) - 0.05
+
+
+def test_with_contrast_a_brighter_rim_is_kidney_even_where_more_of_it_lies_beyond() -> None:
+    """A cortico-medullary kidney whose chosen region holds the dark medulla (80 HU) and
+    the inner cortex: its bright cortex (240 HU) lies beyond the region, so the cortex's
+    next layer is nearer to what lies beyond than to the region's median. With contrast a
+    voxel brighter than the region's median is taken as kidney."""
+    z, y, x = np.mgrid[:30, :40, :40]
+    r = np.sqrt(((z - 15) / 11.0) ** 2 + ((y - 20) / 11.0) ** 2 + ((x - 20) / 13.0) ** 2)
+    hu = np.where(r <= 0.6, 80.0, np.where(r <= 1.0, 240.0, -100.0))
+    hu += np.random.default_rng(4).normal(0.0, 6.0, hu.shape)
+    region = r <= 0.72  # the medulla and the inner cortex
+    allowed = hu > -30.0
+    nearest = grow_rim_by_nearest_side(region, hu, allowed, 1)
+    brighter = grow_rim_by_nearest_side(region, hu, allowed, 1, brighter_is_inside=True)
+    layer = ndi.binary_dilation(region, structure=ndi.generate_binary_structure(3, 1)) & ~region
+    assert (nearest & layer).sum() < 0.2 * layer.sum()
+    assert (brighter & layer).sum() == layer.sum()
