@@ -66,7 +66,7 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage as ndi
 
-from models.components import FACE_CONNECTIVITY, ball, largest_component
+from models.components import FACE_CONNECTIVITY, ball, fill_holes, largest_component
 from models.ct_body import (
     SpineTrack,
     blood_enhanced_area_mm2,
@@ -684,7 +684,7 @@ def solidify(mask: np.ndarray, radius: int) -> np.ndarray:
         padded = np.pad(mask, radius)
         closed = ndi.binary_closing(padded, structure=ball(radius))
         mask = closed[(slice(radius, -radius),) * 3]
-    return ndi.binary_fill_holes(mask)
+    return fill_holes(mask)
 
 
 def _fat_level(hu: np.ndarray, mask: np.ndarray, config: CtKidneyConfig) -> float:
