@@ -38,6 +38,7 @@ __all__ = [
     "binary_erosion",
     "binary_opening",
     "box_around",
+    "close_in_background",
     "fill_holes",
     "label_components",
     "largest_component",
@@ -216,6 +217,38 @@ def box_around(mask: np.ndarray, *, margin_mm: float, spacing_zyx: Sequence[floa
         for ix, n, p in zip(index, np.shape(mask),
                             (math.ceil(margin_mm / s) + extra_vox for s in spacing_zyx),
                             strict=True))
+
+
+def close_in_background(mask: np.ndarray, radius_vox: int) -> np.ndarray:
+    """``mask`` closed by :func:`ball` (``radius_vox``) with background all around it.
+
+    The same voxels as ``ndi.binary_closing`` of ``mask`` padded by ``radius_vox`` of
+    background and cropped back, but the ball's offsets are applied as whole-array shifts
+    (an OR for the dilation, an AND for the erosion): two to three times as fast on the
+    small boxes the CT searches solidify by the thousand.
+    """
+    arr = _as_mask(mask)
+    r = int(radius_vox)
+    if r < 0:
+        raise ValueError(f"radius_vox must be >= 0, got {radius_vox}")
+    if r == 0 or not arr.any():
+        return arr.copy()
+    offsets = np.argwhere(ball(r)) - r
+    padded = np.pad(arr, 2 * r)  # room for the dilation, and background beyond it
+    size = padded.shape
+    core = tuple(slice(r, n - r) for n in size)
+
+    def shifted(a: np.ndarray, dz: int, dy: int, dx: int) -> np.ndarray:
+        return a[r + dz:size[0] - r + dz, r + dy:size[1] - r + dy, r + dx:size[2] - r + dx]
+
+    dilated = np.zeros_like(padded)
+    for dz, dy, dx in offsets:
+        dilated[core] |= shifted(padded, dz, dy, dx)
+    closed = np.zeros_like(padded)
+    closed[core] = True
+    for dz, dy, dx in offsets:
+        closed[core] &= shifted(dilated, dz, dy, dx)
+    return closed[(slice(2 * r, -2 * r),) * 3]
 
 
 def fill_holes(mask: np.ndarray) -> np.ndarray:

@@ -66,7 +66,13 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage as ndi
 
-from models.components import FACE_CONNECTIVITY, ball, fill_holes, largest_component
+from models.components import (
+    FACE_CONNECTIVITY,
+    ball,
+    close_in_background,
+    fill_holes,
+    largest_component,
+)
 from models.ct_body import (
     SpineTrack,
     blood_enhanced_area_mm2,
@@ -680,11 +686,7 @@ def _main_parts(mask: np.ndarray, share: float = 0.2) -> np.ndarray:
 
 def solidify(mask: np.ndarray, radius: int) -> np.ndarray:
     """``mask`` closed by a ball of ``radius`` voxels and hole-filled (same shape)."""
-    if radius > 0:
-        padded = np.pad(mask, radius)
-        closed = ndi.binary_closing(padded, structure=ball(radius))
-        mask = closed[(slice(radius, -radius),) * 3]
-    return fill_holes(mask)
+    return fill_holes(close_in_background(mask, radius))
 
 
 def _fat_level(hu: np.ndarray, mask: np.ndarray, config: CtKidneyConfig) -> float:
