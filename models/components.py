@@ -39,6 +39,8 @@ __all__ = [
     "binary_opening",
     "box_around",
     "close_in_background",
+    "dilate_by",
+    "erode_by",
     "fill_holes",
     "label_components",
     "largest_component",
@@ -219,36 +221,56 @@ def box_around(mask: np.ndarray, *, margin_mm: float, spacing_zyx: Sequence[floa
                             strict=True))
 
 
-def close_in_background(mask: np.ndarray, radius_vox: int) -> np.ndarray:
-    """``mask`` closed by :func:`ball` (``radius_vox``) with background all around it.
+def _shifts(structure: np.ndarray) -> tuple[np.ndarray, tuple[int, ...]]:
+    """A symmetric structure's offsets from its centre, and its half-widths."""
+    st = np.asarray(structure, dtype=bool)
+    if st.ndim != 3 or any(n % 2 == 0 for n in st.shape) or not (st == st[::-1, ::-1, ::-1]).all():
+        raise ValueError("structure must be a symmetric 3D array of odd sizes")
+    half = tuple(n // 2 for n in st.shape)
+    return np.argwhere(st) - np.array(half), half
 
-    The same voxels as ``ndi.binary_closing`` of ``mask`` padded by ``radius_vox`` of
-    background and cropped back, but the ball's offsets are applied as whole-array shifts
-    (an OR for the dilation, an AND for the erosion): two to three times as fast on the
-    small boxes the CT searches solidify by the thousand.
-    """
+
+def _combine(mask: np.ndarray, structure: np.ndarray, *, dilate: bool) -> np.ndarray:
+    offsets, half = _shifts(structure)
+    padded = np.pad(mask, [(h, h) for h in half], constant_values=False)
+    out = np.zeros(mask.shape, dtype=bool) if dilate else np.ones(mask.shape, dtype=bool)
+    for dz, dy, dx in offsets:
+        view = padded[half[0] + dz:half[0] + dz + mask.shape[0],
+                      half[1] + dy:half[1] + dy + mask.shape[1],
+                      half[2] + dx:half[2] + dx + mask.shape[2]]
+        if dilate:
+            out |= view
+        else:
+            out &= view
+    return out
+
+
+def dilate_by(mask: np.ndarray, structure: np.ndarray) -> np.ndarray:
+    """``ndi.binary_dilation(mask, structure)`` for a symmetric ``structure``, computed as
+    an OR of whole-array shifts: the same voxels, several times as fast for a ball on the
+    small boxes the CT searches work on by the thousand."""
+    return _combine(_as_mask(mask), structure, dilate=True)
+
+
+def erode_by(mask: np.ndarray, structure: np.ndarray) -> np.ndarray:
+    """``ndi.binary_erosion(mask, structure)`` (background beyond the array) for a
+    symmetric ``structure``, computed as an AND of whole-array shifts."""
+    return _combine(_as_mask(mask), structure, dilate=False)
+
+
+def close_in_background(mask: np.ndarray, radius_vox: int) -> np.ndarray:
+    """``mask`` closed by :func:`ball` (``radius_vox``) with background all around it:
+    ``ndi.binary_closing`` of ``mask`` padded by ``radius_vox`` of background, cropped
+    back (by :func:`dilate_by` and :func:`erode_by`)."""
     arr = _as_mask(mask)
     r = int(radius_vox)
     if r < 0:
         raise ValueError(f"radius_vox must be >= 0, got {radius_vox}")
     if r == 0 or not arr.any():
         return arr.copy()
-    offsets = np.argwhere(ball(r)) - r
-    padded = np.pad(arr, 2 * r)  # room for the dilation, and background beyond it
-    size = padded.shape
-    core = tuple(slice(r, n - r) for n in size)
-
-    def shifted(a: np.ndarray, dz: int, dy: int, dx: int) -> np.ndarray:
-        return a[r + dz:size[0] - r + dz, r + dy:size[1] - r + dy, r + dx:size[2] - r + dx]
-
-    dilated = np.zeros_like(padded)
-    for dz, dy, dx in offsets:
-        dilated[core] |= shifted(padded, dz, dy, dx)
-    closed = np.zeros_like(padded)
-    closed[core] = True
-    for dz, dy, dx in offsets:
-        closed[core] &= shifted(dilated, dz, dy, dx)
-    return closed[(slice(2 * r, -2 * r),) * 3]
+    structure = ball(r)
+    closed = erode_by(dilate_by(np.pad(arr, r), structure), structure)
+    return closed[(slice(r, -r),) * 3]
 
 
 def fill_holes(mask: np.ndarray) -> np.ndarray:

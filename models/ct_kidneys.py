@@ -70,6 +70,8 @@ from models.components import (
     FACE_CONNECTIVITY,
     ball,
     close_in_background,
+    dilate_by,
+    erode_by,
     fill_holes,
     largest_component,
 )
@@ -257,6 +259,8 @@ class Candidate:
 
 
 _BALL1 = FACE_CONNECTIVITY
+#: Two face steps (a diamond of radius 2): a region's shell for its contrast.
+_DIAMOND2 = ndi.iterate_structure(FACE_CONNECTIVITY, 2)
 
 
 def segment_ct_kidneys(ct: sitk.Image, config: CtKidneyConfig | None = None, *,
@@ -489,7 +493,7 @@ def find_candidates(hu: np.ndarray, zone: np.ndarray, bone: np.ndarray, spacing_
         for w in config.window_widths_hu:
             window = (lo, lo + w)
             m = z_in & (sub >= lo) & (sub < lo + w)
-            m = ndi.binary_opening(m, structure=_BALL1)
+            m = dilate_by(erode_by(m, _BALL1), _BALL1)  # an opening
             labels, n = ndi.label(m)
             if n == 0:
                 continue
@@ -529,7 +533,7 @@ def score_region(hu: np.ndarray, bone: np.ndarray, where: tuple[slice, ...],
     box = _grow_box(where, config.score_closing_voxels + 2, hu.shape)
     inner = solidify(_place(comp, where, box), config.score_closing_voxels)
     volume_ml = float(inner.sum()) * spacing_mm ** 3 / 1000.0
-    shell = ndi.binary_dilation(inner, structure=_BALL1, iterations=2) & ~inner
+    shell = dilate_by(inner, _DIAMOND2) & ~inner
     values = hu[box]
     median = float(np.median(values[inner]))
     shell_values = values[shell]
@@ -568,7 +572,7 @@ def merge_neighbours(hu: np.ndarray, bone: np.ndarray, seed: Candidate,
     best = seed
     for _ in range(rounds):
         reach = _grow_box(best.bbox, 1, hu.shape)
-        near = ndi.binary_dilation(_place(best.mask, best.bbox, reach), structure=_BALL1)
+        near = dilate_by(_place(best.mask, best.bbox, reach), _BALL1)
         improved = None
         seen: set[tuple] = set()
         for other in candidates:
@@ -661,10 +665,10 @@ def detach_appendages(mask: np.ndarray, max_radius: int, max_share: float) -> np
     box = _grow_box(ndi.find_objects(mask.astype(np.uint8))[0], max_radius + 1, mask.shape)
     sub = mask[box]
     for r in range(max_radius, 1, -1):
-        core = _main_parts(ndi.binary_opening(sub, structure=ball(r)))
+        core = _main_parts(dilate_by(erode_by(sub, ball(r)), ball(r)))  # an opening
         if not core.any():
             continue
-        kept = sub & ndi.binary_dilation(core, structure=ball(r))
+        kept = sub & dilate_by(core, ball(r))
         if total - int(kept.sum()) <= max_share * total:
             out = np.zeros_like(mask)
             out[box] = kept

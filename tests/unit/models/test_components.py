@@ -12,6 +12,8 @@ from models.components import (
     binary_opening,
     box_around,
     close_in_background,
+    dilate_by,
+    erode_by,
     fill_holes,
     label_components,
     largest_component,
@@ -183,3 +185,21 @@ def test_close_in_background_matches_scipy_on_random_masks():
             changed += int((expected & ~mask).sum())
     assert changed > 100
     np.testing.assert_array_equal(close_in_background(mask, 0), mask)
+
+
+def test_dilate_by_and_erode_by_match_scipy():
+    """The shifted-copy dilation and erosion give scipy's voxels for the balls, the face
+    connectivity and its second iterate; an asymmetric structure is refused."""
+    rng = np.random.default_rng(2)
+    face = ndi.generate_binary_structure(3, 1)
+    structures = [ball(1), ball(2), ball(4), face, ndi.iterate_structure(face, 2)]
+    for _ in range(6):
+        shape = tuple(int(v) for v in rng.integers(5, 30, 3))
+        mask = ndi.gaussian_filter(rng.random(shape), rng.uniform(0.8, 2.5)) > 0.5
+        for structure in structures:
+            np.testing.assert_array_equal(dilate_by(mask, structure),
+                                          ndi.binary_dilation(mask, structure=structure))
+            np.testing.assert_array_equal(erode_by(mask, structure),
+                                          ndi.binary_erosion(mask, structure=structure))
+    with pytest.raises(ValueError, match="symmetric"):
+        dilate_by(mask, np.ones((3, 3, 2), dtype=bool))
