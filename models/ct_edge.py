@@ -68,12 +68,14 @@ def redraw_fat_edge(mask: np.ndarray, hu: np.ndarray, spacing_zyx: tuple[float, 
 
 
 def grow_rim_by_nearest_side(mask: np.ndarray, hu: np.ndarray, allowed: np.ndarray,
-                             layers: int, *, brighter_is_inside: bool = False) -> np.ndarray:
+                             layers: int, *, brighter_is_inside: bool = False,
+                             bright_layers: int = 0) -> np.ndarray:
     """``mask`` grown by up to ``layers`` voxel layers (face steps, within ``allowed``),
     each added voxel nearer in HU to the mask's median than to what lies beyond it (or,
     with ``brighter_is_inside``, at least as bright as that median: an enhancing kidney
     is brighter than what surrounds it, and a region holding the medulla of a
-    cortico-medullary kidney has its bright cortex beyond it).
+    cortico-medullary kidney has its bright cortex beyond it), then by up to
+    ``bright_layers`` more layers of voxels at least as bright as that median only.
 
     What lies beyond a candidate voxel is the mean HU of the next layer out within its
     5 x 5 x 5 neighbourhood: fat, muscle, bowel or a vessel. So a layer lost to the
@@ -84,7 +86,8 @@ def grow_rim_by_nearest_side(mask: np.ndarray, hu: np.ndarray, allowed: np.ndarr
     """
     if not mask.any() or layers < 1:
         return mask.copy()
-    box = box_around(mask, margin_mm=0.0, spacing_zyx=(1.0, 1.0, 1.0), extra_vox=layers + 3)
+    box = box_around(mask, margin_mm=0.0, spacing_zyx=(1.0, 1.0, 1.0),
+                     extra_vox=layers + bright_layers + 3)
     grown = mask[box].copy()
     values = hu[box].astype(np.float32)
     free = allowed[box]
@@ -99,6 +102,12 @@ def grow_rim_by_nearest_side(mask: np.ndarray, hu: np.ndarray, allowed: np.ndarr
         nearer = np.abs(values - inside) <= np.abs(values - outside)
         added = layer & free & (nearer | np.isnan(outside)
                                 | (brighter_is_inside & (values >= inside)))
+        if not added.any():
+            break
+        grown |= added
+    for _ in range(bright_layers):
+        added = (ndi.binary_dilation(grown, structure=face) & ~grown & free
+                 & (values >= inside))
         if not added.any():
             break
         grown |= added

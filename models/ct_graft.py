@@ -106,7 +106,7 @@ SIDES = ("right", "left")
 
 def _graft_kidney_config() -> CtKidneyConfig:
     return CtKidneyConfig(max_tilt_deg=70.0, candidate_ml=(40.0, 600.0), detach_voxels=2,
-                          rim_nearest_side=True)
+                          rim_nearest_side=True, rim_bright_layers=2)
 
 
 def _atrophic_kidney_config() -> CtKidneyConfig:
@@ -125,7 +125,11 @@ class CtGraftConfig:
     #: than to what lies beyond (``rim_nearest_side``): a graft lies against the
     #: iliopsoas, and with contrast a plain rim put 4-6 % of the graft's volume in muscle
     #: (synthetic seeds 141, 147 and 149, nephrographic: volumes 11-14 % high, 6-10 %
-    #: with it). Unenhanced, see ``unenhanced_rim_voxels``.
+    #: with it). Two more layers of voxels at least as bright as the region's median
+    #: follow (``rim_bright_layers``): a cortico-medullary graft's chosen region can hold
+    #: its medulla and inner cortex, the bright outer cortex beyond it (seeds 148 and
+    #: 160: -21 % and -19 %; -5 % and -10 % with them). Unenhanced, see
+    #: ``unenhanced_rim_voxels``.
     kidney: CtKidneyConfig = field(default_factory=_graft_kidney_config)
     #: Bone farther than this from the body's mid-line is hip bone (or rib), mm.
     lateral_bone_mm: float = 40.0

@@ -138,6 +138,10 @@ class CtKidneyConfig:
     #: Add a rim voxel only where it is nearer in HU to the kidney than to what lies
     #: beyond it (:func:`models.ct_edge.grow_rim_by_nearest_side`), not every non-fat one.
     rim_nearest_side: bool = False
+    #: With ``rim_nearest_side``, this many more layers of voxels at least as bright as
+    #: the region's median follow: a cortico-medullary kidney's chosen region can hold
+    #: the medulla and the inner cortex, with the bright outer cortex (2-7 mm) beyond it.
+    rim_bright_layers: int = 0
     #: Widest ball (voxels) of the opening that detaches the extrarenal pelvis, ureter and
     #: vessels from the kidney, and the most of the volume that may be cut off that way.
     detach_voxels: int = 4
@@ -643,7 +647,8 @@ def delineate(hu: np.ndarray, best: Candidate, zone: np.ndarray,
         rim_nearest_side = config.rim_nearest_side
     if rim_voxels > 0 and rim_nearest_side:
         mask = grow_rim_by_nearest_side(mask, hu, zone & (hu <= rim_ceiling_hu), rim_voxels,
-                                        brighter_is_inside=True)
+                                        brighter_is_inside=True,
+                                        bright_layers=config.rim_bright_layers)
     elif rim_voxels > 0:  # grown layer by layer through the allowed voxels only
         mask = ndi.binary_dilation(mask, structure=_BALL1, iterations=rim_voxels,
                                    mask=zone & (hu <= rim_ceiling_hu))

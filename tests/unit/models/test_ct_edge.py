@@ -108,3 +108,10 @@ def test_with_contrast_a_brighter_rim_is_kidney_even_where_more_of_it_lies_beyon
     layer = ndi.binary_dilation(region, structure=ndi.generate_binary_structure(3, 1)) & ~region
     assert (nearest & layer).sum() < 0.2 * layer.sum()
     assert (brighter & layer).sum() == layer.sum()
+    # Two more layers of voxels as bright as the region's median: the cortex, not fat.
+    deeper = grow_rim_by_nearest_side(region, hu, allowed, 1, brighter_is_inside=True,
+                                      bright_layers=2)
+    kidney = r <= 1.0
+    assert (brighter & kidney).sum() < (deeper & kidney).sum()
+    assert (deeper & ~kidney).sum() <= (brighter & ~kidney).sum()
+    assert _dice(deeper, kidney) > _dice(brighter, kidney) + 0.05

@@ -93,6 +93,19 @@ def test_a_graft_with_contrast_is_not_drawn_into_the_muscle_against_it() -> None
     assert _dice(result.graft.mask, truth) >= 0.9
 
 
+def test_a_cortico_medullary_graft_keeps_its_outer_cortex() -> None:
+    """Seed 148, cortico-medullary: the chosen region holds the medulla and the inner
+    cortex, the bright outer cortex lies beyond it (21 % of the graft's volume lost with
+    one rim layer); two more layers of voxels as bright as the region's median take it."""
+    grid = CtGrid(matrix=256, slice_spacing_mm=3.0, coverage=Coverage.ABDOMEN_PELVIS)
+    ct = synthesize_ct(148, grid=grid, phase=CtPhase.CORTICOMEDULLARY, transplant=Transplant())
+    result = segment_ct_graft(_image(ct))
+    assert result.graft is not None, result.reason
+    truth = _graft_truth(ct)
+    assert result.graft.mask.sum() == pytest.approx(truth.sum(), rel=0.10)
+    assert _dice(result.graft.mask, truth) >= 0.93
+
+
 def test_natives_are_never_the_graft() -> None:
     """Abdomen and pelvis with normal native kidneys and a graft: the graft search keeps
     off the natives, and a 'native kidney' found in the pelvis is dropped."""
