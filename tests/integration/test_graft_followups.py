@@ -222,15 +222,10 @@ def test_pelvic_ct_finds_the_graft_in_its_iliac_fossa(make_node, sqlite_url, tmp
     assert row["volume_ml"] == pytest.approx(truth_ml, rel=0.10)
 
 
-@pytest.mark.parametrize(("seed", "phase", "coverage"), [
-    (141, CtPhase.NEPHROGRAPHIC, Coverage.PELVIS),  # against the iliopsoas: was +13 %
-    (148, CtPhase.CORTICOMEDULLARY, Coverage.ABDOMEN_PELVIS),  # outer cortex: was -21 %
-])
-def test_a_contrast_ct_graft_volume_reaches_the_trend_within_10_percent(
-        make_node, sqlite_url, tmp_path, seed, phase, coverage):
-    """The graft volume the node indexes for the trend, for two grafts whose outline the
-    rim drew wrong: one layer of the iliopsoas taken (seed 141), the bright outer cortex
-    of a cortico-medullary graft left out (seed 148)."""
+def _ct_graft_round_trip(make_node, sqlite_url: str, tmp_path: Path, seed: int,  # noqa: ANN001
+                         phase: CtPhase, coverage: Coverage) -> tuple:
+    """A synthetic graft CT (256 x 256, 3 mm slices) through the node: the node, the SEG
+    and SR paths, the phantom, its graft's Dice against the truth (with its sinus fat)."""
     grid = CtGrid(matrix=256, slice_spacing_mm=3.0, coverage=coverage)
     ct = synthesize_ct(seed, grid=grid, phase=phase, transplant=Transplant())
     study = write_ct_study(tmp_path / "ct", ct, patient_id=f"IT-GCT-{seed:04d}")
@@ -240,6 +235,20 @@ def test_a_contrast_ct_graft_volume_reaches_the_trend_within_10_percent(
     volume = load_series(list(study.files)).volumes[0]
     dice = _dice(segment_masks(seg_path, volume)[label],
                  truth_on(volume.image, study.graft_path) > 0)
+    return node, seg, sr_path, ct, study, dice
+
+
+@pytest.mark.parametrize(("seed", "phase", "coverage"), [
+    (141, CtPhase.NEPHROGRAPHIC, Coverage.PELVIS),  # against the iliopsoas: was +13 %
+    (148, CtPhase.CORTICOMEDULLARY, Coverage.ABDOMEN_PELVIS),  # outer cortex: was -21 %
+])
+def test_a_contrast_ct_graft_volume_reaches_the_trend_within_10_percent(
+        make_node, sqlite_url, tmp_path, seed, phase, coverage):
+    """The graft volume the node indexes for the trend, for two grafts whose outline the
+    rim drew wrong: one layer of the iliopsoas taken (seed 141), the bright outer cortex
+    of a cortico-medullary graft left out (seed 148)."""
+    node, _, sr_path, ct, study, dice = _ct_graft_round_trip(
+        make_node, sqlite_url, tmp_path, seed, phase, coverage)
     parenchyma = ct.graft & (ct.tissues != CtTissue.SINUS_FAT)
     truth_ml = float(parenchyma.sum()) * float(np.prod(ct.geometry.spacing_mm)) / 1000.0
     rows = json.loads(node.cli("volumes", study.patient_id, "--json").stdout)
@@ -257,15 +266,8 @@ def test_an_excretory_ct_graft_joined_by_bright_veins_reaches_the_destination(
     """Excretory pelvic CT (synthetic seed 107, 256 x 256, 3 mm slices): the iliac veins
     are as bright as the graft and joined its region, which was then too irregular to be
     taken for a graft (no result). Scored on its body, the graft is found and sent."""
-    grid = CtGrid(matrix=256, slice_spacing_mm=3.0, coverage=Coverage.PELVIS)
-    ct = synthesize_ct(107, grid=grid, phase=CtPhase.EXCRETORY, transplant=Transplant())
-    study = write_ct_study(tmp_path / "ct", ct, patient_id="IT-GCT-0107")
-    node, seg_path, sr_path = _round_trip(make_node, sqlite_url, study.files, tmp_path)
-    seg, label, side = _graft_segment(seg_path)
-    assert side == ct.graft_side.name.lower()
-    volume = load_series(list(study.files)).volumes[0]
-    dice = _dice(segment_masks(seg_path, volume)[label],
-                 truth_on(volume.image, study.graft_path) > 0)
+    node, seg, sr_path, _, study, dice = _ct_graft_round_trip(
+        make_node, sqlite_url, tmp_path, 107, CtPhase.EXCRETORY, Coverage.PELVIS)
     row = _checked_row(node, study.patient_id, seg, sr_path)
     print(f"\nexcretory graft CT seed 107: Dice {dice:.3f}, {row['volume_ml']:.1f} ml, "
           f"QC {row['qc_verdict']} {row['qc_reasons']}")
