@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage as ndi
 
-from models.components import box_around
+from models.components import FACE_CONNECTIVITY, box_around
 
 __all__ = ["fat_level", "grow_rim_by_nearest_side", "redraw_fat_edge"]
 
@@ -66,7 +66,6 @@ def redraw_fat_edge(mask: np.ndarray, hu: np.ndarray, spacing_zyx: tuple[float, 
     return out
 
 
-
 def grow_rim_by_nearest_side(mask: np.ndarray, hu: np.ndarray, allowed: np.ndarray,
                              layers: int, *, brighter_is_inside: bool = False,
                              bright_layers: int = 0) -> np.ndarray:
@@ -92,7 +91,7 @@ def grow_rim_by_nearest_side(mask: np.ndarray, hu: np.ndarray, allowed: np.ndarr
     values = hu[box].astype(np.float32)
     free = allowed[box]
     inside = float(np.median(values[grown]))
-    face = ndi.generate_binary_structure(3, 1)
+    face = FACE_CONNECTIVITY
     for _ in range(layers):
         layer = ndi.binary_dilation(grown, structure=face) & ~grown
         beyond = ndi.binary_dilation(grown | layer, structure=face) & ~(grown | layer)
