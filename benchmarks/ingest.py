@@ -139,7 +139,8 @@ class _Receivers:
         self._start_orthanc()
         self.scp_dir = work / "storescp"
         self.scp_port = free_port()
-        stack.enter_context(storescp(self.scp_port, self.scp_dir, ae_title="STORESCP"))
+        stack.enter_context(storescp(self.scp_port, self.scp_dir, ae_title="STORESCP",
+                                     mark_received=False))
         self.bare_dir = work / "pynetdicom"
         self.bare_port = free_port()
         bare = subprocess.Popen([sys.executable, "-m", "benchmarks.bare_scp",

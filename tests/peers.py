@@ -157,11 +157,14 @@ def node_sending_to_storescp(make_node, database_url: str, dest: Path, *,  # noq
 
 
 @contextmanager
-def storescp(port: int, out_dir: Path, ae_title: str = "DEST"):  # noqa: ANN201
-    """DCMTK storescp accepting everything into ``out_dir``."""
+def storescp(port: int, out_dir: Path, ae_title: str = "DEST", *,  # noqa: ANN201
+             mark_received: bool = True):
+    """DCMTK storescp accepting everything into ``out_dir``; ``mark_received``: each whole
+    object marked for :func:`received` (a shell per object: off for throughput runs)."""
     out_dir.mkdir(parents=True, exist_ok=True)
+    mark = ["-xcr", f"touch '#p/{RECEIVED_MARK}#f'"] if mark_received else []
     proc = subprocess.Popen([dcmtk("storescp"), "-aet", ae_title, "+xa", "-od", str(out_dir),
-                             "-xcr", f"touch '#p/{RECEIVED_MARK}#f'", str(port)],
+                             *mark, str(port)],
                             env=peer_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         wait_port(port)

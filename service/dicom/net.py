@@ -14,8 +14,8 @@ from pynetdicom.transport import AssociationSocket
 
 from service.dicom.polling import mark_active
 
-__all__ = ["NODELAY_HANDLER", "client_tls_context", "configure_reception", "server_tls_context",
-           "set_nodelay"]
+__all__ = ["CONTROL_PDU_LIMIT", "NODELAY_HANDLER", "PduTooLargeError", "client_tls_context",
+           "configure_reception", "pdu_limit", "server_tls_context", "set_nodelay"]
 
 logger = logging.getLogger(__name__)
 
@@ -38,22 +38,77 @@ def set_nodelay(event: Event) -> None:
 NODELAY_HANDLER = (evt.EVT_CONN_OPEN, set_nodelay)
 
 
+#: Largest PDU other than P-DATA-TF the node reads (bytes). Association requests,
+#: acceptances and the fixed-size PDUs are a few kilobytes (128 presentation contexts of
+#: ten transfer syntaxes each come to about 40 KB).
+CONTROL_PDU_LIMIT = 1 << 20
+#: The PDU body is read into a buffer that grows with what has arrived, from this size
+#: (bytes): a peer that announces a length and sends nothing costs nothing.
+_FIRST_READ = 1 << 16
+_P_DATA_TF = 0x04
+
+
+class PduTooLargeError(ConnectionError):
+    """A peer announced a PDU longer than the node accepts; the connection is closed."""
+
+
+def pdu_limit(pdu_type: int, maximum_pdu_size: int) -> int | None:
+    """Longest PDU body (bytes) the node reads for ``pdu_type``; ``None``: no limit.
+
+    A P-DATA-TF may be as long as the Maximum Length the node announced
+    (``maximum_pdu_size``, PS3.8 D.1; 0 announces none); every other PDU at most
+    :data:`CONTROL_PDU_LIMIT`.
+    """
+    if pdu_type == _P_DATA_TF:
+        return maximum_pdu_size or None
+    return CONTROL_PDU_LIMIT
+
+
 def _recv_exactly(self: AssociationSocket, nr_bytes: int) -> bytearray:
     """``nr_bytes`` from the association's socket, read straight into one buffer (fewer
     system calls and copies than pynetdicom's 4 KiB reads); fewer bytes when the peer
-    closes the connection first, as pynetdicom's own ``recv``."""
-    buffer = bytearray(nr_bytes)
-    view = memoryview(buffer)
+    closes the connection first, as pynetdicom's own ``recv``.
+
+    pynetdicom reads each PDU as its 6-byte header, then the length that header
+    announces: the header's type is kept on the socket, and a body longer than
+    :func:`pdu_limit` allows is refused (:class:`PduTooLargeError`, which pynetdicom
+    answers by closing the connection) before anything is allocated. The buffer grows as
+    data arrives, never ahead of it by more than its own size.
+    """
+    header = nr_bytes == 6 and getattr(self, "_kn_pdu_type", None) is None
+    if not header:
+        pdu_type = getattr(self, "_kn_pdu_type", None)
+        self._kn_pdu_type = None  # type: ignore[attr-defined]
+        if pdu_type is not None:
+            limit = pdu_limit(pdu_type, int(getattr(self.assoc.ae, "maximum_pdu_size", 0)))
+            if limit is not None and nr_bytes > limit:
+                logger.warning("peer %s announced a PDU of type 0x%02X and %d bytes, more "
+                               "than the %d the node accepts: connection closed",
+                               _peer(self), pdu_type, nr_bytes, limit)
+                raise PduTooLargeError(f"PDU of {nr_bytes} bytes refused (limit {limit})")
+    buffer = bytearray(min(nr_bytes, _FIRST_READ))
     received = 0
     while received < nr_bytes:
-        n = self.socket.recv_into(view[received:], nr_bytes - received)
+        if received == len(buffer):
+            buffer.extend(bytes(min(len(buffer), nr_bytes - len(buffer))))
+        with memoryview(buffer) as view:
+            n = self.socket.recv_into(view[received:], len(buffer) - received)
         if n == 0:
             break
         received += n
-    view.release()
     if received < nr_bytes:
         del buffer[received:]
+    if header:
+        self._kn_pdu_type = buffer[0] if received == 6 else None  # type: ignore[attr-defined]
     return buffer
+
+
+def _peer(sock: AssociationSocket) -> str:
+    try:
+        host, port = sock.socket.getpeername()[:2]
+    except OSError:
+        return "(gone)"
+    return f"{host}:{port}"
 
 
 def configure_reception() -> None:
