@@ -101,12 +101,11 @@ class Node:
         return len(jobs)
 
     def send_once(self) -> int:
-        if not self.settings.destinations:
-            return 0
         return drain_outbox(self.sessions, storage_root=self.store.root,
                             settings=self.settings.sender,
                             calling_aet=self.settings.sender.ae_title
-                            or self.settings.dicom.ae_title)
+                            or self.settings.dicom.ae_title,
+                            destinations=self.settings.destinations)
 
     def _start_http(self) -> None:
         app = create_app(self.sessions, rules=AlertRules.from_settings(self.settings.trends),

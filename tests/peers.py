@@ -158,13 +158,16 @@ def node_sending_to_storescp(make_node, database_url: str, dest: Path, *,  # noq
 
 @contextmanager
 def storescp(port: int, out_dir: Path, ae_title: str = "DEST", *,  # noqa: ANN201
-             mark_received: bool = True):
+             mark_received: bool = True, tls_pki: Path | None = None):
     """DCMTK storescp accepting everything into ``out_dir``; ``mark_received``: each whole
-    object marked for :func:`received` (a shell per object: off for throughput runs)."""
+    object marked for :func:`received` (a shell per object: off for throughput runs);
+    ``tls_pki``: TLS only, with the server certificate of :func:`tests.pki.make_pki`'s
+    folder (no client certificate asked)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     mark = ["-xcr", f"touch '#p/{RECEIVED_MARK}#f'"] if mark_received else []
-    proc = subprocess.Popen([dcmtk("storescp"), "-aet", ae_title, "+xa", "-od", str(out_dir),
-                             *mark, str(port)],
+    tls = ["+tls", "server.key", "server.pem", "+cf", "ca.pem", "-ic"] if tls_pki else []
+    proc = subprocess.Popen([dcmtk("storescp"), *tls, "-aet", ae_title, "+xa", "-od",
+                             str(out_dir.resolve()), *mark, str(port)], cwd=tls_pki,
                             env=peer_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         wait_port(port)

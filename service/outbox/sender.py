@@ -57,24 +57,39 @@ def drain_outbox(
     storage_root: Path,
     settings: SenderSettings,
     calling_aet: str,
+    destinations: Sequence[Destination],
     batch: int = 50,
 ) -> int:
     """Send the items that are due, one association per destination; returns how many
     were delivered. Failures are recorded with a back-off (transient) or as FAILED
-    (permanent, shown to the operator)."""
+    (permanent, shown to the operator).
+
+    Each item goes to its destination *as configured now*, found by name: its current
+    address and AE title, and its TLS settings (an item queued before the destination
+    moved follows it; the outbox row keeps where it was last sent). An item whose
+    destination is no longer configured waits (back-off, with that reason as its last
+    error) rather than going to an address the configuration no longer names; it goes
+    out if the destination comes back.
+    """
+    configured = {dest.name: dest for dest in destinations}
     now = utcnow()
     with sessions() as session:
         due = session.scalars(
             select(OutboxItem)
             .where(OutboxItem.state == SendState.PENDING, OutboxItem.next_attempt_at <= now)
             .order_by(OutboxItem.id).limit(batch)).all()
-    groups: dict[tuple[str, str, str, int], list[OutboxItem]] = defaultdict(list)
+    groups: dict[str, list[OutboxItem]] = defaultdict(list)
     for item in due:
-        groups[(item.destination, item.ae_title, item.host, item.port)].append(item)
+        groups[item.destination].append(item)
     delivered = 0
-    for (name, ae_title, host, port), items in groups.items():
-        dest = Destination(name=name, ae_title=ae_title, host=host, port=port)
+    for name, items in groups.items():
         paths = {storage_root / item.path: item for item in items}
+        dest = configured.get(name)
+        if dest is None:
+            gone = DestinationError(f"destination {name!r} is no longer configured",
+                                    permanent=False)
+            delivered += _record(sessions, paths, dict.fromkeys(paths, gone), settings)
+            continue
         missing = [p for p in paths if not p.exists()]
         try:
             outcome: dict[Path, DestinationError | None] = {
@@ -86,12 +101,13 @@ def drain_outbox(
                                           timeout=settings.timeout_seconds))
         except DestinationError as exc:
             outcome = dict.fromkeys(paths, exc)
-        delivered += _record(sessions, paths, outcome, settings)
+        delivered += _record(sessions, paths, outcome, settings, dest)
     return delivered
 
 
 def _record(sessions: sessionmaker[Session], paths: dict[Path, OutboxItem],
-            outcome: dict[Path, DestinationError | None], settings: SenderSettings) -> int:
+            outcome: dict[Path, DestinationError | None], settings: SenderSettings,
+            dest: Destination | None = None) -> int:
     delivered = 0
     now = utcnow()
     with sessions.begin() as session:
@@ -100,9 +116,13 @@ def _record(sessions: sessionmaker[Session], paths: dict[Path, OutboxItem],
             if row is None:
                 continue
             row.attempts += 1
+            if dest is not None:
+                row.ae_title, row.host, row.port = dest.ae_title, dest.host, dest.port
             error = outcome.get(path)
             if error is None:
-                logger.info("sent %s to %s", row.sop_instance_uid, row.destination)
+                logger.info("sent %s to %s (%s@%s:%d%s)", row.sop_instance_uid,
+                            row.destination, row.ae_title, row.host, row.port,
+                            ", TLS" if dest is not None and dest.tls is not None else "")
                 row.state = SendState.SENT
                 row.sent_at = now
                 row.last_error = None
