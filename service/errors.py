@@ -15,6 +15,7 @@ __all__ = [
     "KidneyNodeError",
     "ModelFilesError",
     "PipelineError",
+    "ReplacementRefusedError",
     "SeriesLoadError",
     "StorageError",
     "TrainingDataError",
@@ -45,6 +46,17 @@ class IngestError(KidneyNodeError):
 
 class DatasetMismatchError(IngestError):
     """The dataset's SOP Class or Instance UID differs from the C-STORE request's (0xA900)."""
+
+
+class ReplacementRefusedError(IngestError):
+    """A received instance reuses the SOP Instance UID of an object it may not replace:
+    one the node generated (a SEG or SR), or one held under another SOP class."""
+
+    def __init__(self, message: str, *, not_authorized: bool) -> None:
+        super().__init__(message)
+        #: The UID is the node's own (answered 0x0124 Not Authorized); else a SOP class
+        #: mismatch (0xA900).
+        self.not_authorized = not_authorized
 
 
 class StorageError(KidneyNodeError):

@@ -201,11 +201,11 @@ def wait_port(port: int, timeout: float = 10.0) -> None:
 
 
 def storescu(port: int, files: list[Path], *, calling: str = "STORESCU",
-             called: str = "KIDNEYNODE") -> subprocess.CompletedProcess:
-    """DCMTK storescu over one association."""
-    return subprocess.run([dcmtk("storescu"), "-aet", calling, "-aec", called, "127.0.0.1",
-                           str(port), *map(str, files)], env=peer_env(), capture_output=True,
-                          text=True, timeout=300)
+             called: str = "KIDNEYNODE", verbose: bool = False) -> subprocess.CompletedProcess:
+    """DCMTK storescu over one association; ``verbose``: with each response's status."""
+    return subprocess.run([dcmtk("storescu"), *(["-v"] if verbose else []), "-aet", calling,
+                           "-aec", called, "127.0.0.1", str(port), *map(str, files)],
+                          env=peer_env(), capture_output=True, text=True, timeout=300)
 
 
 def dciodvfy_errors(path: Path) -> list[str]:

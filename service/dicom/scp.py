@@ -16,7 +16,13 @@ from service.config import DicomSettings
 from service.dicom.contexts import scp_contexts
 from service.dicom.net import NODELAY_HANDLER, configure_reception, server_tls_context
 from service.dicom.polling import ACTIVITY_HANDLER, IdleRelaxer
-from service.errors import ConfigError, DatasetMismatchError, IngestError, StorageError
+from service.errors import (
+    ConfigError,
+    DatasetMismatchError,
+    IngestError,
+    ReplacementRefusedError,
+    StorageError,
+)
 from service.storage import InstanceStore
 
 __all__ = ["STATUS", "StorageSCP", "peer_allowed"]
@@ -27,6 +33,7 @@ logger = logging.getLogger(__name__)
 STATUS = {
     "success": 0x0000,
     "out_of_resources": 0xA700,
+    "not_authorized": 0x0124,
     "dataset_mismatch": 0xA900,
     "cannot_understand": 0xC000,
 }
@@ -118,6 +125,9 @@ class StorageSCP:
         try:
             self.store.store_file(path, expected_sop_uid=sop_uid, expected_sop_class=sop_class,
                                   calling_aet=calling)
+        except ReplacementRefusedError as exc:
+            logger.error("refused C-STORE of %s from %s: %s", sop_uid, calling, exc)
+            return STATUS["not_authorized" if exc.not_authorized else "dataset_mismatch"]
         except DatasetMismatchError as exc:
             logger.error("refused C-STORE of %s from %s: %s", sop_uid, calling, exc)
             return STATUS["dataset_mismatch"]

@@ -13,11 +13,18 @@ from pathlib import Path
 
 from pydicom import dcmread
 from pydicom.dataset import Dataset
+from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from service.db.tables import InstanceOrigin
-from service.errors import DICOM_READ_ERRORS, DatasetMismatchError, IngestError, StorageError
+from service.db.tables import Instance, InstanceOrigin
+from service.errors import (
+    DICOM_READ_ERRORS,
+    DatasetMismatchError,
+    IngestError,
+    ReplacementRefusedError,
+    StorageError,
+)
 from service.storage.index import (
     IndexOutcome,
     InstanceHeader,
@@ -159,9 +166,15 @@ class InstanceStore:
         tsyntax = str(getattr(ds.file_meta, "TransferSyntaxUID", "") or "")
         rel = instance_relpath(header.study_uid, header.series_uid, header.sop_uid)
         final = self.root / rel
+        existed = final.exists()
+        if existed:  # checked before the file is touched
+            try:
+                self._check_replacement(header, origin)
+            except SQLAlchemyError as exc:
+                raise StorageError(f"instance {header.sop_uid}: cannot look it up: {exc}"
+                                   ) from exc
         try:
             final.parent.mkdir(parents=True, exist_ok=True)
-            existed = final.exists()
             with open(temp_path, "rb+") as fh:
                 os.fsync(fh.fileno())
                 stat = os.fstat(fh.fileno())
@@ -179,6 +192,10 @@ class InstanceStore:
             raise StorageError(f"instance {header.sop_uid}: cannot write {final}: {exc}") from exc
         try:
             outcome = self._index(header, rel.as_posix(), size, tsyntax, calling_aet, origin)
+        except ReplacementRefusedError:
+            if not existed:
+                final.unlink(missing_ok=True)
+            raise
         except SQLAlchemyError as exc:
             if not existed:
                 final.unlink(missing_ok=True)
@@ -216,6 +233,7 @@ class InstanceStore:
                 return IndexOutcome(True, *known)
             except IntegrityError:
                 self._known_series.pop(header.series_uid, None)
+        self._check_replacement(header, origin)
         for attempt in range(3):
             try:
                 with self.sessions.begin() as session:
@@ -228,6 +246,28 @@ class InstanceStore:
                 if attempt == 2:
                     raise
         raise AssertionError("unreachable")
+
+    def _check_replacement(self, header: InstanceHeader, origin: InstanceOrigin) -> None:
+        """Refuse a received instance that would replace what it may not: an object the
+        node generated (its SEG and SR are never replaceable from outside), or an
+        instance held under another SOP class. A resend of the same SOP class replaces
+        the held instance (a corrected image; an identical resend is idempotent)."""
+        if origin is not InstanceOrigin.RECEIVED:
+            return
+        with self.sessions() as session:
+            held = session.execute(
+                select(Instance.origin, Instance.sop_class_uid)
+                .where(Instance.sop_instance_uid == header.sop_uid)).first()
+        if held is None:
+            return
+        if held.origin != InstanceOrigin.RECEIVED:
+            raise ReplacementRefusedError(
+                f"instance {header.sop_uid}: this SOP Instance UID is an object the node "
+                f"generated; it cannot be replaced from outside", not_authorized=True)
+        if held.sop_class_uid != header.sop_class_uid:
+            raise ReplacementRefusedError(
+                f"instance {header.sop_uid}: held as SOP class {held.sop_class_uid}; an "
+                f"instance of {header.sop_class_uid} cannot replace it", not_authorized=False)
 
     def _remember(self, series_uid: str, series_pk: int, study_pk: int) -> None:
         with self._cache_lock:
