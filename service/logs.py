@@ -3,16 +3,47 @@
 from __future__ import annotations
 
 import logging
+import re
 import sys
 
-__all__ = ["configure_logging"]
+__all__ = ["OneLineFormatter", "configure_logging"]
+
+
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+
+
+class OneLineFormatter(logging.Formatter):
+    """Each message on one line: control characters (a newline in a calling AE title or a
+    Patient ID) are written escaped, so a peer cannot forge log lines. Tracebacks, added
+    after the message, keep their lines."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802 - logging's name
+        record.message = _escaped(record.message)
+        return super().formatMessage(record)
+
+    def formatException(self, ei) -> str:  # noqa: ANN001, N802 - logging's names
+        """The traceback, with its exceptions' messages (a peer's bytes, often) escaped."""
+        text = super().formatException(ei)
+        exc, seen = ei[1], set()
+        while exc is not None and id(exc) not in seen:
+            seen.add(id(exc))
+            raw = str(exc)
+            if _CONTROL.search(raw):
+                text = text.replace(raw, _escaped(raw))
+            exc = exc.__cause__ or exc.__context__
+        return text
+
+
+def _escaped(text: str) -> str:
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
 
 
 def configure_logging(level: str = "INFO") -> None:
-    """Timestamped lines on stderr; pynetdicom's per-PDU chatter kept at WARNING."""
-    logging.basicConfig(
-        level=level.upper(), stream=sys.stderr, force=True,
-        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s")
+    """Timestamped lines on stderr (:class:`OneLineFormatter`); pynetdicom's per-PDU
+    chatter kept at WARNING."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(OneLineFormatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
+    logging.basicConfig(level=level.upper(), handlers=[handler], force=True)
     if level.upper() != "DEBUG":
         logging.getLogger("pynetdicom").setLevel(logging.WARNING)
         logging.getLogger("apscheduler").setLevel(logging.ERROR)  # "skipped: busy" is normal

@@ -2,7 +2,10 @@
 
 When a bearer token is configured, every route but ``/health`` needs it, as an
 ``Authorization: Bearer`` header or a ``kidney_node_token`` cookie (for the pages in a
-browser). The node refuses to bind the API off the loopback interface without a token.
+browser); the API's documentation (``/docs``, a plain page, and ``/openapi.json``)
+included. The node refuses to bind the API off the loopback interface without a token.
+Every response carries :data:`SECURITY_HEADERS`: pages and data about patients are
+neither framed, sniffed, cached nor allowed to load anything from elsewhere.
 """
 
 from __future__ import annotations
@@ -18,17 +21,25 @@ from sqlalchemy import text
 from sqlalchemy.orm import Session, sessionmaker
 
 from service import __version__
-from service.api.pages import patient_list_page, patient_page
+from service.api.pages import STYLE_SHA256, api_docs_page, patient_list_page, patient_page
 from service.db import queries
 from service.errors import KidneyNodeError
 from service.reports.mask_preview import preview_png
 from service.reports.trend_plot import trend_png
 from service.trends import AlertRules
 
-__all__ = ["TOKEN_COOKIE", "create_app"]
+__all__ = ["SECURITY_HEADERS", "TOKEN_COOKIE", "create_app"]
 
 TOKEN_COOKIE = "kidney_node_token"
 _PNG = {"content-type": "image/png"}
+SECURITY_HEADERS = {
+    "Content-Security-Policy": (f"default-src 'none'; img-src 'self'; style-src {STYLE_SHA256}; "
+                                "frame-ancestors 'none'; base-uri 'none'; form-action 'none'"),
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Cache-Control": "no-store",
+    "Referrer-Policy": "no-referrer",
+}
 
 
 def _token_check(token: str | None) -> Callable[[Request], None]:
@@ -50,8 +61,23 @@ def create_app(sessions: sessionmaker[Session], *, rules: AlertRules = AlertRule
 
     ``storage_root`` (the archive) serves the mask previews; without it they answer 404.
     """
-    app = FastAPI(title="kidney-node", version=__version__)
+    app = FastAPI(title="kidney-node", version=__version__, docs_url=None, redoc_url=None,
+                  openapi_url=None)
     guarded = [Depends(_token_check(token))]
+
+    @app.middleware("http")
+    async def security_headers(request: Request, call_next: Callable) -> Response:
+        response = await call_next(request)
+        response.headers.update(SECURITY_HEADERS)
+        return response
+
+    @app.get("/openapi.json", dependencies=guarded, include_in_schema=False)
+    def openapi() -> dict[str, Any]:
+        return app.openapi()
+
+    @app.get("/docs", dependencies=guarded, response_class=HTMLResponse, include_in_schema=False)
+    def docs() -> HTMLResponse:
+        return HTMLResponse(api_docs_page(app.openapi()))
 
     @app.get("/health")
     def health() -> dict[str, Any]:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
 from collections.abc import Iterable, Mapping
 from html import escape
 from typing import Any
 from urllib.parse import quote
 
-__all__ = ["patient_list_page", "patient_page"]
+__all__ = ["STYLE_SHA256", "api_docs_page", "patient_list_page", "patient_page"]
 
 _STYLE = """
 body { font-family: sans-serif; margin: 1.5em; color: #222; }
@@ -19,6 +21,10 @@ tr.alert td { background: #fde2e2; }
 tr.review td { background: #fff4d6; }
 .muted { color: #777; font-size: 0.85em; }
 """
+
+
+#: The pages' one inline style, as a Content-Security-Policy source (no other style runs).
+STYLE_SHA256 = f"'sha256-{base64.b64encode(hashlib.sha256(_STYLE.encode()).digest()).decode()}'"
 
 
 def _page(title: str, body: str) -> str:
@@ -107,3 +113,25 @@ def patient_list_page(patients: Iterable[Mapping[str, Any]]) -> str:
             "<th>alert</th><th>needs review</th></tr></thead><tbody>" + "".join(lines)
             + "</tbody></table>")
     return _page("kidney-node: patients", body)
+
+
+def api_docs_page(schema: Mapping[str, Any]) -> str:
+    """The API's routes from its OpenAPI ``schema``, as a plain page (no script, nothing
+    loaded from elsewhere): method, path, summary and parameters."""
+    rows = []
+    for path, operations in sorted(schema.get("paths", {}).items()):
+        for method, operation in operations.items():
+            params = ", ".join(
+                f"{p.get('name')} ({p.get('in')}{', required' if p.get('required') else ''})"
+                for p in operation.get("parameters", []))
+            rows.append(f"<tr><td class=\"text\">{escape(method.upper())}</td>"
+                        f"<td class=\"text\"><code>{escape(path)}</code></td>"
+                        f"<td class=\"text\">{escape(operation.get('summary', ''))}</td>"
+                        f"<td class=\"text\">{escape(params)}</td></tr>")
+    info = schema.get("info", {})
+    title = f"{info.get('title', 'API')} {info.get('version', '')} API"
+    body = (f"<h1>{escape(title)}</h1><p class=\"muted\">The schema: "
+            f"<a href=\"/openapi.json\">/openapi.json</a>. Every route but /health needs "
+            f"the bearer token when one is configured.</p><table><tr><th>Method</th>"
+            f"<th>Path</th><th>Summary</th><th>Parameters</th></tr>{''.join(rows)}</table>")
+    return _page(title, body)

@@ -17,8 +17,8 @@ def _rss_mb(pid: int) -> float:
     raise AssertionError(f"no VmRSS for process {pid}")
 
 
-def _echo(node: NodeProcess) -> subprocess.CompletedProcess:
-    return subprocess.run([dcmtk("echoscu"), "-aec", "KIDNEYNODE", "127.0.0.1",
+def _echo(node: NodeProcess, calling: str = "ECHOSCU") -> subprocess.CompletedProcess:
+    return subprocess.run([dcmtk("echoscu"), "-aet", calling, "-aec", "KIDNEYNODE", "127.0.0.1",
                            str(node.dicom_port)], env=peer_env(), capture_output=True,
                           text=True, timeout=60)
 
@@ -77,3 +77,33 @@ def test_a_p_data_longer_than_the_announced_maximum_is_refused(make_node, sqlite
         assert _closed_by_node(sock, within_s=10)
     assert "type 0x04 and 16385 bytes, more than the 16384" in node.log()
     assert _echo(node).returncode == 0
+
+
+def _associate_rq(calling: bytes, called: bytes = b"KIDNEYNODE") -> bytes:
+    """An A-ASSOCIATE-RQ PDU built by hand (PS3.8 9.3.2), Verification over Implicit VR
+    Little Endian: a peer is free to put any bytes in its AE titles."""
+    def item(kind: int, value: bytes) -> bytes:
+        return bytes([kind, 0]) + len(value).to_bytes(2, "big") + value
+
+    context = item(0x20, bytes([1, 0, 0, 0]) + item(0x30, b"1.2.840.10008.1.1")
+                   + item(0x40, b"1.2.840.10008.1.2"))
+    body = (b"\x00\x01\x00\x00" + called.ljust(16) + calling.ljust(16)[:16] + bytes(32)
+            + item(0x10, b"1.2.840.10008.3.1.1.1") + context
+            + item(0x50, item(0x51, (16384).to_bytes(4, "big"))))
+    return _header(0x01, len(body)) + body
+
+
+def test_a_calling_ae_title_cannot_forge_a_log_line(make_node, sqlite_url):
+    """A calling AE title holding a newline was refused, but the newline reached the log
+    and began a line of the peer's choosing."""
+    node = make_node(sqlite_url, allowed_calling_aets=["STORESCU"])
+    node.start()
+    with socket.create_connection(("127.0.0.1", node.dicom_port)) as sock:
+        sock.sendall(_associate_rq(b"X\nFORGED ERROR"))
+        sock.settimeout(10)
+        assert sock.recv(6)[:1] in (b"\x03", b"\x07")  # A-ASSOCIATE-RJ or A-ABORT
+    node.wait_for(lambda: "FORGED" in node.log(), 10, "the refusal in the log")
+    lines = node.log().splitlines()
+    assert not [line for line in lines if line.startswith("FORGED")], lines[-5:]
+    assert "X\\x0aFORGED ERROR" in node.log()
+    assert _echo(node, calling="STORESCU").returncode == 0
