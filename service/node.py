@@ -3,21 +3,24 @@
 from __future__ import annotations
 
 import logging
+import socket
 import threading
 
 import uvicorn
 from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.schedulers.background import BackgroundScheduler
+from sqlalchemy.exc import SQLAlchemyError
 
 from service.api.app import create_app
 from service.config import Settings
 from service.cortex.installed import installed_ensemble
 from service.db import make_engine, make_sessionmaker, upgrade
 from service.dicom.scp import StorageSCP
-from service.errors import ModelFilesError
+from service.errors import ConfigError, ModelFilesError, PipelineError
 from service.jobs.device import resolve_device
 from service.jobs.runner import JobRunner, recover_interrupted_jobs
 from service.outbox.sender import drain_outbox
+from service.pipeline.registry import get_pipeline
 from service.scheduler.sweep import sweep
 from service.storage import InstanceStore
 from service.trends import AlertRules
@@ -32,9 +35,14 @@ class Node:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+        _check_pipelines(settings)
         self.engine = make_engine(settings.database.url)
         self.sessions = make_sessionmaker(self.engine)
-        self.store = InstanceStore(settings.storage.root, self.sessions)
+        try:
+            self.store = InstanceStore(settings.storage.root, self.sessions)
+        except OSError as exc:
+            raise ConfigError(f"storage.root: cannot use {settings.storage.root}: {exc}") \
+                from exc
         self.device = resolve_device(settings.processing.device)
         self.runner = JobRunner(settings=settings, sessions=self.sessions, store=self.store,
                                 device=self.device)
@@ -55,11 +63,26 @@ class Node:
             The configured cortex model folder differs from its manifest (logged too).
         """
         self._check_models()
-        upgrade(self.settings.database.url)
-        with self.sessions.begin() as session:
-            recover_interrupted_jobs(session, max_attempts=self.settings.scheduler.max_attempts)
+        try:
+            upgrade(self.settings.database.url)
+            with self.sessions.begin() as session:
+                recover_interrupted_jobs(session,
+                                         max_attempts=self.settings.scheduler.max_attempts)
+        except SQLAlchemyError as exc:
+            where = self.engine.url.render_as_string(hide_password=True)
+            reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+            raise ConfigError(f"database.url: cannot open the database at {where}: {reason}") \
+                from exc
         self.store.discard_incoming()
-        self.dicom_port = self.scp.start()
+        http_socket = self._bind_http() if self.settings.http.enabled else None
+        try:
+            self.dicom_port = self.scp.start()
+        except OSError as exc:
+            if http_socket is not None:
+                http_socket.close()
+            dicom = self.settings.dicom
+            raise ConfigError(f"dicom.port: cannot listen on {dicom.host}:{dicom.port}: {exc}") \
+                from exc
         sched = self.settings.scheduler
         self.scheduler.add_job(self.sweep_once, "interval", id="sweep",
                                seconds=sched.sweep_interval_seconds)
@@ -68,8 +91,8 @@ class Node:
         self.scheduler.add_job(self.send_once, "interval", id="sender",
                                seconds=self.settings.sender.poll_interval_seconds)
         self.scheduler.start()
-        if self.settings.http.enabled:
-            self._start_http()
+        if http_socket is not None:
+            self._start_http(http_socket)
         logger.info("kidney-node started: AE %s on port %s, device %s, database %s",
                     self.settings.dicom.ae_title, self.dicom_port, self.device,
                     self.engine.url.render_as_string(hide_password=True))
@@ -107,14 +130,30 @@ class Node:
                             or self.settings.dicom.ae_title,
                             destinations=self.settings.destinations)
 
-    def _start_http(self) -> None:
+    def _bind_http(self) -> socket.socket:
+        """The API's listening socket, bound before anything else listens: a port in use
+        stops the start (uvicorn binding it in its thread left the node without an API)."""
+        http = self.settings.http
+        family = socket.AF_INET6 if ":" in http.host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((http.host, http.port))
+            sock.listen(128)
+        except OSError as exc:
+            sock.close()
+            raise ConfigError(f"http.port: cannot listen on {http.host}:{http.port}: {exc}") \
+                from exc
+        sock.set_inheritable(True)
+        return sock
+
+    def _start_http(self, sock: socket.socket) -> None:
         app = create_app(self.sessions, rules=AlertRules.from_settings(self.settings.trends),
                          storage_root=self.store.root, token=self.settings.http.token)
-        config = uvicorn.Config(app,
-                                host=self.settings.http.host, port=self.settings.http.port,
-                                log_config=None, access_log=False)
+        config = uvicorn.Config(app, log_config=None, access_log=False)
         self._http = uvicorn.Server(config)
-        threading.Thread(target=self._http.run, name="http", daemon=True).start()
+        threading.Thread(target=self._http.run, kwargs={"sockets": [sock]}, name="http",
+                         daemon=True).start()
 
     def wait(self) -> None:
         self._stopped.wait()
@@ -127,6 +166,16 @@ class Node:
             self._http.should_exit = True
         self.engine.dispose()
         self._stopped.set()
+
+
+def _check_pipelines(settings: Settings) -> None:
+    """Every configured pipeline name exists (else every job would fail later)."""
+    processing = settings.processing
+    for key in ("mr_pipeline", "ct_pipeline", "mr_nocontrast_pipeline"):
+        try:
+            get_pipeline(getattr(processing, key))
+        except PipelineError as exc:
+            raise ConfigError(f"processing.{key}: {exc}") from None
 
 
 def _now():  # noqa: ANN202

@@ -59,6 +59,10 @@ def _merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
+#: Keys whose values an error message never repeats (a token, a URL with a password).
+_SECRET_KEYS = frozenset({"token", "password", "url"})
+
+
 def load_settings(
     config_file: Path | None = None, *, environ: Mapping[str, str] | None = None
 ) -> Settings:
@@ -95,7 +99,9 @@ def load_settings(
         lines = []
         for err in exc.errors():
             loc = ".".join(str(p) for p in err["loc"])
-            lines.append(f"{loc}: {err['msg']} (got {err.get('input')!r})")
+            secret = any(str(p) in _SECRET_KEYS for p in err["loc"])
+            got = "(value not shown)" if secret else f"(got {err.get('input')!r})"
+            lines.append(f"{loc}: {err['msg']} {got}")
         source = f" in {config_file}" if config_file else ""
         raise ConfigError("invalid configuration" + source + ": " + "; ".join(lines)) from exc
 

@@ -160,9 +160,21 @@ class CtSettings(_Frozen):
     search_graft: bool = True
 
 
+_DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?|mps)$")
+_LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
 class ProcessingSettings(_Frozen):
-    #: "auto" picks CUDA when torch sees it, else CPU; or "cpu", "cuda", "cuda:1".
+    #: "auto" picks CUDA when torch sees it, else CPU; or "cpu", "cuda", "cuda:1", "mps".
     device: str = "auto"
+
+    @field_validator("device")
+    @classmethod
+    def _known_device(cls, value: str) -> str:
+        if not _DEVICE.match(value):
+            raise ValueError("must be auto, cpu, cuda, cuda:N or mps")
+        return value
+
     mr_pipeline: str = "mri-graft"
     #: Pipeline of studies with a CT series and no DCE series.
     ct_pipeline: str = "ct-kidneys"
@@ -224,6 +236,13 @@ class HttpSettings(_Frozen):
     #: Bearer token of the API and pages; required when ``host`` is not a loopback address
     #: (set it with KIDNEY_NODE_HTTP__TOKEN rather than in a file others can read).
     token: str | None = Field(default=None, min_length=16)
+
+    @field_validator("token", mode="before")
+    @classmethod
+    def _token_as_text(cls, value: object) -> object:
+        # From the environment an all-digit token arrives parsed as a number.
+        return str(value) if isinstance(value, int | float) and not isinstance(value, bool) \
+            else value
 
     @model_validator(mode="after")
     def _token_off_loopback(self) -> HttpSettings:
@@ -301,6 +320,13 @@ class Settings(_Frozen):
     trends: TrendSettings = TrendSettings()
     qc: QcSettings = QcSettings()
     log_level: str = "INFO"
+
+    @field_validator("log_level")
+    @classmethod
+    def _known_level(cls, value: str) -> str:
+        if value.upper() not in _LOG_LEVELS:
+            raise ValueError(f"must be one of {', '.join(_LOG_LEVELS)}")
+        return value.upper()
 
     @field_validator("destinations")
     @classmethod
