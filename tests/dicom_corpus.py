@@ -19,7 +19,8 @@ the SCU, so the node still sees it. Each file's outcome is then checked against 
 - *aborted* (with a log line) or *not sent*: the index unchanged.
 
 Files sharing a SOP Instance UID are sent one after the other, each checked before the
-next replaces it in the archive.
+next replaces it in the archive; one of another SOP class than the instance held must be
+refused with 0xA900 (docs/conformance.md: it never replaces it), good or not.
 
 A file is **good** (:meth:`CorpusFile.why_not_good` is ``None``) when neither the catalog
 nor the file shows anything wrong with it: pydicom reads its header; it has File Meta
@@ -256,6 +257,9 @@ class Outcome:
     detail: str = ""
     first_try: str = ""  # dcmsend's outcome when pynetdicom sent the file again
     problems: list[str] = field(default_factory=list)
+    #: The SOP class under which the node already held the file's SOP Instance UID, when
+    #: another than the file's (the file must then be refused: not a lost good file).
+    held_as: str | None = None
 
     def line(self) -> str:
         """``kind status sender file``, then why it is not good and what went on."""
@@ -323,6 +327,12 @@ def _row(store: InstanceStore, uids: set[str]) -> list[tuple]:
                    Instance.transfer_syntax_uid).where(Instance.sop_instance_uid.in_(uids)))]
 
 
+def _held_class(store: InstanceStore, sop_instance_uid: str) -> str | None:
+    with store.sessions() as s:
+        return s.scalar(select(Instance.sop_class_uid)
+                        .where(Instance.sop_instance_uid == sop_instance_uid))
+
+
 def _pixels(ds: Dataset) -> np.ndarray:
     """Pixels as the node decodes them: DCMTK for JPEG Extended, pydicom otherwise."""
     if dcmtk_decodes(str(ds.file_meta.TransferSyntaxUID)):
@@ -388,6 +398,7 @@ def send_and_check(port: int, store: InstanceStore, log: LogCapture, item: Corpu
                    report: Path) -> Outcome:
     """Send one file (dcmsend, then pynetdicom if dcmsend could not) and check the result."""
     before = _row(store, item.sent_uids)
+    held_as = _held_class(store, item.sop_instance_uid)
     mark = len(log.records)
     kind, status, detail = _dcmsend(port, item, report)
     outcome = Outcome(item, kind, "dcmsend", status, detail)
@@ -396,7 +407,13 @@ def send_and_check(port: int, store: InstanceStore, log: LogCapture, item: Corpu
         kind, status, detail = _pynetdicom_send(port, item)
         outcome = Outcome(item, kind, "pynetdicom", status, detail, first_try=first)
     _check(outcome, store, before, log.since(mark), log.since(mark, "service"))
-    if outcome.kind != "stored" and item.why_not_good() is None:
+    if held_as is not None and held_as != item.sop_class_uid:
+        outcome.held_as = held_as
+        # docs/conformance.md: an instance of another SOP class never replaces one held.
+        if (outcome.kind, outcome.status) != ("refused-status", 0xA900):
+            outcome.problems.append(f"the node holds this SOP Instance UID as {held_as}: "
+                                    f"expected 0xA900, got {outcome.kind}")
+    elif outcome.kind != "stored" and item.why_not_good() is None:
         outcome.problems.append("a good file was not stored")
     return outcome
 
@@ -517,7 +534,7 @@ def check_enhanced(store: InstanceStore, outcomes: Sequence[Outcome]) -> tuple[i
             continue
         checked += 1
         if outcome.kind != "stored":
-            if item.why_not_good() is None:
+            if item.why_not_good() is None and outcome.held_as is None:
                 problems.append(f"{item.relpath}: good {name} file not stored")
             continue
         (_, relpath, _, _), = _row(store, {item.sop_instance_uid})
