@@ -21,7 +21,13 @@ from sqlalchemy import text
 from sqlalchemy.orm import Session, sessionmaker
 
 from service import __version__
-from service.api.pages import STYLE_SHA256, api_docs_page, patient_list_page, patient_page
+from service.api.pages import (
+    HANDLER_SHA256,
+    STYLE_SHA256,
+    api_docs_page,
+    patient_list_page,
+    patient_page,
+)
 from service.db import queries
 from service.errors import KidneyNodeError
 from service.reports.mask_preview import preview_png
@@ -34,6 +40,7 @@ TOKEN_COOKIE = "kidney_node_token"
 _PNG = {"content-type": "image/png"}
 SECURITY_HEADERS = {
     "Content-Security-Policy": (f"default-src 'none'; img-src 'self'; style-src {STYLE_SHA256}; "
+                                f"script-src 'unsafe-hashes' {HANDLER_SHA256}; "
                                 "frame-ancestors 'none'; base-uri 'none'; form-action 'none'"),
     "X-Content-Type-Options": "nosniff",
     "X-Frame-Options": "DENY",

@@ -44,6 +44,14 @@ _KNOWN_SERIES_MAX = 1024
 _REQUIRED = ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID")
 
 
+class _OwnObjectResent(Exception):  # noqa: N818 - a signal, not an error
+    """Raised inside the store: the instance is a copy of one of the node's own objects."""
+
+    def __init__(self, relpath: str) -> None:
+        super().__init__(relpath)
+        self.relpath = relpath
+
+
 @dataclass(frozen=True)
 class StoredInstance:
     sop_instance_uid: str
@@ -169,10 +177,12 @@ class InstanceStore:
         existed = final.exists()
         if existed:  # checked before the file is touched
             try:
-                self._check_replacement(header, origin)
+                own = self._check_replacement(header, origin)
             except SQLAlchemyError as exc:
                 raise StorageError(f"instance {header.sop_uid}: cannot look it up: {exc}"
                                    ) from exc
+            if own is not None:
+                return self._kept_own(header, own, calling_aet)
         try:
             final.parent.mkdir(parents=True, exist_ok=True)
             with open(temp_path, "rb+") as fh:
@@ -196,6 +206,10 @@ class InstanceStore:
             if not existed:
                 final.unlink(missing_ok=True)
             raise
+        except _OwnObjectResent as own:
+            if not existed:
+                final.unlink(missing_ok=True)
+            return self._kept_own(header, own.relpath, calling_aet)
         except SQLAlchemyError as exc:
             if not existed:
                 final.unlink(missing_ok=True)
@@ -233,7 +247,9 @@ class InstanceStore:
                 return IndexOutcome(True, *known)
             except IntegrityError:
                 self._known_series.pop(header.series_uid, None)
-        self._check_replacement(header, origin)
+        own = self._check_replacement(header, origin)
+        if own is not None:
+            raise _OwnObjectResent(own)
         for attempt in range(3):
             try:
                 with self.sessions.begin() as session:
@@ -247,20 +263,25 @@ class InstanceStore:
                     raise
         raise AssertionError("unreachable")
 
-    def _check_replacement(self, header: InstanceHeader, origin: InstanceOrigin) -> None:
+    def _check_replacement(self, header: InstanceHeader, origin: InstanceOrigin
+                           ) -> str | None:
         """Refuse a received instance that would replace what it may not: an object the
-        node generated (its SEG and SR are never replaceable from outside), or an
-        instance held under another SOP class. A resend of the same SOP class replaces
-        the held instance (a corrected image; an identical resend is idempotent)."""
+        node generated under another SOP class, or a received instance held under another
+        SOP class. A copy of one of the node's own objects (same SOP class: a PACS sending
+        a study back, results included) is acknowledged but never replaces the node's:
+        its held path is returned. A resend of a received instance of the same SOP class
+        replaces it (a corrected image; an identical resend is idempotent): ``None``."""
         if origin is not InstanceOrigin.RECEIVED:
-            return
+            return None
         with self.sessions() as session:
             held = session.execute(
-                select(Instance.origin, Instance.sop_class_uid)
+                select(Instance.origin, Instance.sop_class_uid, Instance.path)
                 .where(Instance.sop_instance_uid == header.sop_uid)).first()
         if held is None:
-            return
+            return None
         if held.origin != InstanceOrigin.RECEIVED:
+            if held.sop_class_uid == header.sop_class_uid:
+                return str(held.path)
             raise ReplacementRefusedError(
                 f"instance {header.sop_uid}: this SOP Instance UID is an object the node "
                 f"generated; it cannot be replaced from outside", not_authorized=True)
@@ -268,6 +289,13 @@ class InstanceStore:
             raise ReplacementRefusedError(
                 f"instance {header.sop_uid}: held as SOP class {held.sop_class_uid}; an "
                 f"instance of {header.sop_class_uid} cannot replace it", not_authorized=False)
+        return None
+
+    def _kept_own(self, header: InstanceHeader, relpath: str,
+                  calling_aet: str | None) -> StoredInstance:
+        logger.info("instance %s from %s is one of the node's own results: acknowledged, "
+                    "the node's copy kept", header.sop_uid, calling_aet)
+        return StoredInstance(header.sop_uid, header.study_uid, self.root / relpath, False)
 
     def _remember(self, series_uid: str, series_pk: int, study_pk: int) -> None:
         with self._cache_lock:

@@ -5,13 +5,14 @@ running node."""
 from __future__ import annotations
 
 import hashlib
+import subprocess
 from pathlib import Path
 
 import pytest
 from pydicom import dcmread
-from pydicom.uid import CTImageStorage, SegmentationStorage
+from pydicom.uid import Comprehensive3DSRStorage, CTImageStorage, SegmentationStorage
 
-from tests.peers import node_sending_to_storescp, received, storescu
+from tests.peers import dcmtk, node_sending_to_storescp, peer_env, received, storescu
 
 pytestmark = pytest.mark.integration
 
@@ -49,6 +50,19 @@ def test_nothing_received_replaces_the_nodes_seg_or_an_image_of_another_class(
         assert "Store Response (Unknown Status: 0x124)" in forged.stderr, forged.stderr
         assert _digest(archived) == before
         assert dcmread(archived, stop_before_pixels=True).SOPClassUID == SegmentationStorage
+
+        # A PACS sending the study back, the node's results included: acknowledged, and
+        # the node's own copy kept.
+        (report,) = node.wait_for(lambda: received(tmp_path / "dest", Comprehensive3DSRStorage),
+                                  30, "the SR")
+        sr_uid = str(dcmread(report, stop_before_pixels=True).SOPInstanceUID)
+        archived_sr = next(Path(node.config["storage"]["root"]).rglob(f"{sr_uid}.dcm"))
+        sr_before = _digest(archived_sr)
+        back = subprocess.run([dcmtk("storescu"), "-v", "-R", "-aet", "PACS", "-aec",
+                               "KIDNEYNODE", "127.0.0.1", str(node.dicom_port), str(report)],
+                              env=peer_env(), capture_output=True, text=True, timeout=60)
+        assert "Store Response (Success)" in back.stderr, back.stderr
+        assert _digest(archived_sr) == sr_before
 
         held_uid = str(dcmread(image, stop_before_pixels=True).SOPInstanceUID)
         other = storescu(node.dicom_port, [_forged(image, held_uid, tmp_path / "ct.dcm",
