@@ -5,14 +5,13 @@ running node."""
 from __future__ import annotations
 
 import hashlib
-import subprocess
 from pathlib import Path
 
 import pytest
 from pydicom import dcmread
 from pydicom.uid import Comprehensive3DSRStorage, CTImageStorage, SegmentationStorage
 
-from tests.peers import dcmtk, node_sending_to_storescp, peer_env, received, storescu
+from tests.peers import node_sending_to_storescp, received, storescu
 
 pytestmark = pytest.mark.integration
 
@@ -58,9 +57,8 @@ def test_nothing_received_replaces_the_nodes_seg_or_an_image_of_another_class(
         sr_uid = str(dcmread(report, stop_before_pixels=True).SOPInstanceUID)
         archived_sr = next(Path(node.config["storage"]["root"]).rglob(f"{sr_uid}.dcm"))
         sr_before = _digest(archived_sr)
-        back = subprocess.run([dcmtk("storescu"), "-v", "-R", "-aet", "PACS", "-aec",
-                               "KIDNEYNODE", "127.0.0.1", str(node.dicom_port), str(report)],
-                              env=peer_env(), capture_output=True, text=True, timeout=60)
+        back = storescu(node.dicom_port, [report], calling="PACS", verbose=True,
+                        required_only=True)
         assert "Store Response (Success)" in back.stderr, back.stderr
         assert _digest(archived_sr) == sr_before
 
