@@ -61,9 +61,18 @@ class DicomSettings(_Frozen):
     host: str = "0.0.0.0"  # noqa: S104 - a DICOM node listens on the network by design
     port: int = Field(default=11112, ge=0, le=65535)  # 0: any free port
     allowed_calling_aets: tuple[str, ...] = ()
+    #: Live associations at once, in all and from one peer address; a request beyond
+    #: either is rejected (transient, local limit exceeded).
     max_associations: int = Field(default=16, ge=1)
+    max_associations_per_peer: int = Field(default=8, ge=1)
+    #: Connections without a live association (not yet requested, or rejected and not
+    #: yet closed by the peer) kept at once; a new connection closes the oldest.
+    max_idle_connections: int = Field(default=32, ge=1)
     max_pdu_size: int = Field(default=0, ge=0)
     network_timeout_seconds: float = Field(default=60.0, gt=0)
+    #: Longest wait for what a peer must send next: its association request once
+    #: connected, the rest of a PDU once begun, its part of a TLS handshake.
+    read_timeout_seconds: float = Field(default=30.0, gt=0)
 
     _ae = field_validator("ae_title")(classmethod(lambda cls, v: _check_ae(v)))
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import socket
 import ssl
+import time
 from pathlib import Path
 
 import pydicom.config
@@ -14,8 +15,9 @@ from pynetdicom.transport import AssociationSocket
 
 from service.dicom.polling import mark_active
 
-__all__ = ["CONTROL_PDU_LIMIT", "NODELAY_HANDLER", "PduTooLargeError", "client_tls_context",
-           "configure_reception", "pdu_limit", "server_tls_context", "set_nodelay"]
+__all__ = ["CONTROL_PDU_LIMIT", "MIN_RATE", "NODELAY_HANDLER", "PduTooLargeError",
+           "client_tls_context", "configure_reception", "disable_nagle", "pdu_limit",
+           "server_tls_context", "set_nodelay"]
 
 logger = logging.getLogger(__name__)
 
@@ -28,6 +30,11 @@ def set_nodelay(event: Event) -> None:
     the peer's delayed ACK.
     """
     mark_active(event)
+    disable_nagle(event)
+
+
+def disable_nagle(event: Event) -> None:
+    """Set TCP_NODELAY on the socket of ``event``'s association."""
     sock = getattr(getattr(event.assoc.dul, "socket", None), "socket", None)
     if sock is None:
         logger.warning("no socket on association %s to set TCP_NODELAY", event.assoc.name)
@@ -46,6 +53,8 @@ CONTROL_PDU_LIMIT = 1 << 20
 #: (bytes): a peer that announces a length and sends nothing costs nothing.
 _FIRST_READ = 1 << 16
 _P_DATA_TF = 0x04
+#: Slowest sustained rate (bytes/s) at which a PDU may arrive once begun.
+MIN_RATE = 64 * 1024
 
 
 class PduTooLargeError(ConnectionError):
@@ -69,6 +78,11 @@ def _recv_exactly(self: AssociationSocket, nr_bytes: int) -> bytearray:
     system calls and copies than pynetdicom's 4 KiB reads); fewer bytes when the peer
     closes the connection first, as pynetdicom's own ``recv``.
 
+    With a time-out on the socket (the node's SCP sets ``dicom.read_timeout_seconds``),
+    each read waits at most that long, and the whole PDU must arrive within it plus one
+    second per :data:`MIN_RATE` bytes: a peer that trickles a PDU byte by byte is
+    dropped (:class:`TimeoutError`, which pynetdicom answers by closing the connection).
+
     pynetdicom reads each PDU as its 6-byte header, then the length that header
     announces: the header's type is kept on the socket, and a body longer than
     :func:`pdu_limit` allows is refused (:class:`PduTooLargeError`, which pynetdicom
@@ -86,6 +100,8 @@ def _recv_exactly(self: AssociationSocket, nr_bytes: int) -> bytearray:
                                "than the %d the node accepts: connection closed",
                                _peer(self), pdu_type, nr_bytes, limit)
                 raise PduTooLargeError(f"PDU of {nr_bytes} bytes refused (limit {limit})")
+    budget = self.socket.gettimeout()
+    deadline = None if budget is None else time.monotonic() + budget + nr_bytes / MIN_RATE
     buffer = bytearray(min(nr_bytes, _FIRST_READ))
     received = 0
     while received < nr_bytes:
@@ -96,6 +112,11 @@ def _recv_exactly(self: AssociationSocket, nr_bytes: int) -> bytearray:
         if n == 0:
             break
         received += n
+        if deadline is not None and received < nr_bytes and time.monotonic() > deadline:
+            logger.warning("peer %s sent %d of %d bytes of a PDU in %.0f s: connection "
+                           "closed", _peer(self), received, nr_bytes,
+                           budget + nr_bytes / MIN_RATE)
+            raise TimeoutError(f"PDU of {nr_bytes} bytes not received in time")
     if received < nr_bytes:
         del buffer[received:]
     if header:

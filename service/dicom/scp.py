@@ -13,8 +13,9 @@ from pynetdicom.events import Event
 from pynetdicom.transport import ThreadedAssociationServer
 
 from service.config import DicomSettings
+from service.dicom.admission import UNLIMITED, Admission
 from service.dicom.contexts import scp_contexts
-from service.dicom.net import NODELAY_HANDLER, configure_reception, server_tls_context
+from service.dicom.net import configure_reception, server_tls_context
 from service.dicom.polling import ACTIVITY_HANDLER, IdleRelaxer
 from service.errors import (
     ConfigError,
@@ -62,21 +63,26 @@ class StorageSCP:
         ae.require_called_aet = True
         if self.settings.allowed_calling_aets:
             ae.require_calling_aet = list(self.settings.allowed_calling_aets)
-        ae.maximum_associations = self.settings.max_associations
+        ae.maximum_associations = UNLIMITED  # the node's own limits: self.admission
         ae.maximum_pdu_size = self.settings.max_pdu_size
         ae.network_timeout = self.settings.network_timeout_seconds
-        ae.acse_timeout = 30
+        ae.acse_timeout = self.settings.read_timeout_seconds
         ae.dimse_timeout = self.settings.network_timeout_seconds
         return ae
 
     def start(self) -> int:
         """Start listening in background threads; returns the bound port."""
         ae = self._make_ae()
+        settings = self.settings
+        self.admission = Admission(
+            max_associations=settings.max_associations,
+            max_per_peer=settings.max_associations_per_peer,
+            max_idle=settings.max_idle_connections, read_timeout=settings.read_timeout_seconds)
         handlers = [
             (evt.EVT_C_STORE, self.handle_store),
             (evt.EVT_C_ECHO, _handle_echo),
             (evt.EVT_REJECTED, _log_rejected),
-            NODELAY_HANDLER,
+            *self.admission.handlers,
             ACTIVITY_HANDLER,
         ]
         tls = self.settings.tls
@@ -90,6 +96,7 @@ class StorageSCP:
         self._server = ae.start_server(
             (self.settings.host, self.settings.port), block=False, evt_handlers=handlers,
             ssl_context=context)
+        self.admission.install(self._server)
         if self.settings.allowed_peer_addresses:
             networks = [ipaddress.ip_network(n, strict=False)
                         for n in self.settings.allowed_peer_addresses]
@@ -98,7 +105,7 @@ class StorageSCP:
                 lambda _server, request, address: peer_allowed(address, networks),
                 self._server)
         server = self._server
-        self._relaxer = IdleRelaxer(lambda: server.active_associations)
+        self._relaxer = IdleRelaxer(lambda: server.active_associations, self.admission.reap)
         self._relaxer.start()
         port = self._server.server_address[1]
         logger.info("DICOM SCP %s listening on %s:%s%s (calling AEs allowed: %s; peers: %s)",
@@ -114,6 +121,7 @@ class StorageSCP:
         if self._server is not None:
             self._relaxer.stop()
             self._server.shutdown()
+            self.admission.close_idle()
             self._server = None
 
     def handle_store(self, event: Event) -> int:

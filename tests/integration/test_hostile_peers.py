@@ -2,12 +2,23 @@
 
 from __future__ import annotations
 
+import os
+import random
+import select
 import socket
 import subprocess
+import threading
 import time
 from pathlib import Path
 
-from tests.peers import NodeProcess, dcmtk, peer_env
+from pydicom import dcmread
+from pydicom.uid import generate_uid
+from pynetdicom import AE
+from pynetdicom.association import Association
+from pynetdicom.sop_class import Verification
+
+from tests.peers import NodeProcess, dcmtk, peer_env, storescu
+from tests.pki import make_pki
 
 
 def _rss_mb(pid: int) -> float:
@@ -107,3 +118,223 @@ def test_a_calling_ae_title_cannot_forge_a_log_line(make_node, sqlite_url):
     assert not [line for line in lines if line.startswith("FORGED")], lines[-5:]
     assert "X\\x0aFORGED ERROR" in node.log()
     assert _echo(node, calling="STORESCU").returncode == 0
+
+
+#: Hostile connections held open at once in the port-lock test (issue 18's target).
+HOSTILE = 64
+
+
+def _hostile_connection(port: int, kind: int, rng: random.Random) -> socket.socket:
+    """One of three kinds: a stalled association-request header, an idle socket, junk."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+    if kind == 0:
+        sock.sendall(_header(0x01, 200) + b"\x00\x01")  # 200 bytes announced, 2 sent
+    elif kind == 2:
+        sock.sendall(bytes([rng.choice([0x00, 0x08, 0x0A, 0xFF])]) + rng.randbytes(63))
+    return sock
+
+
+def _closed_now(sock: socket.socket) -> bool:
+    """Whether the node has closed ``sock``; what it sent meanwhile (an A-ABORT) is read."""
+    if not select.select([sock], [], [], 0)[0]:
+        return False
+    try:
+        return sock.recv(65536) == b""
+    except OSError:  # reset by the node
+        return True
+
+
+class _Siege:
+    """Holds :data:`HOSTILE` hostile connections to ``port``; each one the node closes is
+    opened again, as an attacker would, until :meth:`stop`."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.opened = 0
+        self.refused = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> _Siege:
+        self._thread.start()
+        deadline = time.monotonic() + 30
+        while self.opened < HOSTILE and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert self.opened >= HOSTILE, f"only {self.opened} hostile connections opened"
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self._stop.set()
+        self._thread.join(30)
+
+    def _run(self) -> None:
+        rng = random.Random(18)
+        held: list[socket.socket | None] = [None] * HOSTILE
+        try:
+            while not self._stop.is_set():
+                for i, sock in enumerate(held):
+                    if sock is not None and _closed_now(sock):
+                        sock.close()
+                        sock = held[i] = None
+                    if sock is None:
+                        try:
+                            held[i] = _hostile_connection(self.port, i % 3, rng)
+                            self.opened += 1
+                        except OSError:
+                            self.refused += 1
+                self._stop.wait(0.2)
+        finally:
+            for sock in held:
+                if sock is not None:
+                    sock.close()
+
+
+def _fresh_copies(files: list[Path], folder: Path, count: int) -> list[Path]:
+    """``count`` instances under new SOP Instance UIDs, cycling through ``files``."""
+    folder.mkdir()
+    out = []
+    for i in range(count):
+        ds = dcmread(files[i % len(files)])
+        ds.SOPInstanceUID = generate_uid()
+        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        path = folder / f"{i:03d}.dcm"
+        ds.save_as(path)
+        out.append(path)
+    return out
+
+
+def test_64_hostile_connections_held_for_60_s_do_not_lock_the_port(
+        make_node, sqlite_url, small_study_dir, tmp_path):
+    """16 stalled connections used to fill ``max_associations`` for as long as they
+    stayed, and idle or junk ones refused service for 23-30 s. Under 64 of them (stalled
+    headers, idle sockets, junk), re-opened whenever the node drops one, for 60 s: a
+    storescu of 100 instances completes and C-ECHO answers throughout, and the node's
+    memory grows by less than 100 MB."""
+    files = _fresh_copies(sorted(small_study_dir.files), tmp_path / "send", 100)
+    node = make_node(sqlite_url)
+    node.config["scheduler"]["stable_age_seconds"] = 3600  # reception only, no job
+    node.start()
+    assert node.proc is not None
+    assert _echo(node).returncode == 0
+    before = _rss_mb(node.proc.pid)
+    started = time.monotonic()
+    peak, threads = before, 0
+    with _Siege(node.dicom_port) as siege:
+        stored = storescu(node.dicom_port, files, verbose=True)
+        assert stored.returncode == 0, stored.stderr[-2000:]
+        echoes = 0
+        while time.monotonic() - started < 60:
+            echo = _echo(node)
+            assert echo.returncode == 0, f"C-ECHO refused under siege: {echo.stderr}"
+            echoes += 1
+            peak = max(peak, _rss_mb(node.proc.pid))
+            threads = max(threads, len(os.listdir(f"/proc/{node.proc.pid}/task")))
+            time.sleep(2)
+        held_for = time.monotonic() - started
+    assert held_for >= 60 and echoes >= 10
+    assert stored.stderr.count("Received Store Response (Success)") == 100
+    grown = peak - before
+    assert grown < 100, f"node RSS grew by {grown:.0f} MB"
+    print(f"siege: {siege.opened} hostile connections opened in {held_for:.0f} s "
+          f"({siege.refused} refused), RSS {before:.0f} -> peak {peak:.0f} MB, "
+          f"at most {threads} threads")
+    # Connections the node closed leave no thread behind: two per connection held.
+    assert threads < 2 * HOSTILE + 40, threads
+    assert node.proc.poll() is None
+
+
+def _associate(port: int, source: str = "127.0.0.1") -> Association:
+    ae = AE(ae_title="PEER")
+    ae.add_requested_context(Verification)
+    return ae.associate("127.0.0.1", port, ae_title="KIDNEYNODE", bind_address=(source, 0))
+
+
+def _rejected_for_local_limit(assoc: Association) -> bool:
+    rj = assoc.acceptor.primitive
+    return assoc.is_rejected and (rj.result, rj.result_source, rj.diagnostic) == (2, 3, 2)
+
+
+def test_associations_are_limited_in_all_and_per_peer_and_idle_connections_do_not_count(
+        make_node, sqlite_url):
+    """Connections that never request an association used to count against
+    ``max_associations``. Now only associations count, in all and per peer address
+    (127.0.0.2 is a second peer on the loopback); one beyond a limit gets A-ASSOCIATE-RJ
+    transient, local limit exceeded, until one is released."""
+    node = make_node(sqlite_url)
+    node.config["dicom"].update(max_associations=3, max_associations_per_peer=2)
+    node.start()
+    port = node.dicom_port
+    idle = [socket.create_connection(("127.0.0.1", port)) for _ in range(8)]
+    opened: list[Association] = []
+    try:
+        opened += [_associate(port), _associate(port)]
+        assert all(a.is_established for a in opened)
+        third = _associate(port)
+        assert _rejected_for_local_limit(third)
+        opened.append(_associate(port, "127.0.0.2"))
+        assert opened[-1].is_established
+        assert _rejected_for_local_limit(_associate(port, "127.0.0.2"))
+        opened.pop(0).release()
+        time.sleep(0.5)
+        opened.append(_associate(port, "127.0.0.2"))
+        assert opened[-1].is_established
+        assert all(a.send_c_echo().Status == 0 for a in opened)
+    finally:
+        for assoc in opened:
+            assoc.release()
+        for sock in idle:
+            sock.close()
+    log = node.log()
+    assert "2 associations from 127.0.0.1 are open (dicom.max_associations_per_peer)" in log
+    assert "3 associations are open (dicom.max_associations)" in log
+
+
+def test_a_peer_that_stalls_or_trickles_a_pdu_is_dropped_after_the_read_time_out(
+        make_node, sqlite_url):
+    """Without a read time-out, a peer that sent part of a PDU held its connection (and
+    a thread) for ever."""
+    node = make_node(sqlite_url)
+    node.config["dicom"]["read_timeout_seconds"] = 2
+    node.start()
+    port = node.dicom_port
+    with socket.create_connection(("127.0.0.1", port)) as stalled, \
+            socket.create_connection(("127.0.0.1", port)) as trickle:
+        start = time.monotonic()
+        stalled.sendall(_header(0x01, 68) + b"\x00\x01")
+        trickle.sendall(_header(0x01, 68))
+        closed_at = None
+        for _ in range(40):  # one byte every 0.25 s: 10 s for the whole request
+            trickle.sendall(b"\x00")
+            if _closed_now(trickle):
+                closed_at = time.monotonic() - start
+                break
+            time.sleep(0.25)
+        assert closed_at is not None and 1.5 < closed_at < 6, closed_at
+        assert _closed_by_node(stalled, within_s=1)
+    assert "sent 1" in node.log() and "bytes of a PDU in 2 s: connection closed" in node.log()
+    assert _echo(node).returncode == 0
+
+
+def test_a_tls_peer_that_never_completes_its_handshake_blocks_nobody(
+        make_node, sqlite_url, tmp_path):
+    """The TLS handshake ran in the thread that accepts connections, without a time-out:
+    one peer that connected and sent nothing locked the port for every other peer."""
+    pki = make_pki(tmp_path / "pki")
+    node = make_node(sqlite_url)
+    node.config["dicom"]["tls"] = {"cert_file": str(pki / "server.pem"),
+                                   "key_file": str(pki / "server.key")}
+    node.config["dicom"]["read_timeout_seconds"] = 3
+    node.start()
+    silent = [socket.create_connection(("127.0.0.1", node.dicom_port)) for _ in range(3)]
+    try:
+        time.sleep(0.5)
+        echo = subprocess.run(
+            [dcmtk("echoscu"), "+tla", "+cf", str(pki / "ca.pem"), "-to", "10", "-ta", "10",
+             "-aec", "KIDNEYNODE", "127.0.0.1", str(node.dicom_port)],
+            env=peer_env(), capture_output=True, text=True, timeout=60)
+        assert echo.returncode == 0, echo.stderr
+        assert all(_closed_by_node(sock, within_s=5) for sock in silent)
+    finally:
+        for sock in silent:
+            sock.close()
+    assert "TLS handshake with 127.0.0.1 failed" in node.log()

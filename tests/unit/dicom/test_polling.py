@@ -11,16 +11,24 @@ from pynetdicom.sop_class import Verification
 
 from service.config import DicomSettings
 from service.db import make_engine, make_sessionmaker, upgrade
-from service.dicom.polling import ACTIVE_POLL_S, IDLE_AFTER_S, IDLE_POLL_S, relax_idle
+from service.dicom.polling import (
+    ACTIVE_POLL_S,
+    IDLE_AFTER_S,
+    IDLE_POLL_S,
+    PENDING_POLL_S,
+    UNASSOCIATED_POLL_S,
+    relax_idle,
+)
 from service.dicom.scp import StorageSCP
 from service.storage import InstanceStore
 
 
-def _assoc(delay: float, stamp: float | None) -> SimpleNamespace:
+def _assoc(delay: float, stamp: float | None, *, requested: bool = True) -> SimpleNamespace:
     dul = SimpleNamespace(_run_loop_delay=delay)
     if stamp is not None:
         dul.kidney_node_active_at = stamp
-    return SimpleNamespace(dul=dul)
+    primitive = object() if requested else None
+    return SimpleNamespace(dul=dul, requestor=SimpleNamespace(primitive=primitive))
 
 
 def test_only_associations_quiet_for_long_enough_are_relaxed():
@@ -33,6 +41,16 @@ def test_only_associations_quiet_for_long_enough_are_relaxed():
     assert quiet.dul._run_loop_delay == IDLE_POLL_S
     assert unknown.dul._run_loop_delay == ACTIVE_POLL_S
     assert relax_idle([quiet], now=now) == 0  # already relaxed
+
+
+def test_a_quiet_connection_without_an_association_sleeps_longest():
+    """64 idle connections at the default sleep would cost several cores (issue 18)."""
+    now = 100.0
+    fresh = _assoc(PENDING_POLL_S, now - IDLE_AFTER_S / 2, requested=False)
+    idle = _assoc(PENDING_POLL_S, now - IDLE_AFTER_S * 2, requested=False)
+    assert relax_idle([fresh, idle], now=now) == 1
+    assert fresh.dul._run_loop_delay == PENDING_POLL_S
+    assert idle.dul._run_loop_delay == UNASSOCIATED_POLL_S > IDLE_POLL_S
 
 
 def test_an_open_quiet_association_goes_back_to_the_default_sleep(tmp_path, sqlite_url):
