@@ -23,6 +23,7 @@ from service.outbox.sender import drain_outbox
 from service.pipeline.registry import get_pipeline
 from service.scheduler.sweep import sweep
 from service.storage import InstanceStore
+from service.storage.space import StorageHealth
 from service.trends import AlertRules
 
 __all__ = ["Node"]
@@ -46,7 +47,9 @@ class Node:
         self.device = resolve_device(settings.processing.device)
         self.runner = JobRunner(settings=settings, sessions=self.sessions, store=self.store,
                                 device=self.device)
-        self.scp = StorageSCP(settings.dicom, self.store)
+        self.storage_health = StorageHealth(self.store.incoming,
+                                            min_free_mb=settings.storage.min_free_mb)
+        self.scp = StorageSCP(settings.dicom, self.store, self.storage_health)
         self.scheduler = BackgroundScheduler(
             executors={"default": ThreadPoolExecutor(4)},
             job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None})
@@ -149,7 +152,8 @@ class Node:
 
     def _start_http(self, sock: socket.socket) -> None:
         app = create_app(self.sessions, rules=AlertRules.from_settings(self.settings.trends),
-                         storage_root=self.store.root, token=self.settings.http.token)
+                         storage_root=self.store.root, token=self.settings.http.token,
+                         storage_health=self.storage_health)
         config = uvicorn.Config(app, log_config=None, access_log=False)
         self._http = uvicorn.Server(config)
         threading.Thread(target=self._http.run, kwargs={"sockets": [sock]}, name="http",

@@ -202,11 +202,14 @@ def wait_port(port: int, timeout: float = 10.0) -> None:
 
 def storescu(port: int, files: list[Path], *, calling: str = "STORESCU",
              called: str = "KIDNEYNODE", verbose: bool = False,
-             required_only: bool = False) -> subprocess.CompletedProcess:
+             required_only: bool = False, no_halt: bool = False
+             ) -> subprocess.CompletedProcess:
     """DCMTK storescu over one association; ``verbose``: with each response's status;
     ``required_only``: propose only the files' own SOP classes (-R: also those, such as
-    SEG and SR, missing from storescu's default list)."""
-    options = (["-v"] if verbose else []) + (["-R"] if required_only else [])
+    SEG and SR, missing from storescu's default list); ``no_halt``: go on after a
+    refused instance (-nh)."""
+    options = (["-v"] if verbose else []) + (["-R"] if required_only else []) \
+        + (["-nh"] if no_halt else [])
     return subprocess.run([dcmtk("storescu"), *options, "-aet", calling,
                            "-aec", called, "127.0.0.1", str(port), *map(str, files)],
                           env=peer_env(), capture_output=True, text=True, timeout=300)

@@ -32,6 +32,7 @@ from service.db import queries
 from service.errors import KidneyNodeError
 from service.reports.mask_preview import preview_png
 from service.reports.trend_plot import trend_png
+from service.storage.space import StorageHealth
 from service.trends import AlertRules
 
 __all__ = ["SECURITY_HEADERS", "TOKEN_COOKIE", "create_app"]
@@ -63,10 +64,12 @@ def _token_check(token: str | None) -> Callable[[Request], None]:
 
 
 def create_app(sessions: sessionmaker[Session], *, rules: AlertRules = AlertRules(),
-               storage_root: Path | None = None, token: str | None = None) -> FastAPI:
+               storage_root: Path | None = None, token: str | None = None,
+               storage_health: StorageHealth | None = None) -> FastAPI:
     """The API over ``sessions``; OpenAPI schema at ``/openapi.json``.
 
     ``storage_root`` (the archive) serves the mask previews; without it they answer 404.
+    ``storage_health`` is reported by ``/health``.
     """
     app = FastAPI(title="kidney-node", version=__version__, docs_url=None, redoc_url=None,
                   openapi_url=None)
@@ -88,9 +91,18 @@ def create_app(sessions: sessionmaker[Session], *, rules: AlertRules = AlertRule
 
     @app.get("/health")
     def health() -> dict[str, Any]:
+        """``status`` "ok", or "degraded" with the reasons under ``storage.problems``
+        (the archive refuses instances, or a write failed lately); a database that does
+        not answer is a 500."""
         with sessions() as session:
             session.execute(text("SELECT 1"))
-        return {"status": "ok", "version": __version__}
+        answer: dict[str, Any] = {"status": "ok", "version": __version__}
+        if storage_health is not None:
+            storage = storage_health.status()
+            answer["storage"] = storage
+            if storage["problems"]:
+                answer["status"] = "degraded"
+        return answer
 
     @app.get("/api/jobs", dependencies=guarded)
     def jobs(limit: int = Query(100, ge=1, le=10_000)) -> list[dict[str, Any]]:

@@ -100,6 +100,9 @@ class DicomSettings(_Frozen):
 
 class StorageSettings(_Frozen):
     root: Path = Path("var/storage")
+    #: Below this much free space (MB) on the archive's filesystem, C-STOREs are refused
+    #: with 0xA700 before anything is written, and /health says "degraded".
+    min_free_mb: int = Field(default=512, ge=0)
 
 
 class DatabaseSettings(_Frozen):

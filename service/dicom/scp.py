@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import ipaddress
 import logging
-import tempfile
 import types
 from pathlib import Path
 
@@ -15,6 +14,8 @@ from pynetdicom.transport import ThreadedAssociationServer
 from service.config import DicomSettings
 from service.dicom.admission import UNLIMITED, Admission
 from service.dicom.contexts import scp_contexts
+from service.dicom.incoming import Incoming
+from service.dicom.incoming import install as install_incoming
 from service.dicom.net import configure_reception, server_tls_context
 from service.dicom.polling import ACTIVITY_HANDLER, IdleRelaxer
 from service.errors import (
@@ -25,6 +26,7 @@ from service.errors import (
     StorageError,
 )
 from service.storage import InstanceStore
+from service.storage.space import StorageHealth
 
 __all__ = ["STATUS", "StorageSCP", "peer_allowed"]
 
@@ -47,14 +49,17 @@ class StorageSCP:
     ``.incoming`` folder, moved into place and indexed; only then is Success sent.
     """
 
-    def __init__(self, settings: DicomSettings, store: InstanceStore) -> None:
+    def __init__(self, settings: DicomSettings, store: InstanceStore,
+                 health: StorageHealth | None = None) -> None:
         self.settings = settings
         self.store = store
+        self.health = health or StorageHealth(store.incoming, min_free_mb=0)
+        self.incoming = Incoming(store.incoming, self.health.refusal)
         self._server: ThreadedAssociationServer | None = None
-        # Receive datasets straight to disk (process-wide pynetdicom switch), in a temp
-        # folder on the archive's filesystem so the final move is a rename.
+        # Receive datasets straight to disk (process-wide pynetdicom switch), into files
+        # in the archive's .incoming (service.dicom.incoming), so the final move is a
+        # rename.
         _config.STORE_RECV_CHUNKED_DATASET = True
-        tempfile.tempdir = str(store.incoming)
         configure_reception()
 
     def _make_ae(self) -> AE:
@@ -68,6 +73,7 @@ class StorageSCP:
         ae.network_timeout = self.settings.network_timeout_seconds
         ae.acse_timeout = self.settings.read_timeout_seconds
         ae.dimse_timeout = self.settings.network_timeout_seconds
+        install_incoming(ae, self.incoming)
         return ae
 
     def start(self) -> int:
@@ -105,7 +111,7 @@ class StorageSCP:
                 lambda _server, request, address: peer_allowed(address, networks),
                 self._server)
         server = self._server
-        self._relaxer = IdleRelaxer(lambda: server.active_associations, self.admission.reap)
+        self._relaxer = IdleRelaxer(lambda: server.active_associations, self._housekeeping)
         self._relaxer.start()
         port = self._server.server_address[1]
         logger.info("DICOM SCP %s listening on %s:%s%s (calling AEs allowed: %s; peers: %s)",
@@ -124,12 +130,22 @@ class StorageSCP:
             self.admission.close_idle()
             self._server = None
 
+    def _housekeeping(self) -> None:
+        self.admission.reap()
+        self.incoming.sweep()
+
     def handle_store(self, event: Event) -> int:
         """EVT_C_STORE: store the streamed file; map our errors to DIMSE statuses."""
         sop_uid = str(event.request.AffectedSOPInstanceUID)
         sop_class = str(event.request.AffectedSOPClassUID)
         calling = event.assoc.requestor.ae_title
         path = Path(event.dataset_path)
+        failure = getattr(getattr(event.request, "_dataset_file", None), "failure", None)
+        if failure is not None:  # the disk refused it, or the archive takes nothing now
+            logger.error("could not store %s from %s: %s", sop_uid, calling, failure)
+            self.health.record_fault(failure)
+            _discard(path)
+            return STATUS["out_of_resources"]
         try:
             self.store.store_file(path, expected_sop_uid=sop_uid, expected_sop_class=sop_class,
                                   calling_aet=calling)
@@ -144,10 +160,21 @@ class StorageSCP:
             return STATUS["cannot_understand"]
         except StorageError as exc:
             logger.error("could not store %s from %s: %s", sop_uid, calling, exc)
+            self.health.record_fault(str(exc))
             return STATUS["out_of_resources"]
         finally:
-            path.unlink(missing_ok=True)
+            _discard(path)
+        self.health.clear_fault()
         return STATUS["success"]
+
+
+def _discard(path: Path) -> None:
+    """Delete a received file that is not (or no longer) needed; a filesystem that
+    refuses (read-only) is logged, and start-up clears ``.incoming`` later."""
+    try:
+        path.unlink(missing_ok=True)
+    except OSError as exc:
+        logger.warning("cannot delete %s: %s", path, exc)
 
 
 def peer_allowed(address: tuple, networks: list[ipaddress.IPv4Network | ipaddress.IPv6Network]

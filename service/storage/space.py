@@ -1,0 +1,101 @@
+"""Whether the archive's filesystem can take more: free space, read-only, recent faults."""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+__all__ = ["StorageHealth"]
+
+logger = logging.getLogger(__name__)
+
+_MB = 1024 * 1024
+#: Size of the file written to check that a storage fault is over (bytes): an
+#: instance of a few hundred kilobytes, and some room, must fit.
+_PROBE_BYTES = _MB
+
+
+class StorageHealth:
+    """The archive's capacity as the SCP and ``/health`` see it.
+
+    A new instance is refused (:meth:`refusal`) while the filesystem is read-only or
+    has less than ``min_free_mb`` free, so that the disk never fills under the database
+    and the results. A write that failed all the same (:meth:`record_fault`) is reported
+    until an instance is stored again or a probe write in ``folder`` succeeds.
+    """
+
+    def __init__(self, folder: Path, *, min_free_mb: int) -> None:
+        self.folder = Path(folder)
+        self.min_free_bytes = min_free_mb * _MB
+        self._lock = threading.Lock()
+        self._fault: tuple[float, str] | None = None
+
+    def _statvfs(self) -> os.statvfs_result:
+        return os.statvfs(self.folder)
+
+    def refusal(self) -> str | None:
+        """Why the archive takes nothing now, or ``None``."""
+        try:
+            st = self._statvfs()
+        except OSError as exc:
+            return f"cannot read the filesystem of {self.folder}: {exc}"
+        if st.f_flag & os.ST_RDONLY:
+            return f"the filesystem of {self.folder} is read-only"
+        free = st.f_bavail * st.f_frsize
+        if free < self.min_free_bytes:
+            return (f"{free / _MB:.0f} MB free on the filesystem of {self.folder}, less than "
+                    f"storage.min_free_mb ({self.min_free_bytes // _MB})")
+        return None
+
+    def record_fault(self, message: str) -> None:
+        with self._lock:
+            self._fault = (time.time(), message)
+
+    def clear_fault(self) -> None:
+        if self._fault is not None:
+            with self._lock:
+                if self._fault is not None:
+                    logger.info("storage writes succeed again (after: %s)", self._fault[1])
+                self._fault = None
+
+    def _probe(self) -> str | None:
+        path = self.folder / f".probe-{os.getpid()}-{threading.get_ident()}"
+        try:
+            with open(path, "wb") as fh:
+                fh.write(b"\0" * _PROBE_BYTES)
+                fh.flush()
+                os.fsync(fh.fileno())
+        except OSError as exc:
+            return str(exc)
+        finally:
+            path.unlink(missing_ok=True)
+        return None
+
+    def status(self) -> dict[str, Any]:
+        """For ``/health``: free space, floor, read-only, and the problems (empty: ok)."""
+        problems = []
+        refusal = self.refusal()
+        if refusal is not None:
+            problems.append(refusal)
+        elif self._fault is not None:
+            failed = self._probe()
+            if failed is None:
+                self.clear_fault()
+            else:
+                problems.append(f"a test write in {self.folder} failed: {failed}")
+        fault = self._fault
+        if fault is not None:
+            when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(fault[0]))
+            problems.append(f"last storage fault at {when}: {fault[1]}")
+        try:
+            st = self._statvfs()
+            free_mb: float | None = round(st.f_bavail * st.f_frsize / _MB, 1)
+            read_only = bool(st.f_flag & os.ST_RDONLY)
+        except OSError:
+            free_mb, read_only = None, None
+        return {"free_mb": free_mb, "min_free_mb": self.min_free_bytes // _MB,
+                "read_only": read_only, "problems": problems}
