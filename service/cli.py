@@ -47,6 +47,8 @@ def _parser() -> argparse.ArgumentParser:
     seg.add_argument("--pipeline", help="pipeline name (default: by series classification)")
     vol = sub.add_parser("volumes", help="kidney volumes of a patient over time")
     vol.add_argument("patient_id")
+    vol.add_argument("--issuer", help="Issuer of Patient ID, when the ID is held under "
+                                      "several issuers")
     vol.add_argument("--structure", help="only this structure (e.g. kidney)")
     vol.add_argument("--format", choices=("table", "csv", "json"), default="table")
     vol.add_argument("--json", action="store_true", help="same as --format json")
@@ -130,12 +132,19 @@ def _cmd_segment(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _cmd_volumes(settings: Settings, args: argparse.Namespace) -> int:
-    from service.db.queries import patient_exists, patient_trend
+    from service.db.queries import patient_issuers, patient_trend
 
     rules = _alert_rules(settings)
     with _sessions(settings)() as session:
-        known = patient_exists(session, args.patient_id)
-        rows = patient_trend(session, args.patient_id, structure=args.structure, rules=rules)
+        issuers = patient_issuers(session, args.patient_id)
+        if args.issuer is None and len(issuers) > 1:
+            print(f"patient ID {args.patient_id} is held under issuers "
+                  f"{', '.join(map(repr, issuers))}: name one with --issuer", file=sys.stderr)
+            return 2
+        issuer = args.issuer if args.issuer is not None else (issuers or [""])[0]
+        known = issuer in issuers
+        rows = patient_trend(session, args.patient_id, issuer, structure=args.structure,
+                             rules=rules)
     fmt = "json" if args.json else args.format
     if fmt == "json":
         print(json.dumps(rows, indent=2))

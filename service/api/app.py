@@ -144,21 +144,51 @@ def create_app(sessions: sessionmaker[Session], *, rules: AlertRules = AlertRule
         with sessions() as session:
             return queries.list_patients(session, alerts_only=alerts, rules=rules, limit=limit)
 
-    def _trend(patient_id: str, structure: str | None) -> list[dict[str, Any]]:
+    def _trend(patient_id: str, issuer: str | None, structure: str | None
+               ) -> tuple[str, list[dict[str, Any]]]:
+        """The issuer (given, or the only one holding ``patient_id``) and the trend."""
         with sessions() as session:
-            if not queries.patient_exists(session, patient_id):
+            issuers = queries.patient_issuers(session, patient_id)
+            if issuer is None and len(issuers) > 1:
+                raise HTTPException(409, f"patient ID {patient_id!r} is held under issuers "
+                                         f"{', '.join(map(repr, issuers))}: name one with "
+                                         "?issuer=")
+            if issuer is None and issuers:
+                issuer = issuers[0]
+            if issuer not in issuers:
                 raise HTTPException(404, f"patient {patient_id} is not known to this node")
-            return queries.patient_trend(session, patient_id, structure=structure, rules=rules)
+            return issuer, queries.patient_trend(session, patient_id, issuer,
+                                                 structure=structure, rules=rules)
 
-    @app.get("/api/patients/{patient_id}/volumes", dependencies=guarded)
-    def volumes(patient_id: str, structure: str | None = None) -> list[dict[str, Any]]:
-        return _trend(patient_id, structure)
+    def _trend_png(patient_id: str, issuer: str | None, structure: str | None) -> Response:
+        issuer, rows = _trend(patient_id, issuer, structure)
+        name = f"{patient_id} (issuer {issuer})" if issuer else patient_id
+        return Response(trend_png(rows, title=f"Patient {name}: volume"), headers=_PNG)
 
-    @app.get("/api/patients/{patient_id}/volumes.png", dependencies=guarded,
+    # A patient by path (scripts: /api/patients/P123/volumes; "/" allowed in the ID),
+    # or by query (the pages' links: any ID, an empty one included). ``issuer`` is
+    # needed only when the ID is held under several issuers (else 409).
+    @app.get("/api/patients/{patient_id:path}/volumes", dependencies=guarded)
+    def volumes(patient_id: str, issuer: str | None = None, structure: str | None = None
+                ) -> list[dict[str, Any]]:
+        return _trend(patient_id, issuer, structure)[1]
+
+    @app.get("/api/patient/volumes", dependencies=guarded)
+    def volumes_by_query(patient_id: str = Query(alias="id"), issuer: str | None = None,
+                         structure: str | None = None) -> list[dict[str, Any]]:
+        return _trend(patient_id, issuer, structure)[1]
+
+    @app.get("/api/patients/{patient_id:path}/volumes.png", dependencies=guarded,
              response_class=Response, responses={200: {"content": {"image/png": {}}}})
-    def volumes_png(patient_id: str, structure: str | None = None) -> Response:
-        rows = _trend(patient_id, structure)
-        return Response(trend_png(rows, title=f"Patient {patient_id}: volume"), headers=_PNG)
+    def volumes_png(patient_id: str, issuer: str | None = None, structure: str | None = None
+                    ) -> Response:
+        return _trend_png(patient_id, issuer, structure)
+
+    @app.get("/api/patient/volumes.png", dependencies=guarded, response_class=Response,
+             responses={200: {"content": {"image/png": {}}}})
+    def volumes_png_by_query(patient_id: str = Query(alias="id"), issuer: str | None = None,
+                             structure: str | None = None) -> Response:
+        return _trend_png(patient_id, issuer, structure)
 
     @app.get("/", dependencies=guarded, response_class=HTMLResponse)
     def index(alerts: bool = False) -> HTMLResponse:
@@ -166,8 +196,13 @@ def create_app(sessions: sessionmaker[Session], *, rules: AlertRules = AlertRule
             rows = queries.list_patients(session, alerts_only=alerts, rules=rules)
         return HTMLResponse(patient_list_page(rows))
 
-    @app.get("/patients/{patient_id}", dependencies=guarded, response_class=HTMLResponse)
-    def patient(patient_id: str) -> HTMLResponse:
-        return HTMLResponse(patient_page(patient_id, _trend(patient_id, None)))
+    @app.get("/patients/{patient_id:path}", dependencies=guarded, response_class=HTMLResponse)
+    def patient(patient_id: str, issuer: str | None = None) -> HTMLResponse:
+        return HTMLResponse(patient_page(patient_id, *_trend(patient_id, issuer, None)))
+
+    @app.get("/patient", dependencies=guarded, response_class=HTMLResponse)
+    def patient_by_query(patient_id: str = Query(alias="id"), issuer: str | None = None
+                         ) -> HTMLResponse:
+        return HTMLResponse(patient_page(patient_id, *_trend(patient_id, issuer, None)))
 
     return app

@@ -7,9 +7,10 @@ import hashlib
 from collections.abc import Iterable, Mapping
 from html import escape
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 
-__all__ = ["HANDLER_SHA256", "STYLE_SHA256", "api_docs_page", "patient_list_page", "patient_page"]
+__all__ = ["HANDLER_SHA256", "STYLE_SHA256", "api_docs_page", "patient_list_page", "patient_page",
+           "patient_query"]
 
 _STYLE = """
 body { font-family: sans-serif; margin: 1.5em; color: #222; }
@@ -57,10 +58,22 @@ def _change(row: Mapping[str, Any], versus: str) -> str:
     return f"{_number(ml, ' ml', signed=True)} ({_number(pct, ' %', signed=True)})"
 
 
-def patient_page(patient_id: str, rows: Iterable[Mapping[str, Any]]) -> str:
+def patient_query(patient_id: str, issuer: str) -> str:
+    """``id=…&issuer=…`` naming one patient in a URL: reaches every Patient ID, also an
+    empty one, "..", or one holding "/" (which a path segment cannot carry)."""
+    return urlencode({"id": patient_id, "issuer": issuer})
+
+
+def _patient_name(patient_id: str, issuer: str) -> str:
+    name = patient_id if patient_id else "(no Patient ID)"
+    return f"{name} (issuer {issuer})" if issuer else name
+
+
+def patient_page(patient_id: str, issuer: str, rows: Iterable[Mapping[str, Any]]) -> str:
     """Trend chart, then one table row per study and structure with its changes, alert,
     quality flags and a link to the mask preview of that study."""
-    pid = quote(patient_id, safe="")
+    query = patient_query(patient_id, issuer)
+    name = _patient_name(patient_id, issuer)
     lines = []
     for r in rows:
         uid = str(r["study_instance_uid"])
@@ -86,10 +99,10 @@ def patient_page(patient_id: str, rows: Iterable[Mapping[str, Any]]) -> str:
             f"<td class=\"text\"><a href=\"/api/studies/{quote(uid, safe='')}/preview.png\">"
             f"mask preview</a></td></tr>")
     body = (
-        f"<h1>Patient {escape(patient_id)}</h1>"
+        f"<h1>Patient {escape(name)}</h1>"
         f"<p><a href=\"/\">all patients</a></p>"
-        f"<img id=\"trend\" alt=\"volume trend of patient {escape(patient_id)}\" "
-        f"src=\"/api/patients/{pid}/volumes.png\" "
+        f"<img id=\"trend\" alt=\"volume trend of patient {escape(name)}\" "
+        f"src=\"{escape(f'/api/patient/volumes.png?{query}')}\" "
         f"onload=\"{_CHART_LOADED}\" onerror=\"{_CHART_ERROR}\">"
         "<table id=\"measurements\"><thead><tr><th>study date</th><th>structure</th>"
         "<th>volume (ml)</th><th>change from previous</th><th>change from baseline</th>"
@@ -100,7 +113,7 @@ def patient_page(patient_id: str, rows: Iterable[Mapping[str, Any]]) -> str:
         "A measurement that quality control did not accept is listed but left out of the "
         "trend (its previous study, baseline and alerts) until a person has looked at it."
         "</p>")
-    return _page(f"kidney-node: patient {patient_id}", body)
+    return _page(f"kidney-node: patient {name}", body)
 
 
 def patient_list_page(patients: Iterable[Mapping[str, Any]]) -> str:
@@ -111,8 +124,8 @@ def patient_list_page(patients: Iterable[Mapping[str, Any]]) -> str:
                            for k, v in sorted((p.get("latest_volumes_ml") or {}).items()))
         lines.append(
             f"<tr class=\"{'alert' if p.get('alert') else 'ok'}\">"
-            f"<td class=\"text\"><a href=\"/patients/{quote(str(p['patient_id']), safe='')}\">"
-            f"{escape(str(p['patient_id']))}</a></td>"
+            f"<td class=\"text\"><a href=\"{escape(_patient_href(p))}\">"
+            f"{escape(_patient_name(str(p['patient_id']), str(p.get('issuer') or '')))}</a></td>"
             f"<td>{p.get('studies', '')}</td>"
             f"<td class=\"text\">{escape(str(p.get('last_study_date') or ''))}</td>"
             f"<td class=\"text\">{latest}</td>"
@@ -123,6 +136,10 @@ def patient_list_page(patients: Iterable[Mapping[str, Any]]) -> str:
             "<th>alert</th><th>needs review</th></tr></thead><tbody>" + "".join(lines)
             + "</tbody></table>")
     return _page("kidney-node: patients", body)
+
+
+def _patient_href(row: Mapping[str, Any]) -> str:
+    return f"/patient?{patient_query(str(row['patient_id']), str(row.get('issuer') or ''))}"
 
 
 def api_docs_page(schema: Mapping[str, Any]) -> str:

@@ -31,6 +31,7 @@ __all__ = [
     "list_outbox",
     "list_patients",
     "patient_exists",
+    "patient_issuers",
     "patient_trend",
     "patient_volumes",
     "previous_accepted_volumes",
@@ -86,8 +87,9 @@ def _iso(value: dt.datetime | dt.date | None) -> str | None:
     return value.isoformat() if value is not None else None
 
 
-def patient_volumes(session: Session, patient_id: str) -> list[VolumeRow]:
-    """Latest result per study and structure for a patient, in study date order.
+def patient_volumes(session: Session, patient_id: str, issuer: str = "") -> list[VolumeRow]:
+    """Latest result per study and structure for the patient ``patient_id`` of
+    ``issuer`` ("" when the studies named none), in study date order.
 
     One indexed pass: patient by ``uq_patients_id_issuer`` (its leading column), studies by
     ``ix_studies_patient_pk``, results by ``ix_results_study_pk``; the latest result per
@@ -101,7 +103,7 @@ def patient_volumes(session: Session, patient_id: str) -> list[VolumeRow]:
         .select_from(Patient)
         .join(Study, Study.patient_pk == Patient.id)
         .join(Result, Result.study_pk == Study.id)
-        .where(Patient.patient_id == patient_id)).all()
+        .where(Patient.patient_id == patient_id, Patient.issuer == issuer)).all()
     latest: dict[tuple[str, str], Any] = {}
     for row in rows:
         key = (row.study_instance_uid, row.structure)
@@ -134,21 +136,28 @@ def previous_accepted_volumes(session: Session, study_instance_uid: str, *,
         return {}
     this = _study_order(study)
     found: dict[str, float] = {}
-    for row in patient_volumes(session, study.patient.patient_id):
+    for row in patient_volumes(session, study.patient.patient_id, study.patient.issuer):
         earlier = _study_order(row) < this
         if earlier and (row.qc_verdict is None or row.qc_verdict in verdicts):
             found[row.structure] = row.volume_ml  # rows come in order: the last one wins
     return found
 
 
-def patient_exists(session: Session, patient_id: str) -> bool:
-    """Whether the node holds any study of ``patient_id``."""
-    return session.scalar(select(Patient.id).where(Patient.patient_id == patient_id)
-                          .limit(1)) is not None
+def patient_issuers(session: Session, patient_id: str) -> list[str]:
+    """The issuers under which the node holds a patient ``patient_id`` ("" for none)."""
+    return list(session.scalars(select(Patient.issuer).where(Patient.patient_id == patient_id)
+                                .order_by(Patient.issuer)))
 
 
-def patient_trend(session: Session, patient_id: str, *, structure: str | None = None,
-                  rules: AlertRules = AlertRules()) -> list[dict[str, Any]]:
+def patient_exists(session: Session, patient_id: str, issuer: str | None = None) -> bool:
+    """Whether the node holds a patient ``patient_id`` (of ``issuer`` when given)."""
+    issuers = patient_issuers(session, patient_id)
+    return bool(issuers) if issuer is None else issuer in issuers
+
+
+def patient_trend(session: Session, patient_id: str, issuer: str = "", *,
+                  structure: str | None = None, rules: AlertRules = AlertRules()
+                  ) -> list[dict[str, Any]]:
     """The patient's reported volumes with their changes and alerts (service.trends).
 
     One row per study and structure: the latest result of that study (a study processed
@@ -156,7 +165,7 @@ def patient_trend(session: Session, patient_id: str, *, structure: str | None = 
     SEG and job of that result.
     """
     latest = {(r.study_instance_uid, r.structure): r
-              for r in patient_volumes(session, patient_id)
+              for r in patient_volumes(session, patient_id, issuer)
               if structure is None or r.structure == structure}
     points = volume_trend(
         (Measurement(uid, dt.date.fromisoformat(r.study_date) if r.study_date else None,
@@ -184,7 +193,7 @@ def list_patients(session: Session, *, alerts_only: bool = False,
         .limit(None if alerts_only else limit)).all()
     out = []
     for patient_id, issuer, studies, last in rows:
-        trend = patient_trend(session, patient_id, rules=rules)
+        trend = patient_trend(session, patient_id, issuer, rules=rules)
         latest: dict[str, dict[str, Any]] = {}
         newest: dict[str, dict[str, Any]] = {}
         for point in trend:  # ordered by structure then time: the last one wins

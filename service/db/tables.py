@@ -91,6 +91,7 @@ def _enum(cls: type[enum.Enum], name: str) -> Enum:
 
 
 _TS = DateTime(timezone=True)
+_PATIENT_TEXT = String(64).with_variant(Text(), "postgresql")
 
 
 class Patient(Base):
@@ -98,8 +99,11 @@ class Patient(Base):
     __table_args__ = (UniqueConstraint("patient_id", "issuer", name="uq_patients_id_issuer"),)
 
     id: Mapped[int] = mapped_column(primary_key=True)
-    patient_id: Mapped[str] = mapped_column(String(64))
-    issuer: Mapped[str] = mapped_column(String(64), default="")
+    # The whole Patient ID and issuer as received, however long (a sender may exceed
+    # LO's 64 characters; cutting them made two patients one): TEXT on PostgreSQL, and
+    # SQLite does not enforce a VARCHAR's length.
+    patient_id: Mapped[str] = mapped_column(_PATIENT_TEXT)
+    issuer: Mapped[str] = mapped_column(_PATIENT_TEXT, default="")
     created_at: Mapped[dt.datetime] = mapped_column(_TS, default=utcnow)
 
     studies: Mapped[list[Study]] = relationship(back_populates="patient")

@@ -48,7 +48,7 @@ def trend_png(rows: Iterable[Mapping[str, Any]], *, title: str) -> bytes:
                         fillstyle="none", linewidth=0)
     ax.set_ylabel("volume (ml)")
     ax.set_xlabel("study date")
-    ax.set_title(title, fontsize=10)
+    ax.set_title(title, fontsize=10, parse_math=False)  # a "$" in a Patient ID is text
     ax.grid(True, alpha=0.3)
     if by_structure:
         ax.legend(loc="best", fontsize=8)

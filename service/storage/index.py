@@ -7,6 +7,7 @@ import logging
 from dataclasses import dataclass
 
 from pydicom.dataset import Dataset
+from pydicom.multival import MultiValue
 from sqlalchemy import Connection, bindparam, select
 from sqlalchemy.orm import Session
 
@@ -21,6 +22,18 @@ def _clean(value: object, limit: int) -> str:
     """Text as the index keeps it: no NUL (PostgreSQL refuses it in text), at most
     ``limit`` characters."""
     return str(value).replace("\x00", "")[:limit]
+
+
+def _identity(ds: Dataset, keyword: str) -> str:
+    """Patient ID or issuer whole, as the index keys patients: never cut (two IDs that
+    share a prefix stay two patients); several values (not allowed, VM 1, but sent)
+    joined by a backslash as they are encoded; no NUL."""
+    value = ds.get(keyword)
+    if value is None:
+        return ""
+    if isinstance(value, MultiValue | list | tuple):
+        value = "\\".join(str(v) for v in value)
+    return str(value).replace("\x00", "")
 
 
 def _text(ds: Dataset, keyword: str, limit: int = 64) -> str | None:
@@ -74,8 +87,8 @@ class InstanceHeader:
     def from_dataset(cls, ds: Dataset) -> InstanceHeader:
         """Read the header fields; the caller has checked the four UIDs exist."""
         return cls(
-            patient_id=_clean(ds.get("PatientID", "") or "", 64),
-            issuer=_clean(ds.get("IssuerOfPatientID", "") or "", 64),
+            patient_id=_identity(ds, "PatientID"),
+            issuer=_identity(ds, "IssuerOfPatientID"),
             study_uid=str(ds.StudyInstanceUID),
             study_date=_date(ds, "StudyDate"),
             study_time=_text(ds, "StudyTime", 16),

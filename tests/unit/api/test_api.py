@@ -57,13 +57,13 @@ def test_patient_page_lists_each_study_with_changes_alert_and_preview_link(clien
     page = client.get("/patients/P1")
     assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
     html = page.text
-    assert 'src="/api/patients/P1/volumes.png"' in html
+    assert 'src="/api/patient/volumes.png?id=P1&amp;issuer="' in html
     for uid in ("1.1", "1.2", "1.3"):
         assert f'data-study="{uid}"' in html
         assert f'href="/api/studies/{uid}/preview.png"' in html
     assert html.count('class="alert"') == 1 and "ALERT" in html
     assert client.get("/patients/nobody").status_code == 404
-    assert 'href="/patients/P1"' in client.get("/").text
+    assert 'href="/patient?id=P1&amp;issuer="' in client.get("/").text
 
 
 def test_preview_of_a_study_without_stored_result_is_404(client):
