@@ -110,7 +110,8 @@ def test_a_full_disk_answers_every_store_with_success_or_a700_and_recovers(
     file. Now each C-STORE gets Success or 0xA700, each Success is archived and indexed,
     /health is degraded, and once space is back the refused instances go through."""
     files = _copies(sorted(small_study_dir.files), tmp_path / "send", 120)
-    node = _node_on(make_node, sqlite_url, small_disk, min_free_mb=0)
+    database_url = f"sqlite:///{small_disk / 'index.sqlite'}"  # as the defaults: one disk
+    node = _node_on(make_node, database_url, small_disk, min_free_mb=0)
     filler = _fill(small_disk, leave_mb=1.0)  # ~50 of the 120 fit
     stored = storescu(node.dicom_port, files, verbose=True, no_halt=True)
     statuses = _statuses(stored)
@@ -118,7 +119,7 @@ def test_a_full_disk_answers_every_store_with_success_or_a700_and_recovers(
     assert set(statuses) <= {"Success", "Refused: OutOfResources"}, set(statuses)
     acked = {uid for uid, st in zip(_uids(files), statuses, strict=True) if st == "Success"}
     assert 10 < len(acked) < len(files), len(acked)
-    assert acked <= _indexed(sqlite_url, small_disk / "storage")
+    assert acked <= _indexed(database_url, small_disk / "storage")
     assert _incoming_files(small_disk) == []
     health = node.get("/health")
     assert health["status"] == "degraded", health
@@ -130,7 +131,7 @@ def test_a_full_disk_answers_every_store_with_success_or_a700_and_recovers(
     assert health["status"] == "ok", health
     again = storescu(node.dicom_port, files, verbose=True, no_halt=True)
     assert _statuses(again) == ["Success"] * len(files), again.stderr[-3000:]
-    assert set(_uids(files)) == _indexed(sqlite_url, small_disk / "storage")
+    assert set(_uids(files)) == _indexed(database_url, small_disk / "storage")
     assert node.proc is not None and node.proc.poll() is None
 
 
