@@ -45,10 +45,10 @@ class Node:
             raise ConfigError(f"storage.root: cannot use {settings.storage.root}: {exc}") \
                 from exc
         self.device = resolve_device(settings.processing.device)
-        self.runner = JobRunner(settings=settings, sessions=self.sessions, store=self.store,
-                                device=self.device)
         self.storage_health = StorageHealth(self.store.incoming,
                                             min_free_mb=settings.storage.min_free_mb)
+        self.runner = JobRunner(settings=settings, sessions=self.sessions, store=self.store,
+                                device=self.device, storage_health=self.storage_health)
         self.scp = StorageSCP(settings.dicom, self.store, self.storage_health)
         self.scheduler = BackgroundScheduler(
             executors={"default": ThreadPoolExecutor(4)},

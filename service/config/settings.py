@@ -135,6 +135,9 @@ class SchedulerSettings(_Frozen):
     sweep_interval_seconds: float = Field(default=5.0, gt=0)
     #: Jobs interrupted by a restart are retried at most this many times in all.
     max_attempts: int = Field(default=3, ge=1)
+    #: A job whose results the disk refused (full, read-only) is queued again, not failed,
+    #: and jobs wait at least this long, then until a test write succeeds.
+    storage_retry_seconds: float = Field(default=60.0, gt=0)
 
 
 class GraftSettings(_Frozen):

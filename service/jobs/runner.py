@@ -36,6 +36,7 @@ from service.pipeline.base import Pipeline, PipelineOutput, StudyInput
 from service.pipeline.quality import Assessment, assess_output
 from service.pipeline.registry import get_pipeline
 from service.storage import InstanceStore, StoredInstance
+from service.storage.space import StorageHealth, storage_fault
 from service.writers.result import ResultUids, build_result_objects
 
 __all__ = ["JobRunner", "recover_interrupted_jobs"]
@@ -98,19 +99,35 @@ class JobRunner:
     """Runs queued jobs one at a time on one device."""
 
     def __init__(self, *, settings: Settings, sessions: sessionmaker[Session],
-                 store: InstanceStore, device: str) -> None:
+                 store: InstanceStore, device: str,
+                 storage_health: StorageHealth | None = None) -> None:
         self.settings = settings
         self.sessions = sessions
         self.store = store
         self.device = device
+        self.storage_health = storage_health or StorageHealth(store.incoming, min_free_mb=0)
+        self._storage_wait_until = 0.0
+        self._storage_waiting: str | None = None
 
     def run_pending(self) -> int:
-        """Run queued jobs until none is left; returns how many ran."""
+        """Run queued jobs until none is left; returns how many ran. While the archive
+        cannot be written (see :meth:`_storage_blocked`) queued jobs wait."""
         count = 0
-        while (work := self._claim()) is not None:
+        while not self._storage_blocked() and (work := self._claim()) is not None:
             self._execute(work)
             count += 1
         return count
+
+    def _storage_blocked(self) -> bool:
+        if time.monotonic() < self._storage_wait_until:
+            return True
+        problem = self.storage_health.write_problem()
+        if problem is not None and problem != self._storage_waiting:
+            logger.warning("jobs wait until the archive can be written: %s", problem)
+        elif problem is None and self._storage_waiting is not None:
+            logger.info("the archive can be written again: queued jobs run")
+        self._storage_waiting = problem
+        return problem is not None
 
     def _claim(self) -> _Work | None:
         with self.sessions.begin() as session:
@@ -166,6 +183,9 @@ class JobRunner:
                 written = self._write(work, pipeline, output, quality)
                 timings["write_s"] = time.perf_counter() - t0
         except (KidneyNodeError, ValueError, RuntimeError, OSError) as exc:
+            if storage_fault(exc) is not None:
+                self._wait_for_storage(work, exc)
+                return
             # RuntimeError covers SimpleITK and torch failures; all end in the job record.
             self._finish(work.job_id, error=f"study {work.study_uid}: {exc}", timings=timings)
             logger.error("job %d failed on study %s: %s", work.job_id, work.study_uid, exc)
@@ -252,6 +272,22 @@ class JobRunner:
             if errors and role in _ONE_NEEDED_ROLES and not loaded[role]:
                 raise errors[0]
         return StudyInput(work.study_uid, {r: tuple(s) for r, s in loaded.items()})
+
+    def _wait_for_storage(self, work: _Work, exc: BaseException) -> None:
+        """The disk refused the results: queue the job again (this attempt not counted)
+        and hold every job for ``scheduler.storage_retry_seconds``, then until a test
+        write succeeds."""
+        message = f"waiting for storage: {exc}"
+        with self.sessions.begin() as session:
+            job = session.get(Job, work.job_id)
+            job.state = JobState.QUEUED
+            job.attempts = max(0, job.attempts - 1)
+            job.error = message
+        self.storage_health.record_fault(str(exc))
+        self._storage_wait_until = (time.monotonic()
+                                    + self.settings.scheduler.storage_retry_seconds)
+        logger.error("job %d on study %s queued again, %s", work.job_id, work.study_uid,
+                     message)
 
     def _finish(self, job_id: int, *, error: str, timings: dict[str, float]) -> None:
         with self.sessions.begin() as session:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import threading
@@ -9,11 +10,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-__all__ = ["StorageHealth"]
+__all__ = ["StorageHealth", "storage_fault"]
 
 logger = logging.getLogger(__name__)
 
 _MB = 1024 * 1024
+#: errno values of a disk that takes nothing more: full, over quota, read-only.
+_STORAGE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS})
 #: Size of the file written to check that a storage fault is over (bytes): an
 #: instance of a few hundred kilobytes, and some room, must fit.
 _PROBE_BYTES = _MB
@@ -62,6 +65,23 @@ class StorageHealth:
                     logger.info("storage writes succeed again (after: %s)", self._fault[1])
                 self._fault = None
 
+    def write_problem(self) -> str | None:
+        """Why the archive cannot be written now (read-only, or a write failed and a probe
+        write still fails), or ``None``. The free-space floor is not one: it keeps room
+        for the results of what has been received."""
+        try:
+            if self._statvfs().f_flag & os.ST_RDONLY:
+                return f"the filesystem of {self.folder} is read-only"
+        except OSError as exc:
+            return f"cannot read the filesystem of {self.folder}: {exc}"
+        if self._fault is None:
+            return None
+        failed = self._probe()
+        if failed is None:
+            self.clear_fault()
+            return None
+        return f"a test write in {self.folder} failed: {failed}"
+
     def _probe(self) -> str | None:
         path = self.folder / f".probe-{os.getpid()}-{threading.get_ident()}"
         try:
@@ -99,3 +119,14 @@ class StorageHealth:
             free_mb, read_only = None, None
         return {"free_mb": free_mb, "min_free_mb": self.min_free_bytes // _MB,
                 "read_only": read_only, "problems": problems}
+
+
+def storage_fault(exc: BaseException) -> OSError | None:
+    """The full, over-quota or read-only disk behind ``exc`` (itself or one of its
+    causes), or ``None``."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno in _STORAGE_ERRNOS:
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None

@@ -202,3 +202,34 @@ def test_a_reception_cut_short_leaves_no_file_in_incoming(
             time.sleep(0.1)
         assert _incoming_files(small_disk) == [], f"cut {cut} left its file"
     assert node.log().count("reception cut short after") == 3
+
+
+def test_a_job_whose_results_the_full_disk_refuses_waits_and_then_succeeds(
+        make_node, sqlite_url, small_disk, small_study_dir):
+    """A job that could not write its SEG used to end failed for good: the study never
+    got its volume. Now it is queued again and runs once a test write succeeds."""
+    node = make_node(sqlite_url)
+    node.config["storage"] = {"root": str(small_disk / "storage"), "min_free_mb": 0}
+    node.config["scheduler"]["storage_retry_seconds"] = 1
+    node.start()
+    sent = storescu(node.dicom_port, sorted(small_study_dir.files))
+    assert sent.returncode == 0, sent.stderr
+    filler = _fill(small_disk, leave_mb=0.02)  # before the study is stable (1.5 s)
+    waiting = node.wait_for(
+        lambda: next((j for j in node.get("/api/jobs") if "waiting for storage" in
+                      (j["error"] or "")), None), timeout=120, what="a job waiting for storage")
+    assert waiting["state"] == "queued" and waiting["attempts"] == 0, waiting
+    assert "No space left on device" in waiting["error"]
+    assert node.get("/health")["status"] == "degraded"
+    time.sleep(3)  # it waits: the disk is still full
+    (job,) = [j for j in node.get("/api/jobs") if j["id"] == waiting["id"]]
+    assert job["state"] == "queued", job
+
+    filler.unlink()
+    done = node.wait_for(
+        lambda: next((j for j in node.get("/api/jobs") if j["id"] == waiting["id"]
+                      and j["state"] in ("succeeded", "failed")), None),
+        timeout=120, what="the job to finish")
+    assert done["state"] == "succeeded" and done["attempts"] == 1, done
+    assert node.study(small_study_dir.study_instance_uid)["results"], "no volume"
+    assert "jobs wait until the archive can be written" in node.log()
