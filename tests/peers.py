@@ -18,6 +18,10 @@ from typing import Any
 import pytest
 import yaml
 from pydicom import dcmread
+from pydicom.uid import generate_uid
+from sqlalchemy import select
+
+from service.db import Instance, make_engine, make_sessionmaker
 
 ROOT = Path(__file__).resolve().parents[1]
 DCMTK = Path("/usr/bin")
@@ -310,3 +314,41 @@ def orthanc(workdir: Path, *, dicom_port: int, http_port: int, aet: str = "ORTHA
         except subprocess.TimeoutExpired:
             proc.kill()
         log.close()
+
+
+def rss_mb(pid: int) -> float:
+    """Resident memory of process ``pid`` (MB), from /proc."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError(f"no VmRSS for process {pid}")
+
+
+def fresh_copies(files: list[Path], folder: Path, count: int) -> list[Path]:
+    """``count`` instances in ``folder`` (created) under new SOP Instance UIDs, cycling
+    through ``files``."""
+    folder.mkdir()
+    out = []
+    for i in range(count):
+        ds = dcmread(files[i % len(files)])
+        ds.SOPInstanceUID = generate_uid()
+        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        out.append(folder / f"{i:03d}.dcm")
+        ds.save_as(out[-1])
+    return out
+
+
+def indexed_instances(database_url: str) -> dict[str, str]:
+    """SOP Instance UID -> archive-relative path of every instance the node indexed;
+    fails on a UID indexed twice."""
+    engine = make_engine(database_url)
+    try:
+        with make_sessionmaker(engine)() as s:
+            rows = s.execute(select(Instance.sop_instance_uid, Instance.path)).all()
+    finally:
+        engine.dispose()
+    counted: dict[str, str] = {}
+    for uid, path in rows:
+        assert uid not in counted, f"{uid} indexed twice"
+        counted[uid] = path
+    return counted

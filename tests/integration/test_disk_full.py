@@ -20,10 +20,8 @@ from pynetdicom.dimse_messages import C_STORE_RQ
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.dsutils import encode
 from pynetdicom.sop_class import MRImageStorage
-from sqlalchemy import select
 
-from service.db import Instance, make_engine, make_sessionmaker
-from tests.peers import NodeProcess, storescu
+from tests.peers import NodeProcess, fresh_copies, indexed_instances, storescu
 
 REQUIRE_TMPFS = os.environ.get("KIDNEY_NODE_REQUIRE_TMPFS") == "1"
 _STATUS = re.compile(r"Received Store Response \(([^)]*)\)")
@@ -48,18 +46,6 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
         subprocess.run(["umount", "-l", str(mount)], check=True)
 
 
-def _copies(files: list[Path], folder: Path, count: int) -> list[Path]:
-    folder.mkdir()
-    out = []
-    for i in range(count):
-        ds = dcmread(files[i % len(files)])
-        ds.SOPInstanceUID = generate_uid()
-        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-        out.append(folder / f"{i:03d}.dcm")
-        ds.save_as(out[-1])
-    return out
-
-
 def _statuses(stored: subprocess.CompletedProcess) -> list[str]:
     return _STATUS.findall(stored.stderr)
 
@@ -76,15 +62,10 @@ def _fill(disk: Path, leave_mb: float) -> Path:
 
 def _indexed(database_url: str, storage: Path) -> set[str]:
     """SOP Instance UIDs in the node's index, each checked against its archived file."""
-    engine = make_engine(database_url)
-    try:
-        with make_sessionmaker(engine)() as s:
-            rows = s.execute(select(Instance.sop_instance_uid, Instance.path)).all()
-    finally:
-        engine.dispose()
-    for uid, rel in rows:
+    rows = indexed_instances(database_url)
+    for uid, rel in rows.items():
         assert dcmread(storage / rel, stop_before_pixels=True).SOPInstanceUID == uid
-    return {uid for uid, _ in rows}
+    return set(rows)
 
 
 def _incoming_files(disk: Path) -> list[Path]:
@@ -109,7 +90,7 @@ def test_a_full_disk_answers_every_store_with_success_or_a700_and_recovers(
     raise and abort the association (the sender saw no status), and left the partial
     file. Now each C-STORE gets Success or 0xA700, each Success is archived and indexed,
     /health is degraded, and once space is back the refused instances go through."""
-    files = _copies(sorted(small_study_dir.files), tmp_path / "send", 120)
+    files = fresh_copies(sorted(small_study_dir.files), tmp_path / "send", 120)
     database_url = f"sqlite:///{small_disk / 'index.sqlite'}"  # as the defaults: one disk
     node = _node_on(make_node, database_url, small_disk, min_free_mb=0)
     filler = _fill(small_disk, leave_mb=1.0)  # ~50 of the 120 fit
@@ -139,7 +120,7 @@ def test_below_the_free_space_floor_or_read_only_stores_are_refused_before_writi
         make_node, sqlite_url, small_disk, small_study_dir, tmp_path):
     """``storage.min_free_mb``: below it the SCP answers 0xA700 without writing; so it
     does on a read-only filesystem; both show in /health and pass when they are over."""
-    files = _copies(sorted(small_study_dir.files), tmp_path / "send", 10)
+    files = fresh_copies(sorted(small_study_dir.files), tmp_path / "send", 10)
     node = _node_on(make_node, sqlite_url, small_disk, min_free_mb=4)
     filler = _fill(small_disk, leave_mb=3.0)
     free_before = os.statvfs(small_disk).f_bavail

@@ -13,7 +13,6 @@ import random
 import socket
 import time
 from io import BytesIO
-from pathlib import Path
 
 from pydicom import dcmread
 from pydicom.uid import generate_uid
@@ -30,18 +29,11 @@ from pynetdicom.pdu_primitives import (
 from pynetdicom.presentation import build_context
 from pynetdicom.sop_class import MRImageStorage, Verification
 
-from tests.peers import NodeProcess
+from tests.peers import NodeProcess, rss_mb
 
 SEED = 20261206
 CASES = 160
 MR_CX, ECHO_CX = 1, 3
-
-
-def _rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise AssertionError(f"no VmRSS for process {pid}")
 
 
 def _association_request() -> bytes:
@@ -181,7 +173,7 @@ def test_random_pdus_leave_the_node_answering_and_its_memory_bounded(
             assoc.release()
 
     still_works(-1, "before any case")
-    before = _rss_mb(node.proc.pid)
+    before = rss_mb(node.proc.pid)
     rng = random.Random(SEED)
     request, echo, store = _association_request(), _echo_pdus(), _store_pdus(
         encode(dataset, True, True))
@@ -193,6 +185,6 @@ def test_random_pdus_leave_the_node_answering_and_its_memory_bounded(
         still_works(case, what)
         assert node.proc.poll() is None, f"case {case} ({what}): the node died"
     time.sleep(0.5)
-    grown = _rss_mb(node.proc.pid) - before
+    grown = rss_mb(node.proc.pid) - before
     print(f"{CASES} cases {kinds}: RSS grew {grown:.0f} MB")
     assert grown < 100, f"node RSS grew by {grown:.0f} MB over {CASES} cases"

@@ -9,23 +9,13 @@ import socket
 import subprocess
 import threading
 import time
-from pathlib import Path
 
-from pydicom import dcmread
-from pydicom.uid import generate_uid
 from pynetdicom import AE
 from pynetdicom.association import Association
 from pynetdicom.sop_class import Verification
 
-from tests.peers import NodeProcess, dcmtk, peer_env, storescu
+from tests.peers import NodeProcess, dcmtk, fresh_copies, peer_env, rss_mb, storescu
 from tests.pki import make_pki
-
-
-def _rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise AssertionError(f"no VmRSS for process {pid}")
 
 
 def _echo(node: NodeProcess, calling: str = "ECHOSCU") -> subprocess.CompletedProcess:
@@ -58,7 +48,7 @@ def test_a_header_claiming_4_gib_costs_no_memory_and_the_node_still_answers(
     node.start()
     assert node.proc is not None
     assert _echo(node).returncode == 0  # the node's reception is warm
-    before = _rss_mb(node.proc.pid)
+    before = rss_mb(node.proc.pid)
     request = socket.create_connection(("127.0.0.1", node.dicom_port))
     stalled = socket.create_connection(("127.0.0.1", node.dicom_port))
     try:
@@ -66,7 +56,7 @@ def test_a_header_claiming_4_gib_costs_no_memory_and_the_node_still_answers(
         stalled.sendall(_header(0x04, 0xFFFFFFFF) + b"\x00" * 1000)
         assert _closed_by_node(request, within_s=10), "an oversized request was read"
         time.sleep(1.0)
-        grown = _rss_mb(node.proc.pid) - before
+        grown = rss_mb(node.proc.pid) - before
         assert grown < 50, f"node RSS grew by {grown:.0f} MB"
         echo = _echo(node)
         assert echo.returncode == 0, echo.stderr
@@ -189,20 +179,6 @@ class _Siege:
                     sock.close()
 
 
-def _fresh_copies(files: list[Path], folder: Path, count: int) -> list[Path]:
-    """``count`` instances under new SOP Instance UIDs, cycling through ``files``."""
-    folder.mkdir()
-    out = []
-    for i in range(count):
-        ds = dcmread(files[i % len(files)])
-        ds.SOPInstanceUID = generate_uid()
-        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-        path = folder / f"{i:03d}.dcm"
-        ds.save_as(path)
-        out.append(path)
-    return out
-
-
 def test_64_hostile_connections_held_for_60_s_do_not_lock_the_port(
         make_node, sqlite_url, small_study_dir, tmp_path):
     """16 stalled connections used to fill ``max_associations`` for as long as they
@@ -210,13 +186,13 @@ def test_64_hostile_connections_held_for_60_s_do_not_lock_the_port(
     headers, idle sockets, junk), re-opened whenever the node drops one, for 60 s: a
     storescu of 100 instances completes and C-ECHO answers throughout, and the node's
     memory grows by less than 100 MB."""
-    files = _fresh_copies(sorted(small_study_dir.files), tmp_path / "send", 100)
+    files = fresh_copies(sorted(small_study_dir.files), tmp_path / "send", 100)
     node = make_node(sqlite_url)
     node.config["scheduler"]["stable_age_seconds"] = 3600  # reception only, no job
     node.start()
     assert node.proc is not None
     assert _echo(node).returncode == 0
-    before = _rss_mb(node.proc.pid)
+    before = rss_mb(node.proc.pid)
     started = time.monotonic()
     peak, threads = before, 0
     with _Siege(node.dicom_port) as siege:
@@ -227,7 +203,7 @@ def test_64_hostile_connections_held_for_60_s_do_not_lock_the_port(
             echo = _echo(node)
             assert echo.returncode == 0, f"C-ECHO refused under siege: {echo.stderr}"
             echoes += 1
-            peak = max(peak, _rss_mb(node.proc.pid))
+            peak = max(peak, rss_mb(node.proc.pid))
             threads = max(threads, len(os.listdir(f"/proc/{node.proc.pid}/task")))
             time.sleep(2)
         held_for = time.monotonic() - started

@@ -15,6 +15,7 @@ from sqlalchemy import select, update
 
 from service.db import Instance, Job, JobState, make_engine, make_sessionmaker
 from service.dicom.uids import new_uid
+from tests.peers import indexed_instances
 
 pytestmark = pytest.mark.integration
 
@@ -133,21 +134,6 @@ def _send_all(port: int, sets: list[list[Dataset]], acked: list[str],
     return threads
 
 
-def _index(database_url: str) -> dict[str, str]:
-    """SOP Instance UID -> relative path of every indexed instance."""
-    engine = make_engine(database_url)
-    try:
-        with make_sessionmaker(engine)() as s:
-            rows = s.execute(select(Instance.sop_instance_uid, Instance.path)).all()
-    finally:
-        engine.dispose()
-    counted: dict[str, str] = {}
-    for uid, path in rows:
-        assert uid not in counted, f"{uid} indexed twice"
-        counted[uid] = path
-    return counted
-
-
 def test_sigkill_under_concurrent_load_loses_nothing_and_a_resend_counts_once(
         make_node, database_url, small_study_dir):
     node = make_node(database_url)
@@ -170,7 +156,7 @@ def test_sigkill_under_concurrent_load_loses_nothing_and_a_resend_counts_once(
     assert SENDERS * PER_SENDER // 4 <= len(acked_at_kill) < len(sent), len(acked_at_kill)
 
     storage = node.workdir / "storage"
-    index = _index(database_url)
+    index = indexed_instances(database_url)
     for uid in acked_at_kill:
         assert uid in index, f"acknowledged {uid} is not indexed"
         assert dcmread(storage / index[uid], stop_before_pixels=True).SOPInstanceUID == uid
@@ -188,7 +174,7 @@ def test_sigkill_under_concurrent_load_loses_nothing_and_a_resend_counts_once(
     assert statuses == [0x0000] * len(sent), sorted(set(statuses))
     assert set(acked) == sent
 
-    index = _index(database_url)
+    index = indexed_instances(database_url)
     assert set(index) == sent and len(index) == len(sent)  # each once, none from temp files
     archived = {p.relative_to(storage).as_posix() for p in storage.rglob("*")
                 if p.is_file() and ".incoming" not in p.relative_to(storage).parts}
