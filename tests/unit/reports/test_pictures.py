@@ -79,3 +79,17 @@ def test_trend_plot_marks_alerts_and_skips_undated_rows():
     assert not ((calm[..., 0] > 200) & (calm[..., 1] < 80) & (calm[..., 2] < 80)).any()
     empty = _image(trend_png([], title="nobody"))
     assert empty.shape[0] > 100
+
+
+def test_a_patient_id_with_dollar_signs_is_plain_text_in_the_trend_title():
+    """matplotlib reads "$...$" as math: ``M$\\frac{$Z`` made the trend PNG a 500."""
+    import matplotlib.pyplot as plt
+    import pytest
+
+    title = r"Patient M$\frac{$Z: volume"
+    figure = plt.figure()
+    figure.suptitle(title)  # math text, as before
+    with pytest.raises(ValueError):
+        figure.savefig(io.BytesIO(), format="png")
+    plt.close(figure)
+    assert _image(trend_png([], title=title)).shape[0] > 0
