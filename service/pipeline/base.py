@@ -45,6 +45,9 @@ class SegmentSpec:
     #: SCT 24028007 Right or 7771000 Left, for paired organs; the SEG carries it as the
     #: property type's modifier, the SR as the finding site's laterality.
     laterality: Code | None = None
+    #: sRGB colour viewers are asked to show it in (the SEG's Recommended Display CIELab
+    #: Value): one per structure, distinct among those that appear together.
+    rgb: tuple[int, int, int] = (185, 102, 83)
 
 
 #: The whole kidney (graft): SCT 64033007, category Anatomical Structure (SCT 91723000).
@@ -56,17 +59,20 @@ KIDNEY_RIGHT = SegmentSpec(label=1, structure="kidney_right", text="Right kidney
                            property_type=codes.SCT.Kidney, laterality=codes.SCT.Right)
 KIDNEY_LEFT = SegmentSpec(label=2, structure="kidney_left", text="Left kidney",
                           category=codes.SCT.AnatomicalStructure,
-                          property_type=codes.SCT.Kidney, laterality=codes.SCT.Left)
+                          property_type=codes.SCT.Kidney, laterality=codes.SCT.Left,
+                          rgb=(204, 142, 62))
 #: SCT 50403003 "Structure of cortex of kidney (body structure)": the code HL7 FHIR mCODE
 #: IG's TG263 -> SNOMED CT concept map gives TG263 "Kidney_Cortex". Cortex lies inside its
 #: kidney, so these segments overlap the kidney segments (masks, not a label map).
 RENAL_CORTEX = Code("50403003", "SCT", "Structure of cortex of kidney")
 CORTEX_RIGHT = SegmentSpec(label=3, structure="cortex_right", text="Right renal cortex",
                            category=codes.SCT.AnatomicalStructure,
-                           property_type=RENAL_CORTEX, laterality=codes.SCT.Right)
+                           property_type=RENAL_CORTEX, laterality=codes.SCT.Right,
+                           rgb=(241, 214, 145))
 CORTEX_LEFT = SegmentSpec(label=4, structure="cortex_left", text="Left renal cortex",
                           category=codes.SCT.AnatomicalStructure,
-                          property_type=RENAL_CORTEX, laterality=codes.SCT.Left)
+                          property_type=RENAL_CORTEX, laterality=codes.SCT.Left,
+                          rgb=(245, 180, 200))
 
 #: SCT 70948008 "Structure of transplanted kidney" (body structure, under 24486003
 #: "Structure of transplant"): the EU eHDSI Body Site value set (hl7-eu
@@ -78,10 +84,12 @@ TRANSPLANTED_KIDNEY = Code("70948008", "SCT", "Structure of transplanted kidney"
 #: patient it lies on. Its volume is the one tracked over time ("graft").
 GRAFT_RIGHT = SegmentSpec(label=5, structure="graft", text="Transplanted kidney (right)",
                           category=codes.SCT.AnatomicalStructure,
-                          property_type=TRANSPLANTED_KIDNEY, laterality=codes.SCT.Right)
+                          property_type=TRANSPLANTED_KIDNEY, laterality=codes.SCT.Right,
+                          rgb=(91, 170, 215))
 GRAFT_LEFT = SegmentSpec(label=5, structure="graft", text="Transplanted kidney (left)",
                          category=codes.SCT.AnatomicalStructure,
-                         property_type=TRANSPLANTED_KIDNEY, laterality=codes.SCT.Left)
+                         property_type=TRANSPLANTED_KIDNEY, laterality=codes.SCT.Left,
+                         rgb=(91, 170, 215))
 
 
 def graft_segment(side: str) -> SegmentSpec:

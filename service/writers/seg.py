@@ -86,6 +86,7 @@ def build_segmentation(
             algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
             algorithm_identification=_identification(output.algorithms.get(spec.structure,
                                                                             own)),
+            display_color=hd.color.CIELabColor.from_rgb(*spec.rgb),
         )
         for spec in output.segments
     ]

@@ -14,6 +14,8 @@ from service.imaging.series import load_series
 from service.pipeline.base import (
     CORTEX_LEFT,
     CORTEX_RIGHT,
+    GRAFT_LEFT,
+    GRAFT_RIGHT,
     KIDNEY_LEFT,
     KIDNEY_RIGHT,
     AlgorithmSpec,
@@ -115,3 +117,19 @@ def test_sr_has_one_group_per_segment_with_its_volume(four):
         2: ("64033007", "7771000", pytest.approx(volumes["kidney_left"], abs=1e-3)),
         3: ("50403003", "24028007", pytest.approx(volumes["cortex_right"], abs=1e-3)),
         4: ("50403003", "7771000", pytest.approx(volumes["cortex_left"], abs=1e-3))}
+
+
+def test_each_segment_carries_its_recommended_display_colour(four):
+    """Without Recommended Display CIELab Value the colours were each viewer's choice
+    (issue 17): each structure has its own, read back as the same sRGB by highdicom."""
+    *_, paths = four
+    ds = dcmread(io.BytesIO(paths["seg"].read_bytes()))
+    colours = {}
+    for item in ds.SegmentSequence:
+        spec = SPECS[int(item.SegmentNumber) - 1]
+        lab = hd.color.CIELabColor.from_dicom_value(tuple(item.RecommendedDisplayCIELabValue))
+        colours[spec.structure] = lab.to_rgb()
+        assert all(abs(int(a) - b) <= 2 for a, b in zip(lab.to_rgb(), spec.rgb, strict=True)), \
+            (spec.structure, lab.to_rgb(), spec.rgb)
+    assert len(set(colours.values())) == len(SPECS)  # distinct side by side
+    assert GRAFT_RIGHT.rgb == GRAFT_LEFT.rgb and GRAFT_RIGHT.rgb not in {s.rgb for s in SPECS}
