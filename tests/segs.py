@@ -19,10 +19,14 @@ from service.writers.seg import SegOptions, build_segmentation
 SegCase = tuple[LoadedVolume, np.ndarray, hd.seg.Segmentation, bytes]
 
 
-def build_seg_case(root: Path, orientation: str, *, omit_empty_frames: bool) -> SegCase:
-    """Source phase, truth labels, the SEG read back, and the SEG's bytes."""
-    study = write_mr_study(root / orientation, orientation=orientation, seed=1,
-                           include_t2=False, shape=(16, 64, 64))
+def build_seg_case(root: Path, orientation: str, *, omit_empty_frames: bool,
+                   shape: tuple[int, int, int] = (16, 64, 64)) -> SegCase:
+    """Source phase (of ``shape``: slices, rows, columns), truth labels, the SEG read
+    back, and the SEG's bytes."""
+    folder = root / (orientation if shape == (16, 64, 64)
+                     else f"{orientation}-{'x'.join(map(str, shape))}")
+    study = write_mr_study(folder, orientation=orientation, seed=1, include_t2=False,
+                           shape=shape)
     (dce_paths,) = group_by_series(study.files).values()
     phase = load_series(dce_paths).volumes[-1]
     truth = sitk.Resample(study.truth_mask, phase.image, sitk.Transform(),

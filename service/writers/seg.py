@@ -15,7 +15,7 @@ from models.qc import Verdict
 from service.pipeline.base import AlgorithmSpec, PipelineOutput
 from service.pipeline.quality import Assessment, description_prefix
 
-__all__ = ["MANUFACTURER", "SegOptions", "build_segmentation"]
+__all__ = ["MANUFACTURER", "SegOptions", "bit_aligned", "build_segmentation"]
 
 MANUFACTURER = "kidney-node"
 
@@ -44,7 +44,8 @@ def build_segmentation(
     options: SegOptions,
     quality: Mapping[str, Assessment] | None = None,
 ) -> hd.seg.Segmentation:
-    """A BINARY SEG with one segment per structure, frames on the source slices.
+    """A BINARY SEG with one segment per structure, frames on the source slices
+    (FRACTIONAL when BINARY frames would not start on byte boundaries: :func:`bit_aligned`).
 
     Segments may overlap (PS3.3 C.8.20.1 Segments Overlap: the cortex lies inside its
     kidney): each segment is encoded in frames of its own, numbered by its position in
@@ -90,10 +91,18 @@ def build_segmentation(
         )
         for spec in output.segments
     ]
+    if bit_aligned(expected[1], expected[2]):
+        pixels, kind = stack.astype(np.uint8), {
+            "segmentation_type": hd.seg.SegmentationTypeValues.BINARY}
+    else:
+        pixels, kind = stack.astype(np.float32), {
+            "segmentation_type": hd.seg.SegmentationTypeValues.FRACTIONAL,
+            "fractional_type": hd.seg.SegmentationFractionalTypeValues.OCCUPANCY,
+            "max_fractional_value": 255}
     seg = hd.seg.Segmentation(
         source_images=[_with_type2_attributes(sources[0]), *sources[1:]],
-        pixel_array=stack.astype(np.uint8),
-        segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+        pixel_array=pixels,
+        **kind,
         segment_descriptions=descriptions,
         series_instance_uid=options.series_instance_uid,
         series_number=options.series_number,
@@ -125,6 +134,19 @@ def build_segmentation(
                 hd.sr.CodedConcept(spec.laterality.value, spec.laterality.scheme_designator,
                                    spec.laterality.meaning)]
     return seg
+
+
+def bit_aligned(rows: int, columns: int) -> bool:
+    """Whether BINARY frames of ``rows`` x ``columns`` start on byte boundaries.
+
+    BINARY packs each frame's pixels one bit each, frames back to back: unless rows x
+    columns is a multiple of 8, frames after the first start inside a byte. That is legal
+    DICOM, but OHIF 3.13 rejects such a file (then Orthanc 1.10 refuses its frames one by
+    one) or scrambles those frames (issue 17, the real example CT's 122 x 101 frames).
+    Such SEGs are written FRACTIONAL (OCCUPANCY, 0 or 255, one byte per pixel), which
+    OHIF, dcmqi, highdicom and pydicom all read as the same mask.
+    """
+    return (rows * columns) % 8 == 0
 
 
 def _identification(algorithm: AlgorithmSpec) -> hd.AlgorithmIdentificationSequence:
