@@ -17,7 +17,7 @@ from pathlib import Path
 
 from service import __version__
 from service.config import Destination, Settings, load_settings
-from service.errors import KidneyNodeError
+from service.errors import AmbiguousPatientError, KidneyNodeError
 from service.logs import configure_logging
 
 __all__ = ["main"]
@@ -132,19 +132,18 @@ def _cmd_segment(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _cmd_volumes(settings: Settings, args: argparse.Namespace) -> int:
-    from service.db.queries import patient_issuers, patient_trend
+    from service.db.queries import patient_trend, resolve_issuer
 
     rules = _alert_rules(settings)
     with _sessions(settings)() as session:
-        issuers = patient_issuers(session, args.patient_id)
-        if args.issuer is None and len(issuers) > 1:
-            print(f"patient ID {args.patient_id} is held under issuers "
-                  f"{', '.join(map(repr, issuers))}: name one with --issuer", file=sys.stderr)
+        try:
+            issuer = resolve_issuer(session, args.patient_id, args.issuer)
+        except AmbiguousPatientError as exc:
+            print(f"{exc}: name one with --issuer", file=sys.stderr)
             return 2
-        issuer = args.issuer if args.issuer is not None else (issuers or [""])[0]
-        known = issuer in issuers
-        rows = patient_trend(session, args.patient_id, issuer, structure=args.structure,
-                             rules=rules)
+        known = issuer is not None
+        rows = patient_trend(session, args.patient_id, issuer or "", structure=args.structure,
+                             rules=rules) if known else []
     fmt = "json" if args.json else args.format
     if fmt == "json":
         print(json.dumps(rows, indent=2))

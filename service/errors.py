@@ -104,3 +104,12 @@ class TrainingDataError(KidneyNodeError):
     def __init__(self, path: object, message: str) -> None:
         super().__init__(f"{path}: {message}")
         self.path = path
+
+
+class AmbiguousPatientError(KidneyNodeError):
+    """A Patient ID held under several issuers was named without its issuer."""
+
+    def __init__(self, patient_id: str, issuers: list[str]) -> None:
+        super().__init__(f"patient ID {patient_id!r} is held under issuers "
+                         f"{', '.join(map(repr, issuers))}")
+        self.issuers = issuers

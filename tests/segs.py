@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import io
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import highdicom as hd
@@ -86,3 +89,29 @@ def write_seg_and_sr(output: PipelineOutput, root: Path, uid_root: str) -> dict[
         paths[name] = root / f"{name}.dcm"
         obj.save_as(paths[name], enforce_file_format=True)
     return paths
+
+
+#: dcmqi's SEG reader, installed by the pip extra "test" beside the interpreter.
+DCMQI = Path(sys.executable).parent / "segimage2itkimage"
+
+
+def dcmqi_available() -> bool:
+    return DCMQI.exists() or shutil.which("segimage2itkimage") is not None
+
+
+def dcmqi_mask(seg_bytes: bytes, reference: sitk.Image, workdir: Path) -> np.ndarray:
+    """The (one-segment) SEG as dcmqi's ``segimage2itkimage`` reads it, resampled onto
+    ``reference``'s grid (z, y, x) as a bool mask."""
+    seg_path = workdir / "seg.dcm"
+    seg_path.write_bytes(seg_bytes)
+    out = workdir / "dcmqi"
+    out.mkdir()
+    tool = str(DCMQI if DCMQI.exists() else shutil.which("segimage2itkimage"))
+    run = subprocess.run([tool, "--inputDICOM", str(seg_path), "--outputDirectory", str(out),
+                          "-t", "nrrd", "-p", "seg"], capture_output=True, text=True,
+                         timeout=120)
+    assert run.returncode == 0, run.stdout + run.stderr
+    (segment,) = sorted(out.glob("seg-*.nrrd"))
+    on_source = sitk.Resample(sitk.ReadImage(str(segment)), reference, sitk.Transform(),
+                              sitk.sitkNearestNeighbor)
+    return sitk.GetArrayFromImage(on_source) > 0

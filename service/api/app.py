@@ -29,7 +29,7 @@ from service.api.pages import (
     patient_page,
 )
 from service.db import queries
-from service.errors import KidneyNodeError
+from service.errors import AmbiguousPatientError, KidneyNodeError
 from service.reports.mask_preview import preview_png
 from service.reports.trend_plot import trend_png
 from service.storage.space import StorageHealth
@@ -148,14 +148,11 @@ def create_app(sessions: sessionmaker[Session], *, rules: AlertRules = AlertRule
                ) -> tuple[str, list[dict[str, Any]]]:
         """The issuer (given, or the only one holding ``patient_id``) and the trend."""
         with sessions() as session:
-            issuers = queries.patient_issuers(session, patient_id)
-            if issuer is None and len(issuers) > 1:
-                raise HTTPException(409, f"patient ID {patient_id!r} is held under issuers "
-                                         f"{', '.join(map(repr, issuers))}: name one with "
-                                         "?issuer=")
-            if issuer is None and issuers:
-                issuer = issuers[0]
-            if issuer not in issuers:
+            try:
+                issuer = queries.resolve_issuer(session, patient_id, issuer)
+            except AmbiguousPatientError as exc:
+                raise HTTPException(409, f"{exc}: name one with ?issuer=") from exc
+            if issuer is None:
                 raise HTTPException(404, f"patient {patient_id} is not known to this node")
             return issuer, queries.patient_trend(session, patient_id, issuer,
                                                  structure=structure, rules=rules)

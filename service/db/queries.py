@@ -21,6 +21,7 @@ from service.db.tables import (
     Series,
     Study,
 )
+from service.errors import AmbiguousPatientError
 from service.trends import AlertRules, Measurement, TrendPoint, volume_trend
 
 __all__ = [
@@ -32,6 +33,7 @@ __all__ = [
     "list_patients",
     "patient_exists",
     "patient_issuers",
+    "resolve_issuer",
     "patient_trend",
     "patient_volumes",
     "previous_accepted_volumes",
@@ -147,6 +149,24 @@ def patient_issuers(session: Session, patient_id: str) -> list[str]:
     """The issuers under which the node holds a patient ``patient_id`` ("" for none)."""
     return list(session.scalars(select(Patient.issuer).where(Patient.patient_id == patient_id)
                                 .order_by(Patient.issuer)))
+
+
+def resolve_issuer(session: Session, patient_id: str, issuer: str | None = None
+                   ) -> str | None:
+    """The issuer of the patient ``patient_id``: ``issuer`` when given and held, else the
+    only one holding that ID; ``None`` for a patient the node does not hold.
+
+    Raises
+    ------
+    AmbiguousPatientError
+        No ``issuer`` given and the ID is held under several.
+    """
+    issuers = patient_issuers(session, patient_id)
+    if issuer is None:
+        if len(issuers) > 1:
+            raise AmbiguousPatientError(patient_id, issuers)
+        return issuers[0] if issuers else None
+    return issuer if issuer in issuers else None
 
 
 def patient_exists(session: Session, patient_id: str, issuer: str | None = None) -> bool:

@@ -216,7 +216,6 @@ class Admission:
                 kept.append(conn)
         self._connections = kept
 
-
     def _forget(self, sock: socket.socket) -> None:
         with self._lock:
             self._connections = [c for c in self._connections if c.sock is not sock]

@@ -27,11 +27,20 @@ from typing import Any
 
 from pynetdicom import dimse_messages
 
-__all__ = ["Incoming", "IncomingFile", "install"]
+__all__ = ["Incoming", "IncomingFile", "discard_file", "install"]
 
 logger = logging.getLogger(__name__)
 
 _ATTRIBUTE = "kidney_node_incoming"
+
+
+def discard_file(path: Path) -> None:
+    """Delete a received file no longer needed; a filesystem that refuses (read-only)
+    is logged, and the node's start-up clears ``.incoming`` later."""
+    try:
+        path.unlink(missing_ok=True)
+    except OSError as exc:
+        logger.warning("cannot delete %s: %s", path, exc)
 
 
 class IncomingFile:
@@ -76,10 +85,7 @@ class IncomingFile:
     def discard(self) -> None:
         """Close and delete: what the disk refused, or a reception cut short."""
         self._close_fd()
-        try:
-            Path(self.name).unlink(missing_ok=True)
-        except OSError as exc:
-            logger.warning("cannot delete %s: %s", self.name, exc)
+        discard_file(Path(self.name))
 
     def _close_fd(self) -> None:
         if self._fd is not None:

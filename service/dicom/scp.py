@@ -14,7 +14,7 @@ from pynetdicom.transport import ThreadedAssociationServer
 from service.config import DicomSettings
 from service.dicom.admission import UNLIMITED, Admission
 from service.dicom.contexts import scp_contexts
-from service.dicom.incoming import Incoming
+from service.dicom.incoming import Incoming, discard_file
 from service.dicom.incoming import install as install_incoming
 from service.dicom.net import configure_reception, server_tls_context
 from service.dicom.polling import ACTIVITY_HANDLER, IdleRelaxer
@@ -144,7 +144,7 @@ class StorageSCP:
         if failure is not None:  # the disk refused it, or the archive takes nothing now
             logger.error("could not store %s from %s: %s", sop_uid, calling, failure)
             self.health.record_fault(failure)
-            _discard(path)
+            discard_file(path)
             return STATUS["out_of_resources"]
         try:
             self.store.store_file(path, expected_sop_uid=sop_uid, expected_sop_class=sop_class,
@@ -163,18 +163,9 @@ class StorageSCP:
             self.health.record_fault(str(exc))
             return STATUS["out_of_resources"]
         finally:
-            _discard(path)
+            discard_file(path)
         self.health.clear_fault()
         return STATUS["success"]
-
-
-def _discard(path: Path) -> None:
-    """Delete a received file that is not (or no longer) needed; a filesystem that
-    refuses (read-only) is logged, and start-up clears ``.incoming`` later."""
-    try:
-        path.unlink(missing_ok=True)
-    except OSError as exc:
-        logger.warning("cannot delete %s: %s", path, exc)
 
 
 def peer_allowed(address: tuple, networks: list[ipaddress.IPv4Network | ipaddress.IPv6Network]

@@ -37,17 +37,22 @@ class StorageHealth:
         self._lock = threading.Lock()
         self._fault: tuple[float, str] | None = None
 
-    def _statvfs(self) -> os.statvfs_result:
-        return os.statvfs(self.folder)
+    def _filesystem(self) -> tuple[os.statvfs_result | None, str | None]:
+        """The archive filesystem's statistics, and why it cannot be written at all
+        (unreadable, read-only) or ``None``."""
+        try:
+            st = os.statvfs(self.folder)
+        except OSError as exc:
+            return None, f"cannot read the filesystem of {self.folder}: {exc}"
+        if st.f_flag & os.ST_RDONLY:
+            return st, f"the filesystem of {self.folder} is read-only"
+        return st, None
 
     def refusal(self) -> str | None:
         """Why the archive takes nothing now, or ``None``."""
-        try:
-            st = self._statvfs()
-        except OSError as exc:
-            return f"cannot read the filesystem of {self.folder}: {exc}"
-        if st.f_flag & os.ST_RDONLY:
-            return f"the filesystem of {self.folder} is read-only"
+        st, problem = self._filesystem()
+        if problem is not None or st is None:
+            return problem
         free = st.f_bavail * st.f_frsize
         if free < self.min_free_bytes:
             return (f"{free / _MB:.0f} MB free on the filesystem of {self.folder}, less than "
@@ -69,20 +74,13 @@ class StorageHealth:
         """Why the archive cannot be written now (read-only, or a write failed and a probe
         write still fails), or ``None``. The free-space floor is not one: it keeps room
         for the results of what has been received."""
-        try:
-            if self._statvfs().f_flag & os.ST_RDONLY:
-                return f"the filesystem of {self.folder} is read-only"
-        except OSError as exc:
-            return f"cannot read the filesystem of {self.folder}: {exc}"
+        return self._filesystem()[1] or self._fault_persists()
+
+    def _fault_persists(self) -> str | None:
+        """After a recorded fault, whether a probe write still fails (else the fault is
+        cleared)."""
         if self._fault is None:
             return None
-        failed = self._probe()
-        if failed is None:
-            self.clear_fault()
-            return None
-        return f"a test write in {self.folder} failed: {failed}"
-
-    def _probe(self) -> str | None:
         path = self.folder / f".probe-{os.getpid()}-{threading.get_ident()}"
         try:
             with open(path, "wb") as fh:
@@ -90,35 +88,24 @@ class StorageHealth:
                 fh.flush()
                 os.fsync(fh.fileno())
         except OSError as exc:
-            return str(exc)
+            return f"a test write in {self.folder} failed: {exc}"
         finally:
             path.unlink(missing_ok=True)
+        self.clear_fault()
         return None
 
     def status(self) -> dict[str, Any]:
         """For ``/health``: free space, floor, read-only, and the problems (empty: ok)."""
-        problems = []
-        refusal = self.refusal()
-        if refusal is not None:
-            problems.append(refusal)
-        elif self._fault is not None:
-            failed = self._probe()
-            if failed is None:
-                self.clear_fault()
-            else:
-                problems.append(f"a test write in {self.folder} failed: {failed}")
+        problems = [p for p in (self.refusal() or self._fault_persists(),) if p is not None]
         fault = self._fault
         if fault is not None:
             when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(fault[0]))
             problems.append(f"last storage fault at {when}: {fault[1]}")
-        try:
-            st = self._statvfs()
-            free_mb: float | None = round(st.f_bavail * st.f_frsize / _MB, 1)
-            read_only = bool(st.f_flag & os.ST_RDONLY)
-        except OSError:
-            free_mb, read_only = None, None
-        return {"free_mb": free_mb, "min_free_mb": self.min_free_bytes // _MB,
-                "read_only": read_only, "problems": problems}
+        st, _ = self._filesystem()
+        return {"free_mb": None if st is None else round(st.f_bavail * st.f_frsize / _MB, 1),
+                "min_free_mb": self.min_free_bytes // _MB,
+                "read_only": None if st is None else bool(st.f_flag & os.ST_RDONLY),
+                "problems": problems}
 
 
 def storage_fault(exc: BaseException) -> OSError | None:

@@ -6,21 +6,17 @@ from __future__ import annotations
 
 import io
 import shutil
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
-import SimpleITK as sitk
 from pydicom import dcmread
 
 from models import dice
 from service.writers.seg import bit_aligned
 from tests.peers import dciodvfy_errors
+from tests.segs import dcmqi_available, dcmqi_mask
 
 UNALIGNED = (12, 61, 37)  # 61 x 37 = 2257 pixels per frame
-DCMQI = Path(sys.executable).parent / "segimage2itkimage"
 
 
 def test_only_frames_a_multiple_of_8_pixels_stay_binary(seg_case):
@@ -55,20 +51,7 @@ def test_an_unaligned_seg_passes_dciodvfy(seg_case, tmp_path):
     assert dciodvfy_errors(path) == []
 
 
-@pytest.mark.skipif(not DCMQI.exists() and not shutil.which("segimage2itkimage"),
-                    reason="dcmqi not installed (pip extra 'test')")
+@pytest.mark.skipif(not dcmqi_available(), reason="dcmqi not installed (pip extra 'test')")
 def test_dcmqi_reads_an_unaligned_seg_in_place(seg_case, tmp_path):
     phase, labels, _, data = seg_case("oblique", shape=UNALIGNED)
-    seg_path = tmp_path / "seg.dcm"
-    seg_path.write_bytes(data)
-    out = tmp_path / "dcmqi"
-    out.mkdir()
-    tool = str(DCMQI if DCMQI.exists() else shutil.which("segimage2itkimage"))
-    run = subprocess.run([tool, "--inputDICOM", str(seg_path), "--outputDirectory", str(out),
-                          "-t", "nrrd", "-p", "seg"], capture_output=True, text=True,
-                         timeout=120)
-    assert run.returncode == 0, run.stdout + run.stderr
-    (segment,) = sorted(out.glob("seg-*.nrrd"))
-    on_source = sitk.Resample(sitk.ReadImage(str(segment)), phase.image, sitk.Transform(),
-                              sitk.sitkNearestNeighbor)
-    assert dice(sitk.GetArrayFromImage(on_source) > 0, labels.astype(bool)) > 0.99
+    assert dice(dcmqi_mask(data, phase.image, tmp_path), labels.astype(bool)) > 0.99
