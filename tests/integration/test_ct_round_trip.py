@@ -220,3 +220,28 @@ def test_ct_with_cortex_models_sends_overlapping_cortex_segments(make_node, sqli
         assert kidney.any() and np.array_equal(cortex, kidney), side
         assert rows[f"cortex_{side.lower()}"]["volume_ml"] == pytest.approx(
             rows[f"kidney_{side.lower()}"]["volume_ml"])
+
+
+def test_a_ct_of_frames_not_a_multiple_of_8_pixels_reaches_the_destination_readable(
+        make_node, sqlite_url, tmp_path):
+    """Frames of 90 x 90 (8,100 pixels) would not start on byte boundaries in a BINARY
+    SEG, which OHIF mishandles (issue 17): the SEG the destination receives is FRACTIONAL,
+    valid, coloured per segment, and holds both kidneys where they are."""
+    grid = CtGrid(matrix=90, in_plane_spacing_mm=4.0 * 96 / 90, slice_spacing_mm=5.0)
+    study: SyntheticCTStudy = write_ct_study(tmp_path / "ct", synthesize_ct(SEED, grid=grid),
+                                             patient_id="IT-CT-0090")
+    with node_sending_to_storescp(make_node, sqlite_url, tmp_path / "dest") as node:
+        sent = storescu(node.dicom_port, list(study.files))
+        assert sent.returncode == 0, sent.stderr
+        (seg_path,) = node.wait_for(lambda: received(tmp_path / "dest", SegmentationStorage),
+                                    90, "the SEG at storescp")
+    assert dciodvfy_errors(seg_path) == []
+    seg = dcmread(seg_path)
+    assert (seg.Rows, seg.Columns, seg.SegmentationType) == (90, 90, "FRACTIONAL")
+    colours = {tuple(item.RecommendedDisplayCIELabValue) for item in seg.SegmentSequence}
+    assert len(colours) == len(seg.SegmentSequence) == 2
+    volume = load_series(list(study.files)).volumes[0]
+    truth = truth_on(volume.image, study.kidneys_path)
+    masks = segment_masks(seg_path, volume)
+    for label, (value, _) in SIDES.items():
+        assert _dice(masks[label], truth == value) >= MIN_DICE, label
