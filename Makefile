@@ -5,10 +5,14 @@ BIN := $(VENV)/bin
 CONFIG ?= config/kidney-node.yaml
 # Extra pip options, e.g. PIP_OPTS="--extra-index-url https://download.pytorch.org/whl/cu124"
 PIP_OPTS ?=
-DEBIAN_PEERS := dcmtk dicom3tools orthanc chromium openssl
+DEBIAN_PEERS := dcmtk dicom3tools orthanc orthanc-dicomweb chromium openssl npm
+# The viewer the tests open results in: OHIF's prebuilt app from the npm registry.
+OHIF_VERSION := 3.13.2
+OHIF_SHA1 := 26a51ffcc1704c30fff403258a1d7392e9a991f3
+OHIF_DIR := .cache/ohif-$(OHIF_VERSION)
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: install install-test peers run test lint bench clean
+.PHONY: install install-test peers viewer run test lint bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -24,18 +28,31 @@ $(VENV)/.installed-test: pyproject.toml $(VENV)/.installed
 
 install: $(VENV)/.installed
 
-install-test: $(VENV)/.installed-test peers
+install-test: $(VENV)/.installed-test peers viewer
 
 # Debian packages the tests run against: DICOM peers and a headless browser (chromium).
 peers:
 	@if ! command -v /usr/bin/storescu >/dev/null || ! command -v /usr/bin/dciodvfy >/dev/null \
 	    || ! command -v /usr/sbin/Orthanc >/dev/null || ! command -v /usr/bin/chromium >/dev/null \
-	    || ! command -v /usr/bin/openssl >/dev/null; then \
+	    || ! command -v /usr/bin/openssl >/dev/null || ! command -v npm >/dev/null \
+	    || [ ! -e /usr/share/orthanc/plugins/libOrthancDicomWeb.so ]; then \
 	  echo "installing Debian packages: $(DEBIAN_PEERS)"; \
 	  $(SUDO) apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends \
 	    $(DEBIAN_PEERS); \
 	fi
+
+# OHIF Viewer (static build, `dist/`), checked against the registry's SHA-1, for tests/viewer.
+viewer: $(OHIF_DIR)/dist/index.html
+
+$(OHIF_DIR)/dist/index.html:
+	@echo "fetching OHIF Viewer $(OHIF_VERSION) (@ohif/app, npm registry) into $(OHIF_DIR)"
+	rm -rf $(OHIF_DIR) && mkdir -p $(OHIF_DIR)
+	cd $(OHIF_DIR) && npm pack --silent @ohif/app@$(OHIF_VERSION) >/dev/null \
+	  && echo "$(OHIF_SHA1)  ohif-app-$(OHIF_VERSION).tgz" | sha1sum -c --quiet \
+	  && tar xzf ohif-app-$(OHIF_VERSION).tgz --strip-components=1 package/dist \
+	  && rm ohif-app-$(OHIF_VERSION).tgz
+	touch $@
 
 run: install
 	$(BIN)/kidney-node --config $(CONFIG) serve
@@ -50,4 +67,4 @@ bench: install-test
 	$(BIN)/python -m benchmarks.run
 
 clean:
-	rm -rf $(VENV) var .pytest_cache
+	rm -rf $(VENV) var .pytest_cache .cache

@@ -11,7 +11,7 @@ from service.config import ClassificationRules, ProcessingSettings, QcSettings
 from service.db.tables import SeriesRole
 from service.dicom.uids import new_uid
 from service.errors import PipelineError, SeriesLoadError
-from service.imaging.series import LoadedSeries, group_by_series, load_series
+from service.imaging.series import LoadedSeries, group_by_series, load_series, phase_images
 from service.pipeline.base import StudyInput
 from service.pipeline.quality import assess_output
 from service.pipeline.registry import get_pipeline
@@ -101,13 +101,25 @@ def segment_folder(
     seg_path = None
     quality = assess_output(output, qc or QcSettings())  # no history offline
     if output.segments:
-        seg, sr = build_result_objects(output, pipeline, processing, ResultUids(
+        images = []
+        if processing.phase_series:
+            series_uid = str(output.reference.datasets[0].SeriesInstanceUID)
+            images = phase_images(output.reference, groups.get(series_uid, []))
+        phase_uid = new_uid()
+        objects = build_result_objects(output, pipeline, processing, ResultUids(
             seg_series=new_uid(), seg=new_uid(), sr_series=new_uid(), sr=new_uid(),
-            device=new_uid()), quality=quality)
+            device=new_uid(), phase_series=phase_uid), quality=quality, phase_images=images)
+        seg, sr = objects.seg, objects.sr
         seg_path = out_dir / "seg.dcm"
         seg.save_as(seg_path, enforce_file_format=True)
         sr_path = out_dir / "sr.dcm"
         sr.save_as(sr_path, enforce_file_format=True)
+        if objects.phase_images:
+            phase_dir = out_dir / "phase"
+            phase_dir.mkdir(exist_ok=True)
+            for k, image in enumerate(objects.phase_images, start=1):
+                image.save_as(phase_dir / f"IM{k:05d}.dcm", enforce_file_format=True)
+            result["phase_series_instance_uid"] = phase_uid
         result.update({
             "seg_sop_instance_uid": str(seg.SOPInstanceUID),
             "seg_file": seg_path.name,

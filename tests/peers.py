@@ -17,8 +17,8 @@ from typing import Any
 
 import pytest
 import yaml
-from pydicom import dcmread
-from pydicom.uid import generate_uid
+from pydicom import Dataset, dcmread
+from pydicom.uid import MRImageStorage, generate_uid
 from sqlalchemy import select
 
 from service.db import Instance, make_engine, make_sessionmaker
@@ -181,6 +181,28 @@ def storescp(port: int, out_dir: Path, ae_title: str = "DEST", *,  # noqa: ANN20
         proc.wait(10)
 
 
+def result_count(study: Any) -> int:
+    """Objects the node sends for a synthetic MR study (``write_mr_study``): the SEG and the
+    SR, and the segmented phase's copies when its DCE is one series of every phase."""
+    from service.imaging.series import group_by_series
+
+    if len(study.dce_series_uids) != 1 or len(study.phase_times_s) < 2:
+        return 2
+    dce = group_by_series(study.files)[study.dce_series_uids[0]]
+    return 2 + len(dce) // len(study.phase_times_s)
+
+
+def phase_copies(folder: Path) -> dict[str, Dataset]:
+    """Headers of the derived MR images (the node's copies of a segmented phase) received
+    in ``folder``, by SOP Instance UID."""
+    copies = {}
+    for path in received(folder, MRImageStorage):
+        ds = dcmread(path, stop_before_pixels=True)
+        if "DERIVED" in ds.get("ImageType", []):
+            copies[str(ds.SOPInstanceUID)] = ds
+    return copies
+
+
 def received(folder: Path, sop_class_uid: str) -> list[Path]:
     """The objects of ``sop_class_uid`` that :func:`storescp` has finished writing into
     ``folder``. storescp writes each object under its final name, so a poll can find one
@@ -255,6 +277,17 @@ class OrthancPeer:
         with urllib.request.urlopen(request, timeout=10) as resp:  # noqa: S310
             return json.load(resp)
 
+    def files(self, study_instance_uid: str, modality: str) -> list[bytes]:
+        """The Part 10 files of the study's instances of ``modality``."""
+        found = self.rest("/tools/find", {"Level": "Instance", "Query": {
+            "StudyInstanceUID": study_instance_uid, "Modality": modality}})
+        files = []
+        for instance in found:
+            url = f"http://127.0.0.1:{self.http_port}/instances/{instance}/file"
+            with urllib.request.urlopen(url, timeout=30) as resp:  # noqa: S310
+                files.append(resp.read())
+        return files
+
     def series_by_modality(self, study_instance_uid: str) -> dict[str, int]:
         """Number of series per Modality that Orthanc files under the study."""
         found = self.rest("/tools/find", {"Level": "Series", "Expand": True,
@@ -274,10 +307,11 @@ class OrthancPeer:
 @contextmanager
 def orthanc(workdir: Path, *, dicom_port: int, http_port: int, aet: str = "ORTHANC",  # noqa: ANN201
             modalities: dict[str, list[Any]] | None = None, lua: str | None = None,
-            stable_age: int = 2):
+            stable_age: int = 2, dicomweb: bool = False):
     """Debian's Orthanc with its own storage and index under ``workdir``, default settings
-    otherwise (any calling AE may store), no plugins, REST on loopback; ``modalities``
-    (name -> [AET, host, port]) and a Lua script (``lua``) for routing."""
+    otherwise (any calling AE may store), REST on loopback; ``modalities``
+    (name -> [AET, host, port]) and a Lua script (``lua``) for routing; with ``dicomweb``
+    its DICOMweb plugin (Debian's orthanc-dicomweb) at ``/dicom-web/``, else no plugin."""
     tool = Path("/usr/sbin/Orthanc")
     if not tool.exists():
         pytest.fail(f"{tool} missing: `make test` installs Debian's orthanc")
@@ -287,6 +321,12 @@ def orthanc(workdir: Path, *, dicom_port: int, http_port: int, aet: str = "ORTHA
               "DicomPort": dicom_port, "DicomAet": aet, "RemoteAccessAllowed": False,
               "AuthenticationEnabled": False, "Plugins": [],
               "DicomModalities": modalities or {}, "StableAge": stable_age}
+    if dicomweb:
+        plugin = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
+        if not plugin.exists():
+            pytest.fail(f"{plugin} missing: `make test` installs Debian's orthanc-dicomweb")
+        config["Plugins"] = [str(plugin)]
+        config["DicomWeb"] = {"Enable": True, "Root": "/dicom-web/"}
     if lua is not None:
         (workdir / "routing.lua").write_text(lua)
         config["LuaScripts"] = [str(workdir / "routing.lua")]

@@ -203,6 +203,12 @@ class ProcessingSettings(_Frozen):
     series_number: int = Field(default=9901, ge=1)
     #: Series Number of the volume report (DICOM SR) sent with each SEG.
     sr_series_number: int = Field(default=9902, ge=1)
+    #: When the segmented phase is only part of its series (a DCE stored as one series of
+    #: all phases), send copies of that phase as a derived series and reference it from
+    #: the SEG and SR: OHIF 3.13 freezes on a SEG of one phase of a 4D series.
+    phase_series: bool = True
+    #: Series Number of that derived series.
+    phase_series_number: int = Field(default=9903, ge=1)
     content_creator: str = "KIDNEY^NODE"
 
 

@@ -13,7 +13,6 @@ from sqlalchemy.orm import Session
 
 from service.db.tables import (
     Instance,
-    InstanceOrigin,
     Job,
     OutboxItem,
     Patient,
@@ -319,8 +318,8 @@ def result_files(session: Session, study_instance_uid: str) -> ResultFiles | Non
         Instance.sop_instance_uid == result.seg_sop_instance_uid))
     sources = session.scalars(
         select(Instance.path).join(Series, Series.id == Instance.series_pk)
-        .where(Series.series_instance_uid == result.source_series_instance_uid,
-               Instance.origin == InstanceOrigin.RECEIVED)
+        # (received, or the node's copies of a phase of a multi-phase series)
+        .where(Series.series_instance_uid == result.source_series_instance_uid)
         .order_by(Instance.id)).all()
     if seg_path is None or not sources:
         return None

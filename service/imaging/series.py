@@ -45,6 +45,7 @@ __all__ = [
     "LoadedVolume",
     "group_by_series",
     "load_series",
+    "phase_images",
     "tm_seconds",
 ]
 
@@ -643,3 +644,24 @@ def _phase_times(phases: Sequence[Sequence[pydicom.Dataset]]) -> list[float | No
                 times = [t + 86400.0 if t < 0 else t for t in times]
             return times
     return [None] * len(phases)
+
+
+def phase_images(reference: LoadedVolume, series_files: Sequence[Path]) -> list[pydicom.Dataset]:
+    """The images of ``reference`` with their Pixel Data, in its ``z`` order, when its series
+    (``series_files``: every file of that series) holds other images too (the other phases
+    of a DCE stored as one series); else an empty list."""
+    if len(series_files) <= len(reference.datasets):
+        return []
+    wanted = {str(ds.SOPInstanceUID): z for z, ds in enumerate(reference.datasets)}
+    found: dict[int, pydicom.Dataset] = {}
+    for path in series_files:
+        header = pydicom.dcmread(path, stop_before_pixels=True,
+                                 specific_tags=["SOPInstanceUID"])
+        z = wanted.get(str(header.SOPInstanceUID))
+        if z is not None:
+            found[z] = pydicom.dcmread(path)
+    if len(found) != len(wanted):
+        raise SeriesLoadError(f"series {reference.datasets[0].SeriesInstanceUID}: "
+                              f"{len(wanted) - len(found)} images of the segmented phase "
+                              "are no longer in the archive")
+    return [found[z] for z in range(len(wanted))]

@@ -10,7 +10,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-import highdicom as hd
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -30,14 +29,14 @@ from service.db.tables import (
 )
 from service.dicom.uids import derived_uid
 from service.errors import KidneyNodeError, SeriesLoadError
-from service.imaging.series import LoadedSeries, load_series
+from service.imaging.series import LoadedSeries, load_series, phase_images
 from service.outbox.sender import enqueue
 from service.pipeline.base import Pipeline, PipelineOutput, StudyInput
 from service.pipeline.quality import Assessment, assess_output
 from service.pipeline.registry import get_pipeline
 from service.storage import InstanceStore, StoredInstance
 from service.storage.space import StorageHealth, storage_fault
-from service.writers.result import ResultUids, build_result_objects
+from service.writers.result import ResultObjects, ResultUids, build_result_objects
 
 __all__ = ["JobRunner", "recover_interrupted_jobs"]
 
@@ -70,7 +69,7 @@ def recover_interrupted_jobs(session: Session, *, max_attempts: int) -> int:
 
 
 #: The SEG and SR of a result and where the archive stored them.
-_Written = tuple[hd.seg.Segmentation, hd.sr.Comprehensive3DSR, list[StoredInstance]]
+_Written = tuple[ResultObjects, list[StoredInstance]]
 
 
 @dataclass
@@ -206,7 +205,8 @@ class JobRunner:
             logger.info("job %d succeeded on study %s without a result: %s", work.job_id,
                         work.study_uid, output.finding)
             return
-        seg, sr, stored = written
+        objects, stored = written
+        seg = objects.seg
         with self.sessions.begin() as session:
             job = session.get(Job, work.job_id)
             for spec in output.segments:
@@ -217,13 +217,14 @@ class JobRunner:
                     pipeline_name=pipeline.name, pipeline_version=pipeline.version,
                     seg_sop_instance_uid=str(seg.SOPInstanceUID),
                     seg_series_instance_uid=str(seg.SeriesInstanceUID),
+                    # The series the SEG is on: the source, or its phase's copies.
                     source_series_instance_uid=str(
-                        output.reference.datasets[0].SeriesInstanceUID),
+                        seg.ReferencedSeriesSequence[0].SeriesInstanceUID),
                     flags=json.dumps(list(output.flags)),
                     qc_verdict=None if qc is None else qc.verdict.value,
                     qc_reasons=json.dumps([] if qc is None else list(qc.reasons)),
                     qc_signals=json.dumps({} if qc is None else dict(qc.signals))))
-            for obj, where in zip((seg, sr), stored, strict=True):
+            for obj, where in zip(objects.in_order(), stored, strict=True):
                 enqueue(session, sop_instance_uid=str(obj.SOPInstanceUID),
                         relpath=where.path.relative_to(self.store.root).as_posix(),
                         destinations=self.settings.destinations, job_pk=job.id)
@@ -245,16 +246,25 @@ class JobRunner:
 
     def _write(self, work: _Work, pipeline: Pipeline, output: PipelineOutput,
                quality: Mapping[str, Assessment]) -> _Written:
-        """Build the SEG and SR and store them in the archive (SEG first)."""
+        """Build the result objects and store them in the archive, in sending order (the
+        phase's copies, if any, then the SEG, then the SR that references it)."""
         key = (work.study_uid, work.fingerprint, pipeline.name, pipeline.version)
-        seg, sr = build_result_objects(output, pipeline, self.settings.processing, ResultUids(
+        processing = self.settings.processing
+        images = []
+        if processing.phase_series:
+            series_uid = str(output.reference.datasets[0].SeriesInstanceUID)
+            images = phase_images(output.reference, [
+                path for by_series in work.paths.values()
+                for path in by_series.get(series_uid, ())])
+        objects = build_result_objects(output, pipeline, processing, ResultUids(
             seg_series=derived_uid(*key, "seg-series"), seg=derived_uid(*key, "seg"),
             sr_series=derived_uid(*key, "sr-series"), sr=derived_uid(*key, "sr"),
-            device=derived_uid(self.settings.dicom.ae_title, "device")), quality=quality)
-        # SEG first: the report references it, and the outbox sends in queue order.
+            device=derived_uid(self.settings.dicom.ae_title, "device"),
+            phase_series=derived_uid(*key, "phase-series")),
+            quality=quality, phase_images=images)
         stored = [self.store.store_dataset(obj, origin=InstanceOrigin.GENERATED)
-                  for obj in (seg, sr)]
-        return seg, sr, stored
+                  for obj in objects.in_order()]
+        return objects, stored
 
     def _load(self, work: _Work) -> StudyInput:
         loaded: dict[SeriesRole, list[LoadedSeries]] = defaultdict(list)

@@ -1,20 +1,24 @@
-"""The objects one pipeline result is sent as: the SEG and the SR of its volumes."""
+"""The objects one pipeline result is sent as: the SEG and the SR of its volumes, and, when
+the segmented phase is only part of its series, that phase as a series of its own."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
 
 import highdicom as hd
+from pydicom import Dataset
 
 from service import __version__
 from service.config import ProcessingSettings
+from service.dicom.uids import derived_uid
 from service.pipeline.base import Pipeline, PipelineOutput
 from service.pipeline.quality import Assessment
+from service.writers.phase_series import build_phase_series, headers_of
 from service.writers.seg import SegOptions, build_segmentation
 from service.writers.sr import SrOptions, build_volume_report
 
-__all__ = ["ResultUids", "build_result_objects"]
+__all__ = ["ResultObjects", "ResultUids", "build_result_objects"]
 
 
 @dataclass(frozen=True)
@@ -24,15 +28,48 @@ class ResultUids:
     sr_series: str
     sr: str
     device: str
+    #: Series of the segmented phase's copies (SOP Instance UIDs derived from it).
+    phase_series: str = ""
+
+
+@dataclass(frozen=True)
+class ResultObjects:
+    """What one result is sent as, in sending order: ``phase_images`` (empty unless the
+    segmented phase is part of a multi-phase series), the SEG, then the SR."""
+
+    phase_images: tuple[Dataset, ...]
+    seg: hd.seg.Segmentation
+    sr: hd.sr.Comprehensive3DSR
+
+    def in_order(self) -> list[Dataset]:
+        return [*self.phase_images, self.seg, self.sr]
 
 
 def build_result_objects(
     output: PipelineOutput, pipeline: Pipeline, processing: ProcessingSettings,
     uids: ResultUids, *, quality: Mapping[str, Assessment] | None = None,
-) -> tuple[hd.seg.Segmentation, hd.sr.Comprehensive3DSR]:
+    phase_images: Sequence[Dataset] = (),
+) -> ResultObjects:
     """The SEG of ``output`` and the SR (TID 1500) of its volumes referencing that SEG,
-    both saying the quality-control verdict of each segment when ``quality`` is given."""
+    both saying the quality-control verdict of each segment when ``quality`` is given.
+
+    ``phase_images``: the segmented volume's images with their pixels, given when they are
+    only part of their series (one phase of a DCE stored as one series): they are copied
+    as a series of their own (:mod:`service.writers.phase_series`), which the SEG and SR
+    then reference instead.
+    """
     quality = quality or {}
+    copies: list[Dataset] = []
+    if phase_images:
+        if not uids.phase_series:
+            raise ValueError("phase images given without a series UID for their copies")
+        copies = build_phase_series(
+            phase_images, series_instance_uid=uids.phase_series,
+            sop_instance_uid=lambda original: derived_uid(uids.phase_series, original),
+            series_number=processing.phase_series_number,
+            phase=output.reference.temporal_position)
+        output = replace(output, reference=replace(output.reference,
+                                                   datasets=headers_of(copies)))
     seg = build_segmentation(
         output, pipeline_name=pipeline.name, pipeline_version=pipeline.version,
         family=pipeline.family, quality=quality,
@@ -47,4 +84,4 @@ def build_result_objects(
         options=SrOptions(series_instance_uid=uids.sr_series, sop_instance_uid=uids.sr,
                           series_number=processing.sr_series_number, device_uid=uids.device,
                           software_version=__version__))
-    return seg, sr
+    return ResultObjects(tuple(copies), seg, sr)

@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 import highdicom as hd
+import numpy as np
 from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
 
@@ -13,6 +14,7 @@ from models.qc import Verdict
 from service.dicom.uids import derived_uid
 from service.pipeline.base import PipelineOutput
 from service.pipeline.quality import Assessment, description_prefix
+from service.writers.outline import largest_slice_outline
 from service.writers.seg import MANUFACTURER
 
 __all__ = ["SrOptions", "build_volume_report"]
@@ -58,6 +60,11 @@ def build_volume_report(
     With ``quality``, each group holds its segment's quality-control verdict as a coded
     qualitative evaluation (:data:`QC_VERDICT` = :data:`QC_VALUES`), and the Series
     Description starts with the worst verdict when it is not ``pass``.
+
+    Each segment also gets a TID 1410 planar group with the same tracking identifier: its
+    outline, as an "Image Region" SCOORD, on the source image where it is largest. That is
+    the spatial reference viewers need to list the measurement and place it (OHIF 3.13
+    merges groups by Tracking Unique Identifier and throws on one without any SCOORD).
     """
     quality = quality or {}
     sources = list(output.reference.datasets)
@@ -66,23 +73,27 @@ def build_volume_report(
     # groups, where highdicom does not put it when the SEG has a single segment.
     source_series = hd.sr.SourceSeriesForSegmentation(str(sources[0].SeriesInstanceUID))
     groups = []
+    planar = []
+    stack = output.segment_stack()
     for spec in output.segments:
         number = output.segment_number(spec)
         other = output.algorithms.get(spec.structure)
         algorithm = hd.sr.AlgorithmIdentification(
             name=pipeline_name if other is None else other.name,
             version=pipeline_version if other is None else other.version)
+        tracking = hd.sr.TrackingIdentifier(
+            uid=derived_uid(str(seg.SOPInstanceUID), "segment", str(number)),
+            identifier=f"{spec.text} (segment {number})")
+        sites = None if spec.laterality is None else [hd.sr.FindingSite(
+            anatomic_location=spec.property_type, laterality=spec.laterality)]
         groups.append(hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
-            tracking_identifier=hd.sr.TrackingIdentifier(
-                uid=derived_uid(str(seg.SOPInstanceUID), "segment", str(number)),
-                identifier=f"{spec.text} (segment {number})"),
+            tracking_identifier=tracking,
             referenced_segment=hd.sr.ReferencedSegment(
                 sop_class_uid=str(seg.SOPClassUID), sop_instance_uid=str(seg.SOPInstanceUID),
                 segment_number=number, source_series=source_series),
             finding_type=spec.property_type,
             finding_category=spec.category,
-            finding_sites=None if spec.laterality is None else [hd.sr.FindingSite(
-                anatomic_location=spec.property_type, laterality=spec.laterality)],
+            finding_sites=sites,
             algorithm_id=algorithm,
             measurements=[hd.sr.Measurement(
                 name=codes.SCT.Volume,
@@ -92,6 +103,22 @@ def build_volume_report(
             )],
             qualitative_evaluations=_evaluations(quality.get(spec.structure)),
         ))
+        outline = largest_slice_outline(stack[..., number - 1])
+        if outline is not None:
+            source = sources[outline.z]
+            planar.append(hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
+                tracking_identifier=tracking,
+                referenced_region=hd.sr.ImageRegion(
+                    graphic_type=hd.sr.GraphicTypeValues.POLYLINE,
+                    graphic_data=outline.points.astype(np.float32),
+                    source_image=hd.sr.SourceImageForRegion(
+                        referenced_sop_class_uid=str(source.SOPClassUID),
+                        referenced_sop_instance_uid=str(source.SOPInstanceUID))),
+                finding_type=spec.property_type,
+                finding_category=spec.category,
+                finding_sites=sites,
+                algorithm_id=algorithm,
+            ))
     observer = hd.sr.ObserverContext(
         observer_type=codes.DCM.Device,
         observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
@@ -100,7 +127,7 @@ def build_volume_report(
     report = hd.sr.MeasurementReport(
         observation_context=hd.sr.ObservationContext(observer_device_context=observer),
         procedure_reported=_PROCEDURES.get(modality, codes.cid100.ImagingProcedure),
-        imaging_measurements=groups,
+        imaging_measurements=[*groups, *planar],
     )
     sr = hd.sr.Comprehensive3DSR(
         evidence=[seg, *sources],

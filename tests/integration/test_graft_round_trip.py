@@ -14,7 +14,7 @@ from models.metrics import dice
 from service.imaging.series import group_by_series, load_series
 from tests.conftest import free_port
 from tests.integration.test_round_trip import _segs_in
-from tests.peers import dciodvfy_errors, storescp, storescu
+from tests.peers import dciodvfy_errors, phase_copies, storescp, storescu
 
 pytestmark = pytest.mark.integration
 
@@ -38,17 +38,21 @@ def test_mri_graft_seg_matches_the_ground_truth(make_node, sqlite_url, small_stu
     algorithm = seg.SegmentSequence[0].SegmentationAlgorithmIdentificationSequence[0]
     assert algorithm.AlgorithmName == "mri-graft"
 
-    # The SEG's frames back onto the DCE grid (last phase, the reference), slice by slice.
+    # The SEG's frames back onto the DCE grid (last phase, the reference), slice by slice,
+    # through the copies of that phase it references (the DCE is one series of all phases).
     dce = load_series(group_by_series(study.files)[study.dce_series_uids[0]])
     uids = [str(ds.SOPInstanceUID) for ds in dce.volumes[-1].datasets]
-    referenced = {str(f.DerivationImageSequence[0].SourceImageSequence[0]
-                      .ReferencedSOPInstanceUID) for f in seg.PerFrameFunctionalGroupsSequence}
-    present = [u for u in uids if u in referenced]
+    original = {uid: str(c.SourceImageSequence[0].ReferencedSOPInstanceUID)
+                for uid, c in phase_copies(tmp_path / "dest").items()}
+    referenced = [str(f.DerivationImageSequence[0].SourceImageSequence[0]
+                      .ReferencedSOPInstanceUID) for f in seg.PerFrameFunctionalGroupsSequence]
+    assert all(original[r] in uids for r in referenced)
+    present = sorted(set(referenced), key=lambda r: uids.index(original[r]))
     pixels = seg.get_pixels_by_source_instance(source_sop_instance_uids=present,
                                                segment_numbers=[1])[..., 0]
     mask = np.zeros(sitk.GetArrayViewFromImage(study.truth_mask).shape, dtype=bool)
     for uid, frame in zip(present, pixels, strict=True):
-        mask[uids.index(uid)] = frame > 0
+        mask[uids.index(original[uid])] = frame > 0
     truth = sitk.GetArrayFromImage(study.truth_mask).astype(bool)
     score = dice(mask, truth)
     print(f"mri-graft Dice {score:.3f} against the ground truth")

@@ -75,7 +75,7 @@ def test_job_interrupted_by_a_restart_runs_again(make_node, sqlite_url, small_st
         lambda: [j for j in node.study(uid)["jobs"] if j["state"] == "succeeded"], 120,
         "the requeued job to succeed")
     assert done[0]["attempts"] == 2
-    assert "interrupted" in node.log()
+    assert "interrupted" in node.log_path.read_text(errors="replace")
 
 
 #: Concurrent associations and instances each sends in the SIGKILL-under-load test.

@@ -10,15 +10,19 @@ from pathlib import Path
 
 import highdicom as hd
 import pytest
+from pydicom import dcmread
 from pydicom.uid import Comprehensive3DSRStorage, SegmentationStorage
 
+from service.imaging.series import group_by_series
 from tests.conftest import free_port
 from tests.peers import (
     chromium_dom,
     dciodvfy_errors,
     dcmtk,
     peer_env,
+    phase_copies,
     received,
+    result_count,
     storescp,
     storescu,
 )
@@ -67,8 +71,16 @@ def test_round_trip_seg_reaches_destination(make_node, database_url, small_study
     assert len(segs) == 1
     assert dciodvfy_errors(segs[0]) == []
     seg = hd.seg.segread(segs[0])
-    dce_uid = study.dce_series_uids[0]
-    assert [s.SeriesInstanceUID for s in seg.ReferencedSeriesSequence] == [dce_uid]
+    # The DCE holds every phase in one series: the SEG references the segmented phase's
+    # copies, a series of their own that the destination received, each naming its original.
+    copies = phase_copies(tmp_path / "dest")
+    assert len(copies) == result_count(study) - 2
+    (copied_series,) = {str(c.SeriesInstanceUID) for c in copies.values()}
+    assert [s.SeriesInstanceUID for s in seg.ReferencedSeriesSequence] == [copied_series]
+    dce = {str(dcmread(p, stop_before_pixels=True).SOPInstanceUID)
+           for p in group_by_series(study.files)[study.dce_series_uids[0]]}
+    assert {str(c.SourceImageSequence[0].ReferencedSOPInstanceUID)
+            for c in copies.values()} <= dce
     assert all("SourceImageSequence" in f.DerivationImageSequence[0]
                for f in seg.PerFrameFunctionalGroupsSequence)
     assert seg.StudyInstanceUID == study.study_instance_uid
@@ -164,5 +176,5 @@ def test_destination_down_at_first_gets_the_seg_later(make_node, sqlite_url, sma
                       "came up")
     # The row is marked sent once the association is released, just after the file lands.
     node.wait_for(lambda: [s["state"] for s in node.study(
-        small_study_dir.study_instance_uid)["sends"]] == ["sent", "sent"], 30,
-                    "the SEG and SR sends marked sent")
+        small_study_dir.study_instance_uid)["sends"]] == ["sent"] * result_count(small_study_dir),
+                  30, "every result's send marked sent")

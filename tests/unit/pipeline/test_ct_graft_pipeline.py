@@ -64,10 +64,10 @@ def _pipeline(**ct):  # noqa: ANN003, ANN202
 
 
 def _seg_bytes(out, pipeline) -> bytes:  # noqa: ANN001
-    seg, _ = build_result_objects(out, pipeline, ProcessingSettings(), ResultUids(
+    seg = build_result_objects(out, pipeline, ProcessingSettings(), ResultUids(
         "1.2.826.0.1.3680043.8.498.41", "1.2.826.0.1.3680043.8.498.42",
         "1.2.826.0.1.3680043.8.498.43", "1.2.826.0.1.3680043.8.498.44",
-        "1.2.826.0.1.3680043.8.498.45"))
+        "1.2.826.0.1.3680043.8.498.45")).seg
     buffer = io.BytesIO()
     seg.save_as(buffer, enforce_file_format=True)
     return buffer.getvalue()

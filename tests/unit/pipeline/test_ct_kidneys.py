@@ -68,10 +68,11 @@ def test_one_side_found_writes_only_that_side(case, monkeypatch):
     out = pipeline.run(loaded, device="cpu")
     assert out.segments == (KIDNEY_LEFT,) and out.flags == ("right-kidney-not-found",)
     assert set(out.volumes_ml) == {"kidney_left"}
-    seg, sr = build_result_objects(out, pipeline, ProcessingSettings(), ResultUids(
+    objects = build_result_objects(out, pipeline, ProcessingSettings(), ResultUids(
         "1.2.826.0.1.3680043.8.498.31", "1.2.826.0.1.3680043.8.498.32",
         "1.2.826.0.1.3680043.8.498.33", "1.2.826.0.1.3680043.8.498.34",
         "1.2.826.0.1.3680043.8.498.35"))
+    seg, sr = objects.seg, objects.sr
     buffer = io.BytesIO()
     seg.save_as(buffer, enforce_file_format=True)
     ds = dcmread(io.BytesIO(buffer.getvalue()))

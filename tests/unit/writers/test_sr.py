@@ -6,6 +6,7 @@ import io
 import shutil
 
 import highdicom as hd
+import numpy as np
 import pytest
 from pydicom import dcmread
 
@@ -14,8 +15,8 @@ from service.writers.sr import SrOptions, build_volume_report
 from tests.peers import dciodvfy_errors
 
 
-def _report(seg_case, volume_ml=123.456):
-    phase, labels, seg, _ = seg_case("axial")
+def _report(seg_case, volume_ml=123.456, case=None):
+    phase, labels, seg, _ = case or seg_case("axial")
     output = PipelineOutput(reference=phase, labels=labels, segments=(KIDNEY,),
                             volumes_ml={"kidney": volume_ml})
     sr = build_volume_report(output, seg, pipeline_name="test-pipeline", pipeline_version="9.9",
@@ -70,3 +71,35 @@ def test_dciodvfy_finds_no_error(seg_case, tmp_path):
     path.write_bytes(data)
     assert dcmread(path).Modality == "SR"
     assert dciodvfy_errors(path) == []
+
+
+def test_each_volume_has_an_outline_where_its_segment_is_largest(seg_case):
+    """A TID 1410 group per segment, with the TID 1411 group's tracking identifier, outlines
+    the segment on its largest slice: what OHIF needs to list and place the volume."""
+    case = seg_case("axial")
+    phase, labels, _, _ = case
+    output = PipelineOutput(reference=phase, labels=labels, segments=(KIDNEY,),
+                            volumes_ml={"kidney": 42.0})
+    _, seg, data = _report(seg_case, volume_ml=42.0, case=case)
+    sr = hd.sr.srread(io.BytesIO(data))
+    (volumetric,) = sr.content.get_volumetric_roi_measurement_groups()
+    (planar,) = sr.content.get_planar_roi_measurement_groups()
+    assert planar.tracking_uid == volumetric.tracking_uid
+    assert planar.tracking_identifier == volumetric.tracking_identifier
+    region = planar.roi
+    assert region.graphic_type == hd.sr.GraphicTypeValues.POLYLINE
+    points = region.value
+    assert np.allclose(points[0], points[-1])  # closed
+    mask = output.segment_stack()[..., 0]
+    z = int(np.argmax(mask.sum(axis=(1, 2))))
+    source = region.ContentSequence[0].ReferencedSOPSequence[0]
+    assert source.ReferencedSOPInstanceUID == phase.datasets[z].SOPInstanceUID
+    x, y = points[:, 0], points[:, 1]
+    area = 0.5 * abs(float(np.dot(x[:-1], y[1:]) - np.dot(x[1:], y[:-1])))
+    assert area == pytest.approx(float(mask[z].sum()), rel=0.1)
+    # Every outline point lies on the segment's border: between a pixel inside and one out.
+    rows, cols = mask[z].shape
+    for px, py in points:
+        c, r = int(np.floor(px)), int(np.floor(py))
+        near = mask[z][max(r - 1, 0):min(r + 1, rows), max(c - 1, 0):min(c + 1, cols)]
+        assert near.any() and not near.all()
