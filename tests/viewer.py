@@ -55,6 +55,10 @@ APP_CONFIG = """window.config = {
 """
 
 _PROXIED = ("/dicom-web/", "/wado")
+#: Console errors of OHIF's viewport life cycle, not of its SEG or SR code: logged when the
+#: viewport OHIF replaces to show a SEG on another series is asked to render once more
+#: (seen in CI on the MR study, whose SEG opens on the copied phase, not the T2 on show).
+BENIGN = ("The stack viewport has been destroyed and is no longer usable",)
 
 
 def _handler(dist: Path, orthanc: str) -> type[http.server.SimpleHTTPRequestHandler]:
@@ -151,11 +155,11 @@ class OhifPage:
         return self.page.locator('[data-cy="study-browser-thumbnail-no-image"]',
                                  has_text=modality).first
 
-    def load_seg(self, timeout_s: float = 30) -> float:
-        """Open the study's SEG as a user does (double-click, accept), wait until the active
-        viewport shows it; seconds it took."""
+    def load_seg(self, modality: str = "SEG", timeout_s: float = 30) -> float:
+        """Open the study's SEG (or RTSTRUCT) as a user does (double-click, accept), wait
+        until the active viewport shows it; seconds it took."""
         started = time.monotonic()
-        self._thumbnail("SEG").dblclick()
+        self._thumbnail(modality).dblclick()
         self.page.get_by_role("button", name="Yes").click(timeout=timeout_s * 1000)
         self.page.wait_for_function(
             "() => { const g = window.services.viewportGridService.getState();"
@@ -197,23 +201,45 @@ class OhifPage:
             "    x.segmentIndex, on); }", visible)
         time.sleep(1.0)
 
-    def world_to_canvas(self, points_mm: np.ndarray) -> np.ndarray:
+    def world_to_canvas(self, points_mm: np.ndarray, settle_s: float = 15) -> np.ndarray:
         """Canvas positions (n x 2, CSS pixels) of patient points (n x 3, mm), by the
-        active viewport's own mapping."""
-        return np.asarray(self.page.evaluate(
-            f"(pts) => {{ const vp = {_VIEWPORT}; return pts.map(p => vp.worldToCanvas(p)) }}",
-            np.asarray(points_mm, dtype=float).tolist()), dtype=float)
+        active viewport's own mapping, once that mapping holds still (OHIF may still be
+        fitting the camera after it replaced a viewport)."""
+        script = (f"(pts) => {{ const vp = {_VIEWPORT};"
+                  " return pts.map(p => vp.worldToCanvas(p)) }")
+        points = np.asarray(points_mm, dtype=float).tolist()
+        previous = np.asarray(self.page.evaluate(script, points), dtype=float)
+        deadline = time.monotonic() + settle_s
+        while time.monotonic() < deadline:
+            time.sleep(0.5)
+            current = np.asarray(self.page.evaluate(script, points), dtype=float)
+            if np.allclose(current, previous, atol=0.5):
+                return current
+            previous = current
+        return previous
 
-    def canvas_pixels(self) -> np.ndarray:
-        """RGB screenshot (rows, columns, 3) of the active viewport's canvas."""
+    def canvas_pixels(self, settle_s: float = 15) -> np.ndarray:
+        """RGB screenshot (rows, columns, 3) of the active viewport's canvas, once the
+        rendering has settled (two shots 0.3 s apart alike)."""
         from PIL import Image
 
-        box = self.page.evaluate(
-            f"() => {{ const r = {_VIEWPORT}.canvas.getBoundingClientRect();"
-            " return [r.x, r.y, r.width, r.height] }")
-        shot = self.page.screenshot(clip={"x": box[0], "y": box[1], "width": box[2],
-                                          "height": box[3]})
-        return np.asarray(Image.open(io.BytesIO(shot)).convert("RGB")).astype(np.int16)
+        def shot() -> np.ndarray:
+            box = self.page.evaluate(
+                f"() => {{ const r = {_VIEWPORT}.canvas.getBoundingClientRect();"
+                " return [r.x, r.y, r.width, r.height] }")
+            png = self.page.screenshot(clip={"x": box[0], "y": box[1], "width": box[2],
+                                             "height": box[3]})
+            return np.asarray(Image.open(io.BytesIO(png)).convert("RGB")).astype(np.int16)
+
+        previous = shot()
+        deadline = time.monotonic() + settle_s
+        while time.monotonic() < deadline:
+            time.sleep(0.3)
+            current = shot()
+            if current.shape == previous.shape and (current == previous).all():
+                return current
+            previous = current
+        return previous
 
     def load_sr(self, timeout_s: float = 30) -> list[dict]:
         """Open the study's SR as a user does; the measurements OHIF read from it, once all
@@ -237,7 +263,8 @@ class OhifPage:
         error boundary caught (it logs those at debug level, then blanks the viewer)."""
         caught = ("Error Boundary", "Something went wrong")
         return [*self.page_errors, *(m for m in self.console
-                                     if m.startswith("error:") or any(c in m for c in caught))]
+                                     if (m.startswith("error:") or any(c in m for c in caught))
+                                     and not any(b in m for b in BENIGN))]
 
     def wait_for_text(self, fragment: str, timeout_s: float = 30) -> str:
         """The page's text once it holds ``fragment`` (drawn annotations included)."""

@@ -30,7 +30,7 @@ from service.api.pages import (
 )
 from service.db import queries
 from service.errors import AmbiguousPatientError, KidneyNodeError
-from service.reports.mask_preview import preview_png
+from service.reports.mask_preview import preview_png, seg_source_series
 from service.reports.trend_plot import trend_png
 from service.storage.space import StorageHealth
 from service.trends import AlertRules
@@ -127,15 +127,22 @@ def create_app(sessions: sessionmaker[Session], *, rules: AlertRules = AlertRule
     def preview(study_instance_uid: str) -> Response:
         with sessions() as session:
             files = queries.result_files(session, study_instance_uid)
-        if files is None or storage_root is None:
-            raise HTTPException(404, f"study {study_instance_uid} has no stored result")
+            if files is None or storage_root is None:
+                raise HTTPException(404, f"study {study_instance_uid} has no stored result")
+            sources = files.source_paths
+            try:
+                # The SEG may be on the node's copies of the segmented phase.
+                on = seg_source_series(storage_root / files.seg_path)
+            except (KidneyNodeError, OSError) as exc:
+                raise HTTPException(500, f"study {study_instance_uid}: no preview: {exc}") \
+                    from exc
+            if on != files.source_series_instance_uid:
+                sources = queries.series_paths(session, on) or sources
         try:
-            png = preview_png([storage_root / p for p in files.source_paths],
-                              storage_root / files.seg_path,
+            png = preview_png([storage_root / p for p in sources], storage_root / files.seg_path,
                               title=f"{files.pipeline}: study {study_instance_uid}")
         except (KidneyNodeError, OSError, ValueError) as exc:
-            raise HTTPException(500, f"study {study_instance_uid}: no preview: {exc}") \
-                from exc
+            raise HTTPException(500, f"study {study_instance_uid}: no preview: {exc}") from exc
         return Response(png, headers=_PNG)
 
     @app.get("/api/patients", dependencies=guarded)

@@ -209,6 +209,8 @@ class ProcessingSettings(_Frozen):
     phase_series: bool = True
     #: Series Number of that derived series.
     phase_series_number: int = Field(default=9903, ge=1)
+    #: Series Number of the RT Structure Set, for destinations whose outputs include it.
+    rtstruct_series_number: int = Field(default=9904, ge=1)
     content_creator: str = "KIDNEY^NODE"
 
 
@@ -237,12 +239,20 @@ class DestinationTls(_Frozen):
         return self
 
 
+#: What a destination can be sent: the SEG, the SR of the volumes, an RT Structure Set of
+#: the same contours (for systems that show RT structures but no SEG).
+ResultOutput = Literal["seg", "sr", "rtstruct"]
+
+
 class Destination(_Frozen):
     name: str = Field(min_length=1, max_length=64)
     ae_title: str
     host: str
     port: int = Field(ge=1, le=65535)
     tls: DestinationTls | None = None
+    #: The result objects this destination gets (a segmented phase's copies, which the
+    #: others reference, go to every destination).
+    outputs: tuple[ResultOutput, ...] = Field(default=("seg", "sr"), min_length=1)
 
     _ae = field_validator("ae_title")(classmethod(lambda cls, v: _check_ae(v)))
 

@@ -303,6 +303,7 @@ class ResultFiles:
     pipeline: str
     seg_path: str
     source_paths: tuple[str, ...]
+    source_series_instance_uid: str = ""
 
 
 def result_files(session: Session, study_instance_uid: str) -> ResultFiles | None:
@@ -316,11 +317,17 @@ def result_files(session: Session, study_instance_uid: str) -> ResultFiles | Non
         return None
     seg_path = session.scalar(select(Instance.path).where(
         Instance.sop_instance_uid == result.seg_sop_instance_uid))
-    sources = session.scalars(
-        select(Instance.path).join(Series, Series.id == Instance.series_pk)
-        # (received, or the node's copies of a phase of a multi-phase series)
-        .where(Series.series_instance_uid == result.source_series_instance_uid)
-        .order_by(Instance.id)).all()
+    sources = series_paths(session, result.source_series_instance_uid)
     if seg_path is None or not sources:
         return None
-    return ResultFiles(study_instance_uid, result.pipeline_name, seg_path, tuple(sources))
+    return ResultFiles(study_instance_uid, result.pipeline_name, seg_path, sources,
+                       result.source_series_instance_uid)
+
+
+def series_paths(session: Session, series_instance_uid: str) -> tuple[str, ...]:
+    """Archive paths of a series' instances (received, or written by the node: the copies
+    of a segmented phase), in the order they were stored."""
+    return tuple(session.scalars(
+        select(Instance.path).join(Series, Series.id == Instance.series_pk)
+        .where(Series.series_instance_uid == series_instance_uid)
+        .order_by(Instance.id)).all())

@@ -211,8 +211,8 @@ class Result(Base):
     pipeline_version: Mapped[str] = mapped_column(String(32))
     seg_sop_instance_uid: Mapped[str] = mapped_column(String(64))
     seg_series_instance_uid: Mapped[str] = mapped_column(String(64))
-    #: The series the SEG is on: the source series, or the node's copy of the segmented
-    #: phase when that phase was part of a multi-phase series (each copy names its original).
+    #: The series segmented (the SEG may be on the node's copies of its phase: see
+    #: service.writers.phase_series).
     source_series_instance_uid: Mapped[str] = mapped_column(String(64))
     #: JSON list of quality flags of the result (e.g. "roi-touches-edge", "dce-only").
     flags: Mapped[str] = mapped_column(Text, default="[]", server_default="[]")

@@ -217,17 +217,18 @@ class JobRunner:
                     pipeline_name=pipeline.name, pipeline_version=pipeline.version,
                     seg_sop_instance_uid=str(seg.SOPInstanceUID),
                     seg_series_instance_uid=str(seg.SeriesInstanceUID),
-                    # The series the SEG is on: the source, or its phase's copies.
                     source_series_instance_uid=str(
-                        seg.ReferencedSeriesSequence[0].SeriesInstanceUID),
+                        output.reference.datasets[0].SeriesInstanceUID),
                     flags=json.dumps(list(output.flags)),
                     qc_verdict=None if qc is None else qc.verdict.value,
                     qc_reasons=json.dumps([] if qc is None else list(qc.reasons)),
                     qc_signals=json.dumps({} if qc is None else dict(qc.signals))))
-            for obj, where in zip(objects.in_order(), stored, strict=True):
+            for (kind, obj), where in zip(objects.in_order(), stored, strict=True):
                 enqueue(session, sop_instance_uid=str(obj.SOPInstanceUID),
                         relpath=where.path.relative_to(self.store.root).as_posix(),
-                        destinations=self.settings.destinations, job_pk=job.id)
+                        destinations=[d for d in self.settings.destinations
+                                      if kind == "phase" or kind in d.outputs],
+                        job_pk=job.id)
             self._set_done(job, JobState.SUCCEEDED, None, timings)
         logger.info("job %d succeeded on study %s: %s in %.1f s", work.job_id, work.study_uid,
                     ", ".join(f"{k} {v:.1f} ml" for k, v in output.volumes_ml.items()),
@@ -260,10 +261,13 @@ class JobRunner:
             seg_series=derived_uid(*key, "seg-series"), seg=derived_uid(*key, "seg"),
             sr_series=derived_uid(*key, "sr-series"), sr=derived_uid(*key, "sr"),
             device=derived_uid(self.settings.dicom.ae_title, "device"),
-            phase_series=derived_uid(*key, "phase-series")),
-            quality=quality, phase_images=images)
+            phase_series=derived_uid(*key, "phase-series"),
+            rtstruct_series=derived_uid(*key, "rtstruct-series"),
+            rtstruct=derived_uid(*key, "rtstruct")),
+            quality=quality, phase_images=images,
+            rtstruct=any("rtstruct" in d.outputs for d in self.settings.destinations))
         stored = [self.store.store_dataset(obj, origin=InstanceOrigin.GENERATED)
-                  for obj in objects.in_order()]
+                  for _, obj in objects.in_order()]
         return objects, stored
 
     def _load(self, work: _Work) -> StudyInput:

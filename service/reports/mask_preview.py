@@ -7,6 +7,7 @@ from pathlib import Path
 
 import highdicom as hd
 import numpy as np
+import pydicom
 import SimpleITK as sitk
 
 from service.errors import KidneyNodeError
@@ -67,6 +68,16 @@ def render_preview(image: np.ndarray, mask: np.ndarray, slices: Sequence[int], *
         ax.set_axis_off()
     fig.suptitle(title, fontsize=9)
     return png_bytes(fig)
+
+
+def seg_source_series(seg_path: Path) -> str:
+    """Series Instance UID of the series a stored SEG is on (its Referenced Series)."""
+    header = pydicom.dcmread(seg_path, stop_before_pixels=True,
+                             specific_tags=["ReferencedSeriesSequence"])
+    series = header.get("ReferencedSeriesSequence") or []
+    if not series or "SeriesInstanceUID" not in series[0]:
+        raise KidneyNodeError(f"{seg_path.name}: the SEG names no referenced series")
+    return str(series[0].SeriesInstanceUID)
 
 
 def preview_png(source_paths: Sequence[Path], seg_path: Path, *, title: str,

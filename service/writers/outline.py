@@ -1,10 +1,12 @@
-"""A segment's outline on its largest slice: the spatial reference a viewer's SR reader needs.
+"""Outlines of a segment in image pixel coordinates: for the SR's spatial reference and the
+RTSTRUCT's contours.
 
 OHIF 3.13 shows a TID 1500 measurement only when its group (or a group with the same
 Tracking Unique Identifier) holds a SCOORD or SCOORD3D; a volume referenced only through a
 SEG segment makes its SR reader throw. :func:`largest_slice_outline` gives the closed
 outline, in image pixel coordinates, of a segment where it is largest, for a TID 1410
-"Image Region" beside the TID 1411 group. The RTSTRUCT and overlay outputs draw outlines too.
+"Image Region" beside the TID 1411 group; :func:`slice_outlines` gives every part on every
+slice, for RT Structure Set contours.
 """
 
 from __future__ import annotations
@@ -60,13 +62,15 @@ def _decimate(points: np.ndarray, most: int) -> np.ndarray:
 
 
 def slice_outlines(mask: np.ndarray, *, most: int = MAX_POINTS) -> list[SliceOutline]:
-    """The outer outline of the largest part of boolean (z, y, x) ``mask`` on each slice
-    that holds any of it."""
+    """The outer outline of every connected part of boolean (z, y, x) ``mask`` on every
+    slice (holes filled: a kidney's outline holds its sinus)."""
     found = []
     for z in np.flatnonzero(mask.reshape(mask.shape[0], -1).any(axis=1)):
-        boundary = _outer_boundary(mask[z])
-        if boundary is not None and len(boundary) >= 4:
-            found.append(SliceOutline(z=int(z), points=_decimate(boundary, most) + 0.5))
+        labels, n = ndi.label(mask[z])
+        for part in range(1, n + 1):
+            boundary = _outer_boundary(labels == part)
+            if boundary is not None and len(boundary) >= 4:
+                found.append(SliceOutline(z=int(z), points=_decimate(boundary, most) + 0.5))
     return found
 
 

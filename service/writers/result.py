@@ -15,6 +15,7 @@ from service.dicom.uids import derived_uid
 from service.pipeline.base import Pipeline, PipelineOutput
 from service.pipeline.quality import Assessment
 from service.writers.phase_series import build_phase_series, headers_of
+from service.writers.rtstruct import RtStructOptions, build_rtstruct
 from service.writers.seg import SegOptions, build_segmentation
 from service.writers.sr import SrOptions, build_volume_report
 
@@ -30,25 +31,34 @@ class ResultUids:
     device: str
     #: Series of the segmented phase's copies (SOP Instance UIDs derived from it).
     phase_series: str = ""
+    rtstruct_series: str = ""
+    rtstruct: str = ""
 
 
 @dataclass(frozen=True)
 class ResultObjects:
     """What one result is sent as, in sending order: ``phase_images`` (empty unless the
-    segmented phase is part of a multi-phase series), the SEG, then the SR."""
+    segmented phase is part of a multi-phase series), the SEG, the SR, then the RT
+    Structure Set when asked for."""
 
     phase_images: tuple[Dataset, ...]
     seg: hd.seg.Segmentation
     sr: hd.sr.Comprehensive3DSR
+    rtstruct: Dataset | None = None
 
-    def in_order(self) -> list[Dataset]:
-        return [*self.phase_images, self.seg, self.sr]
+    def in_order(self) -> list[tuple[str, Dataset]]:
+        """(output kind, object) pairs: "phase" (for every destination), "seg", "sr",
+        "rtstruct" (for the destinations whose ``outputs`` name it)."""
+        extra = [] if self.rtstruct is None else [("rtstruct", self.rtstruct)]
+        return [*(("phase", image) for image in self.phase_images), ("seg", self.seg),
+                ("sr", self.sr), *extra]
 
 
 def build_result_objects(
     output: PipelineOutput, pipeline: Pipeline, processing: ProcessingSettings,
     uids: ResultUids, *, quality: Mapping[str, Assessment] | None = None,
     phase_images: Sequence[Dataset] = (),
+    rtstruct: bool = False,
 ) -> ResultObjects:
     """The SEG of ``output`` and the SR (TID 1500) of its volumes referencing that SEG,
     both saying the quality-control verdict of each segment when ``quality`` is given.
@@ -56,7 +66,8 @@ def build_result_objects(
     ``phase_images``: the segmented volume's images with their pixels, given when they are
     only part of their series (one phase of a DCE stored as one series): they are copied
     as a series of their own (:mod:`service.writers.phase_series`), which the SEG and SR
-    then reference instead.
+    then reference instead. ``rtstruct``: also the RT Structure Set of the same contours
+    on the same images.
     """
     quality = quality or {}
     copies: list[Dataset] = []
@@ -84,4 +95,11 @@ def build_result_objects(
         options=SrOptions(series_instance_uid=uids.sr_series, sop_instance_uid=uids.sr,
                           series_number=processing.sr_series_number, device_uid=uids.device,
                           software_version=__version__))
-    return ResultObjects(tuple(copies), seg, sr)
+    rt = None
+    if rtstruct:
+        if not uids.rtstruct:
+            raise ValueError("an RT Structure Set asked for without its UIDs")
+        rt = build_rtstruct(output, pipeline_name=pipeline.name, options=RtStructOptions(
+            series_instance_uid=uids.rtstruct_series, sop_instance_uid=uids.rtstruct,
+            series_number=processing.rtstruct_series_number, software_version=__version__))
+    return ResultObjects(tuple(copies), seg, sr, rt)

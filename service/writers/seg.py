@@ -21,7 +21,7 @@ MANUFACTURER = "kidney-node"
 
 #: Type 2 Patient and General Study attributes (PS3.3 C.7.1.1, C.7.2.1) the SEG and SR
 #: copy from the first source image; some sources (anonymised, converted) leave them out.
-_TYPE2_COPIED = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate",
+TYPE2_COPIED = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate",
                  "StudyTime", "AccessionNumber", "StudyID", "ReferringPhysicianName")
 
 
@@ -158,7 +158,7 @@ def _identification(algorithm: AlgorithmSpec) -> hd.AlgorithmIdentificationSeque
 def _with_type2_attributes(source: Dataset) -> Dataset:
     """``source``, or a copy of it with its missing Type 2 patient and study attributes
     present and empty (highdicom copies them and fails on an absent one)."""
-    missing = [k for k in _TYPE2_COPIED if k not in source]
+    missing = [k for k in TYPE2_COPIED if k not in source]
     if not missing:
         return source
     filled = copy.deepcopy(source)  # Dataset.copy() would share the elements

@@ -15,15 +15,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from matplotlib.path import Path as Polygon
 from pydicom import dcmread
-from pydicom.uid import Comprehensive3DSRStorage, SegmentationStorage
+from pydicom.uid import Comprehensive3DSRStorage, RTStructureSetStorage, SegmentationStorage
 
 from service.imaging.series import LoadedVolume, load_series
 from service.synthetic import Coverage, CtGrid, SyntheticCTStudy, synthesize_ct, write_ct_study
 from service.synthetic.ct_anatomy import NativeKidneys, Transplant
 from service.synthetic.ct_tissues import CtPhase
+from tests.conftest import free_port
 from tests.ct_cases import tiny_model_dir, truth_on
-from tests.peers import dciodvfy_errors, node_sending_to_storescp, received, storescu
+from tests.peers import dciodvfy_errors, node_sending_to_storescp, received, storescp, storescu
 from tests.segs import segment_masks
 
 pytestmark = pytest.mark.integration
@@ -245,3 +247,62 @@ def test_a_ct_of_frames_not_a_multiple_of_8_pixels_reaches_the_destination_reada
     masks = segment_masks(seg_path, volume)
     for label, (value, _) in SIDES.items():
         assert _dice(masks[label], truth == value) >= MIN_DICE, label
+
+
+def test_each_destination_gets_the_outputs_it_asks_for(make_node, sqlite_url, tmp_path):
+    """``outputs`` per destination: a PACS keeps the default SEG + SR, a planning system
+    asks for the RT Structure Set alone. Each gets exactly that; the RTSTRUCT is valid and
+    its contours rasterise back to the SEG's kidneys on the same slices."""
+    study: SyntheticCTStudy = write_ct_study(
+        tmp_path / "ct", synthesize_ct(SEED, grid=CtGrid.small()), patient_id="IT-CT-RT")
+    pacs_port, planning_port = free_port(), free_port()
+    with storescp(pacs_port, tmp_path / "pacs"), \
+            storescp(planning_port, tmp_path / "planning", ae_title="PLANNING"):
+        node = make_node(sqlite_url, destinations=[
+            {"name": "pacs", "ae_title": "DEST", "host": "127.0.0.1", "port": pacs_port},
+            {"name": "planning", "ae_title": "PLANNING", "host": "127.0.0.1",
+             "port": planning_port, "outputs": ["rtstruct"]}])
+        node.start()
+        assert storescu(node.dicom_port, list(study.files)).returncode == 0
+        (rt_path,) = node.wait_for(
+            lambda: received(tmp_path / "planning", RTStructureSetStorage), 90,
+            "the RTSTRUCT at the planning system")
+        (seg_path,) = node.wait_for(lambda: received(tmp_path / "pacs", SegmentationStorage),
+                                    30, "the SEG at the PACS")
+        node.wait_for(lambda: received(tmp_path / "pacs", Comprehensive3DSRStorage), 30,
+                      "the SR at the PACS")
+
+        def all_sent() -> list[dict] | None:
+            sends = node.study(study.study_instance_uid)["sends"]
+            return sends if sends and all(s["state"] == "sent" for s in sends) else None
+
+        sends = node.wait_for(all_sent, 30, "every send marked sent")
+    by_destination = {d: sorted(s["sop_instance_uid"] for s in sends if s["destination"] == d)
+                      for d in ("pacs", "planning")}
+    assert by_destination["planning"] == [str(dcmread(rt_path).SOPInstanceUID)]
+    assert len(by_destination["pacs"]) == 2  # the SEG and the SR, no RTSTRUCT
+    assert received(tmp_path / "pacs", RTStructureSetStorage) == []
+    assert received(tmp_path / "planning", SegmentationStorage) == []
+    assert received(tmp_path / "planning", Comprehensive3DSRStorage) == []
+    assert dciodvfy_errors(rt_path) == []
+    rt = dcmread(rt_path)
+    volume = load_series(list(study.files)).volumes[0]
+    masks = segment_masks(seg_path, volume)
+    z_of = {str(d.SOPInstanceUID): z for z, d in enumerate(volume.datasets)}
+    names = {int(r.ROINumber): str(r.ROIName) for r in rt.StructureSetROISequence}
+    assert set(names.values()) == set(masks)
+    first = volume.datasets[0]
+    iop = np.asarray(first.ImageOrientationPatient, float)
+    row_mm, col_mm = (float(v) for v in first.PixelSpacing)
+    rows, cols = int(first.Rows), int(first.Columns)
+    centres = np.column_stack([g.ravel() for g in np.meshgrid(np.arange(cols), np.arange(rows))])
+    for roi in rt.ROIContourSequence:
+        name = names[int(roi.ReferencedROINumber)]
+        drawn = np.zeros_like(masks[name])
+        for contour in roi.ContourSequence:
+            z = z_of[str(contour.ContourImageSequence[0].ReferencedSOPInstanceUID)]
+            xyz = np.asarray(contour.ContourData, float).reshape(-1, 3) - np.asarray(
+                volume.datasets[z].ImagePositionPatient, float)
+            polygon = np.column_stack([xyz @ iop[:3] / col_mm, xyz @ iop[3:] / row_mm])
+            drawn[z] |= Polygon(polygon).contains_points(centres).reshape(rows, cols)
+        assert _dice(drawn, masks[name]) >= 0.95, name

@@ -12,11 +12,15 @@ does not cover; the SR's volumes as OHIF lists and draws them; no error in the p
 from __future__ import annotations
 
 import io
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 from pydicom import Dataset, dcmread
+from scipy import ndimage as ndi
 from scipy.spatial import cKDTree
 
 from service.pipeline.base import (
@@ -29,7 +33,7 @@ from service.pipeline.base import (
 from service.synthetic import CtGrid, synthesize_ct, write_ct_study
 from service.synthetic.ct_tissues import CtPhase
 from tests.conftest import free_port
-from tests.peers import orthanc, storescu
+from tests.peers import OrthancPeer, dciodvfy_errors, orthanc, storescu
 from tests.viewer import ROOT, OhifPage, ohif_browser, ohif_site
 
 pytestmark = pytest.mark.integration
@@ -82,29 +86,43 @@ def _volumes(sr: Dataset) -> list[float]:
 
 
 def _check_overlay(ohif: OhifPage, source_uid: str, segments: dict[int, np.ndarray],
-                   colours: dict[int, tuple[int, int, int]]) -> dict[str, float]:
+                   colours: dict[int, tuple[int, int, int]], *,
+                   outline: bool = False) -> dict[str, float]:
     """On image ``source_uid``, the overlay (screenshot with the segments shown minus
     hidden) lies where the SEG's pixels fall on the canvas, covers them, and is tinted
-    with each segment's colour."""
+    with each segment's colour; with ``outline`` (an RTSTRUCT's contours) it lies on and
+    runs along the border pixels of the segments (``segments`` holds those)."""
     ohif.show_image(source_uid)
-    shown = ohif.canvas_pixels()
-    ohif.set_segments_visible(False)
-    hidden = ohif.canvas_pixels()
-    ohif.set_segments_visible(True)
+    everything = np.vstack(list(segments.values()))
+    for _ in range(3):  # until the view held still through both screenshots
+        before = ohif.world_to_canvas(everything)
+        shown = ohif.canvas_pixels()
+        ohif.set_segments_visible(False)
+        hidden = ohif.canvas_pixels()
+        ohif.set_segments_visible(True)
+        if np.allclose(ohif.world_to_canvas(everything), before, atol=0.5):
+            break
     changed = np.abs(shown - hidden).sum(axis=-1) > 30
-    assert changed.sum() > 100, "nothing drawn where the SEG has pixels"
+    assert changed.sum() > 20, "nothing drawn where the SEG has pixels"
     canvas = {n: ohif.world_to_canvas(world) for n, world in segments.items()}
     expected = np.vstack(list(canvas.values()))
     # Canvas pixels per image pixel: half a pixel around each pixel centre is its area.
     step = float(np.median(cKDTree(expected).query(expected, k=2)[0][:, 1]))
     ys, xs = np.nonzero(changed)
+    reach = (1.0 if outline else 0.75) * step + 2  # a contour runs half a pixel outside
     near, _ = cKDTree(expected).query(np.column_stack([xs, ys]))
-    on_segments = float((near <= 0.75 * step + 2).mean())
-    hit = [changed[int(round(y)), int(round(x))] for x, y in expected
-           if 0 <= round(y) < changed.shape[0] and 0 <= round(x) < changed.shape[1]]
+    on_segments = float((near <= reach).mean())
+    if outline:
+        drawn, _ = cKDTree(np.column_stack([xs, ys])).query(expected)
+        hit = list(drawn <= reach)
+    else:
+        hit = [changed[int(round(y)), int(round(x))] for x, y in expected
+               if 0 <= round(y) < changed.shape[0] and 0 <= round(x) < changed.shape[1]]
     covered = float(np.mean(hit))
     assert on_segments >= 0.9, f"{1 - on_segments:.0%} of the overlay off the segments"
     assert covered >= 0.9, f"only {covered:.0%} of the segments' pixels drawn"
+    if outline:
+        return {"on_segments": on_segments, "covered": covered}
     for number, points in canvas.items():
         x = np.clip(np.round(points[:, 0]).astype(int), 0, changed.shape[1] - 1)
         y = np.clip(np.round(points[:, 1]).astype(int), 0, changed.shape[0] - 1)
@@ -133,20 +151,31 @@ def _synthetic_ct(folder: Path) -> list[Path]:
     return list(write_ct_study(folder, ct, patient_id="OHIF-CT").files)
 
 
+@contextmanager
+def _through_node(files: list[Path], make_node, sqlite_url: str, tmp_path: Path,  # noqa: ANN001
+                  outputs: list[str] | None = None) -> Iterator[tuple[OrthancPeer, Any]]:
+    """Orthanc (DICOMweb on) holding ``files``, which it routes to a node whose destination
+    it is (with ``outputs``, else the default); yields Orthanc and the node."""
+    with orthanc(tmp_path / "orthanc", dicom_port=free_port(), http_port=free_port(),
+                 dicomweb=True) as pacs:
+        # The PACS holds the images and routes them to the node, which sends its results back.
+        assert storescu(pacs.dicom_port, files, called=pacs.aet).returncode == 0
+        destination = {"name": "pacs", "ae_title": pacs.aet, "host": "127.0.0.1",
+                       "port": pacs.dicom_port}
+        if outputs is not None:
+            destination["outputs"] = outputs
+        node = make_node(sqlite_url, destinations=[destination])
+        node.start()
+        assert storescu(node.dicom_port, files).returncode == 0
+        yield pacs, node
+
+
 def _shown_in_ohif(case: str, files: list[Path], make_node, sqlite_url: str,  # noqa: ANN001
                    tmp_path: Path) -> None:
     """``files`` in Orthanc, through the node, results back in Orthanc, opened in OHIF:
     every check of the module notes."""
     study_uid = str(dcmread(files[0], stop_before_pixels=True).StudyInstanceUID)
-    with orthanc(tmp_path / "orthanc", dicom_port=free_port(), http_port=free_port(),
-                 dicomweb=True) as pacs:
-        # The PACS holds the images and routes them to the node, which sends its results back.
-        assert storescu(pacs.dicom_port, files, called=pacs.aet).returncode == 0
-        node = make_node(sqlite_url, destinations=[
-            {"name": "pacs", "ae_title": pacs.aet, "host": "127.0.0.1",
-             "port": pacs.dicom_port}])
-        node.start()
-        assert storescu(node.dicom_port, files).returncode == 0
+    with _through_node(files, make_node, sqlite_url, tmp_path) as (pacs, node):
         node.wait_for(lambda: pacs.results_filed(study_uid), 240, "the SEG and SR in Orthanc")
         (seg,) = [dcmread(io.BytesIO(f)) for f in pacs.files(study_uid, "SEG")]
         (sr,) = [dcmread(io.BytesIO(f)) for f in pacs.files(study_uid, "SR")]
@@ -168,9 +197,12 @@ def _shown_in_ohif(case: str, files: list[Path], make_node, sqlite_url: str,  # 
             for number in names:
                 # The images where this segment is largest and smallest, every segment on
                 # them: the overlay changes with the slice as the SEG does.
+                # (the smallest of at least 20 pixels: a few pixels draw too little to judge)
                 holding = [uid for uid in by_image if number in by_image[uid]]
-                for source in {max(holding, key=lambda uid: len(by_image[uid][number])),
-                               min(holding, key=lambda uid: len(by_image[uid][number]))}:
+                largest = max(holding, key=lambda uid: len(by_image[uid][number]))
+                small = [uid for uid in holding if len(by_image[uid][number]) >= 20]
+                smallest = min(small, key=lambda uid: len(by_image[uid][number]))
+                for source in {largest, smallest}:
                     report = _check_overlay(ohif, source, by_image[source], colours)
                     print(f"{case}, segment {number} ({names[number]}), "
                           f"{len(by_image[source][number])} pixels: {report}")
@@ -213,3 +245,56 @@ def test_mr_seg_on_a_dce_of_all_phases_in_one_series_displays_in_ohif(
     positions in one series): OHIF 3.13 froze on a SEG mapped onto it."""
     _shown_in_ohif("MR, DCE in one series", list(small_study_dir.files), make_node,
                    sqlite_url, tmp_path)
+
+
+def _border(world: np.ndarray, seg: Dataset) -> np.ndarray:
+    """The points of ``world`` (one segment's pixels on one image, n x 3) on its outer
+    border."""
+    shared = seg.SharedFunctionalGroupsSequence[0]
+    row_mm, col_mm = (float(v) for v in shared.PixelMeasuresSequence[0].PixelSpacing)
+    iop = np.asarray(shared.PlaneOrientationSequence[0].ImageOrientationPatient, float)
+    offset = world - world[0]
+    cols = np.round(offset @ iop[:3] / col_mm).astype(int)
+    rows = np.round(offset @ iop[3:] / row_mm).astype(int)
+    cols, rows = cols - cols.min() + 1, rows - rows.min() + 1
+    plane = np.zeros((rows.max() + 2, cols.max() + 2), dtype=bool)
+    plane[rows, cols] = True
+    # The outer border: the contours are outer outlines (holes, such as the renal sinus
+    # of a CT kidney, filled).
+    inner = ndi.binary_erosion(ndi.binary_fill_holes(plane))
+    return world[~inner[rows, cols]]
+
+
+def test_rtstruct_output_opens_in_ohif_on_the_kidneys(make_node, sqlite_url, tmp_path):
+    """A destination that asks for an RT Structure Set (``outputs``) gets one: valid
+    (dciodvfy), and OHIF draws its contours along the kidneys' borders, named and coloured
+    as in the SEG."""
+    files = sorted(REAL_CT.glob("*.dcm"))
+    assert files, f"{REAL_CT} missing (../shared beside the repository)"
+    study_uid = str(dcmread(files[0], stop_before_pixels=True).StudyInstanceUID)
+    with _through_node(files, make_node, sqlite_url, tmp_path,
+                       outputs=["seg", "sr", "rtstruct"]) as (pacs, node):
+        node.wait_for(lambda: "RTSTRUCT" in pacs.series_by_modality(study_uid), 240,
+                      "the RTSTRUCT in Orthanc")
+        (seg,) = [dcmread(io.BytesIO(f)) for f in pacs.files(study_uid, "SEG")]
+        (rt,) = pacs.files(study_uid, "RTSTRUCT")
+        (tmp_path / "rt.dcm").write_bytes(rt)
+        assert dciodvfy_errors(tmp_path / "rt.dcm") == []
+        by_image = _segment_pixels(seg)
+        names = {int(s.SegmentNumber): str(s.SegmentLabel) for s in seg.SegmentSequence}
+        rgb = {spec.text: spec.rgb for spec in SEGMENTS}
+        with ohif_site(pacs.http_port, free_port()) as base, ohif_browser(base) as ohif:
+            ohif.open_study(study_uid)
+            seconds = ohif.load_seg("RTSTRUCT")
+            shown = {s["label"]: s for s in ohif.segments()}
+            assert set(shown) == set(names.values())
+            for label, segment in shown.items():
+                assert np.abs(np.subtract(segment["color"][:3], rgb[label])).max() <= 2
+            for number in names:
+                holding = [uid for uid in by_image if number in by_image[uid]]
+                source = max(holding, key=lambda uid: len(by_image[uid][number]))
+                borders = {n: _border(world, seg) for n, world in by_image[source].items()}
+                report = _check_overlay(ohif, source, borders, {}, outline=True)
+                print(f"RTSTRUCT, {names[number]}: {report}")
+            assert not ohif.problems(), ohif.problems()
+            print(f"RTSTRUCT shown in {seconds:.1f} s")
