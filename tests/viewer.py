@@ -201,6 +201,14 @@ class OhifPage:
             "    x.segmentIndex, on); }", visible)
         time.sleep(1.0)
 
+    def shown_and_hidden(self) -> tuple[np.ndarray, np.ndarray]:
+        """Canvas screenshots with the segments shown, then hidden (then shown again)."""
+        shown = self.canvas_pixels()
+        self.set_segments_visible(False)
+        hidden = self.canvas_pixels()
+        self.set_segments_visible(True)
+        return shown, hidden
+
     def world_to_canvas(self, points_mm: np.ndarray, settle_s: float = 15) -> np.ndarray:
         """Canvas positions (n x 2, CSS pixels) of patient points (n x 3, mm), by the
         active viewport's own mapping, once that mapping holds still (OHIF may still be

@@ -96,10 +96,7 @@ def _check_overlay(ohif: OhifPage, source_uid: str, segments: dict[int, np.ndarr
     everything = np.vstack(list(segments.values()))
     for _ in range(3):  # until the view held still through both screenshots
         before = ohif.world_to_canvas(everything)
-        shown = ohif.canvas_pixels()
-        ohif.set_segments_visible(False)
-        hidden = ohif.canvas_pixels()
-        ohif.set_segments_visible(True)
+        shown, hidden = ohif.shown_and_hidden()
         if np.allclose(ohif.world_to_canvas(everything), before, atol=0.5):
             break
     changed = np.abs(shown - hidden).sum(axis=-1) > 30
@@ -137,10 +134,7 @@ def _check_overlay(ohif: OhifPage, source_uid: str, segments: dict[int, np.ndarr
 
 def _blank_elsewhere(ohif: OhifPage, source_uid: str) -> int:
     ohif.show_image(source_uid)
-    shown = ohif.canvas_pixels()
-    ohif.set_segments_visible(False)
-    hidden = ohif.canvas_pixels()
-    ohif.set_segments_visible(True)
+    shown, hidden = ohif.shown_and_hidden()
     return int((np.abs(shown - hidden).sum(axis=-1) > 30).sum())
 
 
