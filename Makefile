@@ -5,7 +5,6 @@ BIN := $(VENV)/bin
 CONFIG ?= config/kidney-node.yaml
 # Extra pip options, e.g. PIP_OPTS="--extra-index-url https://download.pytorch.org/whl/cu124"
 PIP_OPTS ?=
-DEBIAN_PEERS := dcmtk dicom3tools orthanc orthanc-dicomweb chromium openssl npm
 # The viewer the tests open results in: OHIF's prebuilt app from the npm registry.
 OHIF_VERSION := 3.13.2
 OHIF_SHA1 := 26a51ffcc1704c30fff403258a1d7392e9a991f3
@@ -31,15 +30,22 @@ install: $(VENV)/.installed
 install-test: $(VENV)/.installed-test peers viewer
 
 # Debian packages the tests run against: DICOM peers and a headless browser (chromium).
+# Only the missing ones are installed: a machine whose Node.js comes from elsewhere
+# (NodeSource's nodejs ships npm) cannot also take Debian's npm package.
 peers:
-	@if ! command -v /usr/bin/storescu >/dev/null || ! command -v /usr/bin/dciodvfy >/dev/null \
-	    || ! command -v /usr/sbin/Orthanc >/dev/null || ! command -v /usr/bin/chromium >/dev/null \
-	    || ! command -v /usr/bin/openssl >/dev/null || ! command -v npm >/dev/null \
-	    || [ ! -e /usr/share/orthanc/plugins/libOrthancDicomWeb.so ]; then \
-	  echo "installing Debian packages: $(DEBIAN_PEERS)"; \
+	@missing=""; \
+	[ -x /usr/bin/storescu ] || missing="$$missing dcmtk"; \
+	[ -x /usr/bin/dciodvfy ] || missing="$$missing dicom3tools"; \
+	[ -x /usr/sbin/Orthanc ] || missing="$$missing orthanc"; \
+	[ -e /usr/share/orthanc/plugins/libOrthancDicomWeb.so ] || missing="$$missing orthanc-dicomweb"; \
+	[ -x /usr/bin/chromium ] || missing="$$missing chromium"; \
+	command -v openssl >/dev/null || missing="$$missing openssl"; \
+	command -v npm >/dev/null || missing="$$missing npm"; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
 	  $(SUDO) apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends \
-	    $(DEBIAN_PEERS); \
+	    $$missing; \
 	fi
 
 # OHIF Viewer (static build, `dist/`), checked against the registry's SHA-1, for tests/viewer.
