@@ -61,6 +61,17 @@ def _parser() -> argparse.ArgumentParser:
     base.add_argument("study_instance_uid")
     base.add_argument("--clear", action="store_true",
                       help="remove the mark (the first study is the baseline again)")
+    review = sub.add_parser("review", help="accept or reject a study's automatic result")
+    review.add_argument("study_instance_uid")
+    review.add_argument("decision", choices=("accept", "reject"))
+    review.add_argument("--by", required=True, help="the reviewer's name")
+    review.add_argument("--structure", help="one structure (default: every one)")
+    review.add_argument("--comment")
+    history = sub.add_parser("history", help="every measurement and review of a patient")
+    history.add_argument("patient_id")
+    history.add_argument("--issuer", help="Issuer of Patient ID, when the ID is held under "
+                                          "several issuers")
+    history.add_argument("--json", action="store_true")
     jobs = sub.add_parser("jobs", help="recent jobs")
     jobs.add_argument("--json", action="store_true")
     jobs.add_argument("--limit", type=int, default=50)
@@ -132,14 +143,12 @@ def _cmd_segment(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _cmd_volumes(settings: Settings, args: argparse.Namespace) -> int:
-    from service.db.queries import patient_trend, resolve_issuer
+    from service.db.queries import patient_trend
 
     rules = _alert_rules(settings)
     with _sessions(settings)() as session:
-        try:
-            issuer = resolve_issuer(session, args.patient_id, args.issuer)
-        except AmbiguousPatientError as exc:
-            print(f"{exc}: name one with --issuer", file=sys.stderr)
+        ambiguous, issuer = _issuer(session, args)
+        if ambiguous:
             return 2
         known = issuer is not None
         rows = patient_trend(session, args.patient_id, issuer or "", structure=args.structure,
@@ -163,15 +172,30 @@ def _cmd_volumes(settings: Settings, args: argparse.Namespace) -> int:
         table = [{**r, "vs_previous_pct": r["change_from_previous_pct"],
                   "vs_baseline_pct": r["change_from_baseline_pct"],
                   "alert": "ALERT" if r["alert"] else "",
-                  "qc": _qc_cell(r)} for r in rows]
+                  "qc": _qc_cell(r),
+                  "review": f"{r['review']} by {r['reviewed_by']}" if r["review"] else ""}
+                 for r in rows]
         _print_table(table, ["study_date", "structure", "volume_ml", "vs_previous_pct",
-                             "vs_baseline_pct", "alert", "qc", "pipeline",
+                             "vs_baseline_pct", "alert", "qc", "review", "pipeline",
                              "study_instance_uid"])
         for r in rows:
             if r["qc_reasons"]:
                 print(f"{r['study_date'] or '-'} {r['structure']} QC {r['qc_verdict']}: "
                       + "; ".join(r["qc_reasons"]))
     return 0 if known else 1
+
+
+def _issuer(session, args: argparse.Namespace) -> tuple[bool, str | None]:  # noqa: ANN001
+    """(ambiguous, issuer): the issuer of ``args.patient_id`` (``--issuer``, or the only
+    one holding the ID; None when the node holds none); ambiguous (said on stderr) when
+    several hold it and no ``--issuer`` was given."""
+    from service.db.queries import resolve_issuer
+
+    try:
+        return False, resolve_issuer(session, args.patient_id, args.issuer)
+    except AmbiguousPatientError as exc:
+        print(f"{exc}: name one with --issuer", file=sys.stderr)
+        return True, None
 
 
 def _qc_cell(row: dict) -> str:
@@ -214,6 +238,43 @@ def _cmd_baseline(settings: Settings, args: argparse.Namespace) -> int:
     state = "no longer the baseline" if args.clear else "the baseline"
     print(f"study {args.study_instance_uid} is {state} of patient {patient}")
     return 0
+
+
+def _cmd_review(settings: Settings, args: argparse.Namespace) -> int:
+    from service.reviews.decisions import ReviewRefused, decide
+
+    try:
+        with _sessions(settings).begin() as session:
+            reviews = decide(session, args.study_instance_uid, args.decision,
+                             reviewer=args.by, device="CLI", structure=args.structure,
+                             comment=args.comment)
+            done = [f"{r.structure} {r.action.value}" for r in reviews]
+    except ReviewRefused as exc:
+        print(f"kidney-node: {exc}", file=sys.stderr)
+        return 1
+    print(f"study {args.study_instance_uid}: {', '.join(done)} by {args.by}")
+    return 0
+
+
+def _cmd_history(settings: Settings, args: argparse.Namespace) -> int:
+    from service.db.queries import patient_history
+
+    with _sessions(settings)() as session:
+        ambiguous, issuer = _issuer(session, args)
+        if ambiguous:
+            return 2
+        rows = [] if issuer is None else patient_history(session, args.patient_id, issuer)
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    elif not rows:
+        print(f"no measurement of patient {args.patient_id}")
+    else:
+        table = [{**r, "by": r.get("reviewer") or r.get("pipeline") or "",
+                  "reported": "*" if r["reported"] else "",
+                  "note": r.get("detail") or r.get("comment") or ""} for r in rows]
+        _print_table(table, ["study_date", "structure", "kind", "volume_ml", "by",
+                             "reported", "recorded_at", "note"])
+    return 0 if issuer is not None else 1
 
 
 def _cmd_jobs(settings: Settings, args: argparse.Namespace) -> int:
@@ -315,7 +376,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             print("database is at the latest revision")
             return 0
         handler = {"segment": _cmd_segment, "volumes": _cmd_volumes, "patients": _cmd_patients,
-                   "baseline": _cmd_baseline, "jobs": _cmd_jobs,
+                   "baseline": _cmd_baseline, "review": _cmd_review,
+                   "history": _cmd_history, "jobs": _cmd_jobs,
                    "outbox": _cmd_outbox, "train": _cmd_train, "demo": _cmd_demo}[args.command]
         return handler(settings, args)
     except KidneyNodeError as exc:

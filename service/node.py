@@ -21,6 +21,7 @@ from service.jobs.device import resolve_device
 from service.jobs.runner import JobRunner, recover_interrupted_jobs
 from service.outbox.sender import drain_outbox
 from service.pipeline.registry import get_pipeline
+from service.reviews.corrections import examine_corrections
 from service.scheduler.sweep import sweep
 from service.storage import InstanceStore
 from service.storage.space import StorageHealth
@@ -124,6 +125,8 @@ class Node:
                          mr_nocontrast_pipeline=self.settings.processing.mr_nocontrast_pipeline)
         if jobs:
             self.scheduler.modify_job(f"runner-{self.device}", next_run_time=_now())
+        with self.sessions.begin() as session:  # readers' SEGs: reviews, never a job
+            examine_corrections(session, self.store.root)
         return len(jobs)
 
     def send_once(self) -> int:

@@ -17,6 +17,10 @@ Rules (per patient and structure; documented in the README):
   alerts. The others are listed with their verdict, ``in_trend`` false, their changes
   from the trend's measurements for information, and never an alert. A baseline marked
   by hand is the baseline whatever its verdict.
+* **Review.** A person's word outranks quality control: a measurement a reader accepted
+  or corrected (a corrected SEG: its volume is the reader's) is in the trend whatever the
+  verdict; one a reader rejected is not (listed, like a measurement quality control did
+  not accept).
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from service.config import TrendSettings
 
-__all__ = ["AlertRules", "Measurement", "TrendPoint", "volume_trend"]
+__all__ = ["AlertRules", "Measurement", "TrendPoint", "counts_in_trend", "volume_trend"]
 
 
 @dataclass(frozen=True)
@@ -61,6 +65,8 @@ class Measurement:
     #: "pass", "review", "fail", or None when not assessed.
     qc_verdict: str | None = None
     qc_reasons: tuple[str, ...] = ()
+    #: The review that stands: "accepted", "rejected", "corrected", or None.
+    review: str | None = None
 
 
 @dataclass(frozen=True)
@@ -81,8 +87,9 @@ class TrendPoint:
     alert_reasons: tuple[str, ...]
     qc_verdict: str | None = None
     qc_reasons: tuple[str, ...] = ()
-    #: Whether the measurement counts in the trend (its quality-control verdict).
+    #: Whether the measurement counts in the trend (its review, else its verdict).
     in_trend: bool = True
+    review: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         row = asdict(self)
@@ -135,11 +142,22 @@ def volume_trend(
                 m.study_date.isoformat() if m.study_date else None,
                 m.study_time, structure, round(m.volume_ml, 3), is_base,
                 prev_ml, prev_pct, base_ml, base_pct, bool(reasons), tuple(reasons),
-                m.qc_verdict, m.qc_reasons, in_trend))
+                m.qc_verdict, m.qc_reasons, in_trend, m.review))
             if in_trend:
                 previous = m
     return points
 
 
+def counts_in_trend(qc_verdict: str | None, review: str | None,
+                    verdicts_used: Iterable[str]) -> bool:
+    """Whether a measurement is in the trend: a reader's review decides, else quality
+    control (a verdict in ``verdicts_used``, or none: not assessed)."""
+    if review in ("accepted", "corrected"):
+        return True
+    if review == "rejected":
+        return False
+    return qc_verdict is None or qc_verdict in verdicts_used
+
+
 def _in_trend(m: Measurement, rules: AlertRules) -> bool:
-    return m.qc_verdict is None or m.qc_verdict in rules.verdicts_used
+    return counts_in_trend(m.qc_verdict, m.review, rules.verdicts_used)

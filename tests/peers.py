@@ -86,6 +86,12 @@ class NodeProcess:
         with urllib.request.urlopen(self.api + path, timeout=5) as resp:  # noqa: S310
             return json.load(resp)
 
+    def post(self, path: str, body: dict[str, Any]) -> Any:
+        request = urllib.request.Request(self.api + path, data=json.dumps(body).encode(),
+                                         headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=5) as resp:  # noqa: S310
+            return json.load(resp)
+
     def study(self, uid: str) -> dict[str, Any] | None:
         try:
             return self.get(f"/api/studies/{uid}")
@@ -270,23 +276,25 @@ class OrthancPeer:
     dicom_port: int
     http_port: int
 
-    def rest(self, path: str, body: Any = None) -> Any:
+    def rest(self, path: str, body: Any = None, method: str | None = None) -> Any:
         data = None if body is None else json.dumps(body).encode()
         request = urllib.request.Request(f"http://127.0.0.1:{self.http_port}{path}",
-                                         data=data, method="POST" if data else "GET")
+                                         data=data, method=method or ("POST" if data else "GET"))
         with urllib.request.urlopen(request, timeout=10) as resp:  # noqa: S310
-            return json.load(resp)
+            answer = resp.read()
+        return json.loads(answer) if answer.strip() else None
 
     def files(self, study_instance_uid: str, modality: str) -> list[bytes]:
         """The Part 10 files of the study's instances of ``modality``."""
         found = self.rest("/tools/find", {"Level": "Instance", "Query": {
             "StudyInstanceUID": study_instance_uid, "Modality": modality}})
-        files = []
-        for instance in found:
-            url = f"http://127.0.0.1:{self.http_port}/instances/{instance}/file"
-            with urllib.request.urlopen(url, timeout=30) as resp:  # noqa: S310
-                files.append(resp.read())
-        return files
+        return [self.instance_file(instance) for instance in found]
+
+    def instance_file(self, orthanc_id: str) -> bytes:
+        """The Part 10 file of one instance (Orthanc's ID)."""
+        url = f"http://127.0.0.1:{self.http_port}/instances/{orthanc_id}/file"
+        with urllib.request.urlopen(url, timeout=30) as resp:  # noqa: S310
+            return resp.read()
 
     def series_by_modality(self, study_instance_uid: str) -> dict[str, int]:
         """Number of series per Modality that Orthanc files under the study."""

@@ -191,6 +191,28 @@ class OhifPage:
         time.sleep(1.0)  # the render after the scroll
         return index
 
+    def show_display_set(self, display_set_uid: str, timeout_s: float = 30) -> int:
+        """Put a display set in the active viewport (as dragging its thumbnail does); the
+        number of images the viewport then holds."""
+        self.page.evaluate(
+            "(uid) => { const g = window.services.viewportGridService;"
+            " g.setDisplaySetsForViewport({viewportId: g.getState().activeViewportId,"
+            " displaySetInstanceUIDs: [uid]}); }", display_set_uid)
+        self.page.wait_for_function(
+            f"(uid) => {{ try {{ const vp = {_VIEWPORT}; const ids = vp.getImageIds();"
+            " const d = window.services.displaySetService.getDisplaySetByUID(uid);"
+            " return ids.length > 0 && d.instances.some(i => ids[0].includes("
+            "i.SOPInstanceUID)) } catch (e) { return false } }",
+            arg=display_set_uid, timeout=timeout_s * 1000)
+        return self.page.evaluate(f"() => {_VIEWPORT}.getImageIds().length")
+
+    def scroll_to(self, index: int) -> None:
+        """Scroll the active viewport to its image ``index``."""
+        self.page.evaluate(f"(i) => {_VIEWPORT}.setImageIdIndex(i)", index)
+        self.page.wait_for_function(
+            f"(i) => {_VIEWPORT}.getCurrentImageIdIndex() === i", arg=index, timeout=10000)
+        time.sleep(1.0)  # the render after the scroll
+
     def set_segments_visible(self, visible: bool) -> None:
         self.page.evaluate(
             "(on) => { const g = window.services.viewportGridService.getState();"

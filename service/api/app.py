@@ -1,11 +1,15 @@
-"""Read-only HTTP API (FastAPI) and the clinicians' pages; it reads the index, never writes.
+"""HTTP API (FastAPI) and the clinicians' pages. They read the index; the one thing they
+write is a reader's review (accept or reject an automatic result: ``POST
+/api/studies/{uid}/reviews``, and the form of the patient page).
 
 When a bearer token is configured, every route but ``/health`` needs it, as an
 ``Authorization: Bearer`` header or a ``kidney_node_token`` cookie (for the pages in a
 browser); the API's documentation (``/docs``, a plain page, and ``/openapi.json``)
 included. The node refuses to bind the API off the loopback interface without a token.
 Every response carries :data:`SECURITY_HEADERS`: pages and data about patients are
-neither framed, sniffed, cached nor allowed to load anything from elsewhere.
+neither framed, sniffed, cached nor allowed to load anything from elsewhere. A request
+that writes and comes from a browser must come from the node's own pages
+(``Sec-Fetch-Site``, ``Origin``, ``Referer``), else 403: no cross-site request forgery.
 """
 
 from __future__ import annotations
@@ -14,9 +18,11 @@ import secrets
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 from fastapi import Depends, FastAPI, HTTPException, Query, Request
-from fastapi.responses import HTMLResponse, Response
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from pydantic import BaseModel, Field
 from sqlalchemy import text
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -27,11 +33,13 @@ from service.api.pages import (
     api_docs_page,
     patient_list_page,
     patient_page,
+    patient_query,
 )
 from service.db import queries
 from service.errors import AmbiguousPatientError, KidneyNodeError
 from service.reports.mask_preview import preview_png, seg_source_series
 from service.reports.trend_plot import trend_png
+from service.reviews.decisions import ReviewRefused, decide
 from service.storage.space import StorageHealth
 from service.trends import AlertRules
 
@@ -42,7 +50,7 @@ _PNG = {"content-type": "image/png"}
 SECURITY_HEADERS = {
     "Content-Security-Policy": (f"default-src 'none'; img-src 'self'; style-src {STYLE_SHA256}; "
                                 f"script-src 'unsafe-hashes' {HANDLER_SHA256}; "
-                                "frame-ancestors 'none'; base-uri 'none'; form-action 'none'"),
+                                "frame-ancestors 'none'; base-uri 'none'; form-action 'self'"),
     "X-Content-Type-Options": "nosniff",
     "X-Frame-Options": "DENY",
     "Cache-Control": "no-store",
@@ -61,6 +69,33 @@ def _token_check(token: str | None) -> Callable[[Request], None]:
             raise HTTPException(401, "a valid bearer token is required",
                                 headers={"WWW-Authenticate": "Bearer"})
     return check
+
+
+#: Largest review form or JSON body read (bytes).
+_MAX_REVIEW_BODY = 16_384
+
+
+class ReviewRequest(BaseModel):
+    """A reader's decision on a study's automatic result."""
+
+    decision: str = Field(description="accept or reject")
+    reviewer: str = Field(min_length=1, max_length=255, description="who decides")
+    structure: str | None = Field(None, description="one structure (default: every one)")
+    comment: str | None = Field(None, max_length=2000)
+
+
+def _same_origin(request: Request) -> None:
+    """Refuse a browser's write that does not come from the node's own pages.
+
+    Browsers say where a request comes from (``Sec-Fetch-Site``, else ``Origin`` or
+    ``Referer``): it must be the node's own origin. A request with none of them is not a
+    browser's (a script, which needs the token when one is configured)."""
+    site = request.headers.get("sec-fetch-site")
+    if site is not None and site != "same-origin":
+        raise HTTPException(403, f"a review must come from the node's own page ({site})")
+    source = request.headers.get("origin") or request.headers.get("referer")
+    if source is not None and urlsplit(source).netloc != request.headers.get("host", ""):
+        raise HTTPException(403, f"a review must come from the node's own page, not {source}")
 
 
 def create_app(sessions: sessionmaker[Session], *, rules: AlertRules = AlertRules(),
@@ -151,16 +186,21 @@ def create_app(sessions: sessionmaker[Session], *, rules: AlertRules = AlertRule
         with sessions() as session:
             return queries.list_patients(session, alerts_only=alerts, rules=rules, limit=limit)
 
+    def _issuer(session: Session, patient_id: str, issuer: str | None) -> str:
+        """The issuer (given, or the only one holding ``patient_id``); else 404 or 409."""
+        try:
+            found = queries.resolve_issuer(session, patient_id, issuer)
+        except AmbiguousPatientError as exc:
+            raise HTTPException(409, f"{exc}: name one with ?issuer=") from exc
+        if found is None:
+            raise HTTPException(404, f"patient {patient_id} is not known to this node")
+        return found
+
     def _trend(patient_id: str, issuer: str | None, structure: str | None
                ) -> tuple[str, list[dict[str, Any]]]:
         """The issuer (given, or the only one holding ``patient_id``) and the trend."""
         with sessions() as session:
-            try:
-                issuer = queries.resolve_issuer(session, patient_id, issuer)
-            except AmbiguousPatientError as exc:
-                raise HTTPException(409, f"{exc}: name one with ?issuer=") from exc
-            if issuer is None:
-                raise HTTPException(404, f"patient {patient_id} is not known to this node")
+            issuer = _issuer(session, patient_id, issuer)
             return issuer, queries.patient_trend(session, patient_id, issuer,
                                                  structure=structure, rules=rules)
 
@@ -193,6 +233,63 @@ def create_app(sessions: sessionmaker[Session], *, rules: AlertRules = AlertRule
     def volumes_png_by_query(patient_id: str = Query(alias="id"), issuer: str | None = None,
                              structure: str | None = None) -> Response:
         return _trend_png(patient_id, issuer, structure)
+
+    def _decide(study_instance_uid: str, body: ReviewRequest, request: Request, device: str
+                ) -> list[dict[str, Any]]:
+        client = request.client.host if request.client else None
+        try:
+            with sessions.begin() as session:
+                reviews = decide(session, study_instance_uid, body.decision,
+                                 reviewer=body.reviewer, device=device,
+                                 structure=body.structure, comment=body.comment,
+                                 origin=client)
+                session.flush()
+                return [queries.review_dict(r) for r in reviews]
+        except ReviewRefused as exc:
+            raise HTTPException(exc.status, str(exc)) from exc
+
+    @app.post("/api/studies/{study_instance_uid}/reviews", dependencies=guarded,
+              status_code=201)
+    def review(study_instance_uid: str, body: ReviewRequest, request: Request
+               ) -> list[dict[str, Any]]:
+        """Accept or reject the study's automatic result (of one structure, or all): a
+        rejected result leaves the trend, an accepted one counts whatever its quality
+        control verdict. Every review is kept (``/api/patient/history``)."""
+        _same_origin(request)
+        return _decide(study_instance_uid, body, request, "API")
+
+    @app.post("/patient/review", dependencies=guarded, include_in_schema=False)
+    async def review_form(request: Request) -> RedirectResponse:
+        _same_origin(request)
+        raw = await request.body()
+        if len(raw) > _MAX_REVIEW_BODY:
+            raise HTTPException(413, "review form too large")
+        form = {k: v[0] for k, v in parse_qs(raw.decode("utf-8", "replace")).items()}
+        try:
+            body = ReviewRequest(decision=form.get("decision", ""),
+                                 reviewer=form.get("reviewer", "").strip(),
+                                 structure=form.get("structure") or None,
+                                 comment=form.get("comment") or None)
+        except ValueError as exc:
+            raise HTTPException(422, f"review form: {exc}") from exc
+        _decide(form.get("study", ""), body, request, "web page")
+        where = patient_query(form.get("id", ""), form.get("issuer", ""))
+        return RedirectResponse(f"/patient?{where}", status_code=303)
+
+    def _history(patient_id: str, issuer: str | None) -> list[dict[str, Any]]:
+        with sessions() as session:
+            return queries.patient_history(session, patient_id,
+                                           _issuer(session, patient_id, issuer))
+
+    @app.get("/api/patients/{patient_id:path}/history", dependencies=guarded)
+    def history(patient_id: str, issuer: str | None = None) -> list[dict[str, Any]]:
+        """Every measurement of the patient: automatic results and reviews."""
+        return _history(patient_id, issuer)
+
+    @app.get("/api/patient/history", dependencies=guarded)
+    def history_by_query(patient_id: str = Query(alias="id"), issuer: str | None = None
+                         ) -> list[dict[str, Any]]:
+        return _history(patient_id, issuer)
 
     @app.get("/", dependencies=guarded, response_class=HTMLResponse)
     def index(alerts: bool = False) -> HTMLResponse:

@@ -21,6 +21,8 @@ td.text { text-align: left; }
 tr.alert td { background: #fde2e2; }
 tr.review td { background: #fff4d6; }
 .muted { color: #777; font-size: 0.85em; }
+form.review { display: flex; gap: 0.3em; }
+form.review input[type=text] { width: 9em; }
 """
 
 
@@ -69,9 +71,41 @@ def _patient_name(patient_id: str, issuer: str) -> str:
     return f"{name} (issuer {issuer})" if issuer else name
 
 
+def _reviewed(row: Mapping[str, Any]) -> str:
+    """Who said what about the measurement, and the node's own volume if a reader's
+    replaced it."""
+    review = row.get("review")
+    if not review:
+        return "automatic, not reviewed"
+    who = escape(str(row.get("reviewed_by") or "unknown reader"))
+    when = escape(str(row.get("reviewed_at") or "")[:16].replace("T", " "))
+    device = escape(str(row.get("review_device") or ""))
+    text = f"{escape(str(review))} by {who} {when}" + (f" ({device})" if device else "")
+    if review == "corrected" and row.get("automatic_volume_ml") is not None:
+        text += f"; automatic {_number(row['automatic_volume_ml'], ' ml')}"
+    return text
+
+
+def _review_form(row: Mapping[str, Any], patient_id: str, issuer: str) -> str:
+    """Accept or reject the row's automatic result (the reviewer's name is required)."""
+    if row.get("measurement") == "corrected" or row.get("job_id") is None:
+        return ""
+    hidden = "".join(
+        f"<input type=\"hidden\" name=\"{k}\" value=\"{escape(str(v))}\">"
+        for k, v in (("id", patient_id), ("issuer", issuer),
+                     ("study", row["study_instance_uid"]), ("structure", row["structure"])))
+    return (f"<form class=\"review\" method=\"post\" action=\"/patient/review\">{hidden}"
+            "<input type=\"text\" name=\"reviewer\" placeholder=\"your name\" required "
+            "aria-label=\"reviewer\">"
+            "<button type=\"submit\" name=\"decision\" value=\"accept\">accept</button>"
+            "<button type=\"submit\" name=\"decision\" value=\"reject\">reject</button>"
+            "</form>")
+
+
 def patient_page(patient_id: str, issuer: str, rows: Iterable[Mapping[str, Any]]) -> str:
     """Trend chart, then one table row per study and structure with its changes, alert,
-    quality flags and a link to the mask preview of that study."""
+    quality flags, review (and a form to accept or reject it) and a link to the mask
+    preview of that study."""
     query = patient_query(patient_id, issuer)
     name = _patient_name(patient_id, issuer)
     lines = []
@@ -88,7 +122,8 @@ def patient_page(patient_id: str, issuer: str, rows: Iterable[Mapping[str, Any]]
         css = "alert" if r.get("alert") else ("review" if not r.get("in_trend", True) else "ok")
         lines.append(
             f"<tr class=\"{css}\" data-study=\"{escape(uid)}\" "
-            f"data-qc=\"{escape(verdict)}\">"
+            f"data-structure=\"{escape(str(r['structure']))}\" "
+            f"data-qc=\"{escape(verdict)}\" data-review=\"{escape(str(r.get('review') or ''))}\">"
             f"<td class=\"text\">{escape(r.get('study_date') or 'undated')}{baseline}</td>"
             f"<td class=\"text\">{escape(str(r['structure']))}</td>"
             f"<td>{_number(r['volume_ml'])}</td>"
@@ -96,6 +131,8 @@ def patient_page(patient_id: str, issuer: str, rows: Iterable[Mapping[str, Any]]
             f"<td class=\"text\">{alert}</td>"
             f"<td class=\"text qc\">{escape(qc)}</td>"
             f"<td class=\"text\">{escape(flags)}</td>"
+            f"<td class=\"text reviewed\">{_reviewed(r)}"
+            f"{_review_form(r, patient_id, issuer)}</td>"
             f"<td class=\"text\"><a href=\"/api/studies/{quote(uid, safe='')}/preview.png\">"
             f"mask preview</a></td></tr>")
     body = (
@@ -106,13 +143,17 @@ def patient_page(patient_id: str, issuer: str, rows: Iterable[Mapping[str, Any]]
         f"onload=\"{_CHART_LOADED}\" onerror=\"{_CHART_ERROR}\">"
         "<table id=\"measurements\"><thead><tr><th>study date</th><th>structure</th>"
         "<th>volume (ml)</th><th>change from previous</th><th>change from baseline</th>"
-        "<th>alert</th><th>quality control</th><th>method flags</th><th>check</th></tr>"
+        "<th>alert</th><th>quality control</th><th>method flags</th><th>review</th>"
+        "<th>check</th></tr>"
         "</thead><tbody>" + "".join(lines) + "</tbody></table>"
-        "<p class=\"muted\">Volumes from the node's latest result per study. Changes are "
-        "relative to the earlier volume; the alert thresholds are in the node's settings. "
-        "A measurement that quality control did not accept is listed but left out of the "
-        "trend (its previous study, baseline and alerts) until a person has looked at it."
-        "</p>")
+        "<p class=\"muted\">Volumes from the node's latest result per study, or a "
+        "reader's corrected segmentation (a SEG sent to the node) where there is one. "
+        "Changes are relative to the earlier volume; the alert thresholds are in the "
+        "node's settings. A measurement that quality control did not accept, or that a "
+        "reader rejected, is listed but left out of the trend (its previous study, "
+        "baseline and alerts); one a reader accepted or corrected counts. Every "
+        "measurement and review is kept: <a href=\"/api/patient/history?"
+        f"{escape(query)}\">history</a>.</p>")
     return _page(f"kidney-node: patient {name}", body)
 
 

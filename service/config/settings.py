@@ -211,6 +211,8 @@ class ProcessingSettings(_Frozen):
     phase_series_number: int = Field(default=9903, ge=1)
     #: Series Number of the RT Structure Set, for destinations whose outputs include it.
     rtstruct_series_number: int = Field(default=9904, ge=1)
+    #: Series Number of the colour overlay series, for destinations whose outputs include it.
+    overlay_series_number: int = Field(default=9905, ge=1)
     content_creator: str = "KIDNEY^NODE"
 
 
@@ -240,8 +242,10 @@ class DestinationTls(_Frozen):
 
 
 #: What a destination can be sent: the SEG, the SR of the volumes, an RT Structure Set of
-#: the same contours (for systems that show RT structures but no SEG).
-ResultOutput = Literal["seg", "sr", "rtstruct"]
+#: the same contours (for systems that show RT structures but no SEG), a colour overlay
+#: series (the slices with the outlines and volumes burnt in, for viewers that show
+#: neither SEG nor SR).
+ResultOutput = Literal["seg", "sr", "rtstruct", "overlay"]
 
 
 class Destination(_Frozen):

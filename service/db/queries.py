@@ -17,11 +17,13 @@ from service.db.tables import (
     OutboxItem,
     Patient,
     Result,
+    Review,
+    ReviewAction,
     Series,
     Study,
 )
 from service.errors import AmbiguousPatientError
-from service.trends import AlertRules, Measurement, TrendPoint, volume_trend
+from service.trends import AlertRules, Measurement, TrendPoint, counts_in_trend, volume_trend
 
 __all__ = [
     "JobRow",
@@ -31,8 +33,10 @@ __all__ = [
     "list_outbox",
     "list_patients",
     "patient_exists",
+    "patient_history",
     "patient_issuers",
     "resolve_issuer",
+    "review_dict",
     "patient_trend",
     "patient_volumes",
     "previous_accepted_volumes",
@@ -50,13 +54,25 @@ class VolumeRow:
     pipeline: str
     pipeline_version: str
     seg_sop_instance_uid: str
-    job_id: int
+    job_id: int | None
     flags: tuple[str, ...] = ()
     baseline: bool = False
     study_time: str | None = None
     #: "pass", "review", "fail", or None: written before quality control existed.
     qc_verdict: str | None = None
     qc_reasons: tuple[str, ...] = ()
+    #: "automatic" (the node's result) or "corrected" (a reader's SEG: ``volume_ml`` is
+    #: the reader's, ``automatic_volume_ml`` the node's).
+    measurement: str = "automatic"
+    #: The review that stands: "accepted", "rejected", "corrected", or None.
+    review: str | None = None
+    reviewed_by: str | None = None
+    reviewed_at: str | None = None
+    review_device: str | None = None
+    automatic_volume_ml: float | None = None
+    #: The rows behind it: the automatic result and the standing review (None if none).
+    result_id: int | None = None
+    review_id: int | None = None
 
     def as_dict(self) -> dict[str, Any]:
         row = asdict(self)
@@ -89,34 +105,108 @@ def _iso(value: dt.datetime | dt.date | None) -> str | None:
 
 
 def patient_volumes(session: Session, patient_id: str, issuer: str = "") -> list[VolumeRow]:
-    """Latest result per study and structure for the patient ``patient_id`` of
+    """The reported measurement per study and structure for the patient ``patient_id`` of
     ``issuer`` ("" when the studies named none), in study date order.
 
-    One indexed pass: patient by ``uq_patients_id_issuer`` (its leading column), studies by
-    ``ix_studies_patient_pk``, results by ``ix_results_study_pk``; the latest result per
-    study and structure is picked here, among the patient's few rows.
+    The reported measurement is the study's latest automatic result, unless a review of
+    that result stands: the latest review (by the order they were recorded) among those
+    naming it, or, for a structure the node did not report, the latest correction. A
+    correction reports the reader's volume; an acceptance or rejection keeps the node's
+    and decides whether it counts in the trend (:func:`service.trends.counts_in_trend`).
+
+    Indexed: patient by ``uq_patients_id_issuer`` (its leading column), studies by
+    ``ix_studies_patient_pk``, results by ``ix_results_study_pk``, reviews by
+    ``ix_reviews_study_structure``; the choice is made here, among the patient's few rows.
     """
-    rows = session.execute(
-        select(Study.study_instance_uid, Study.study_date, Study.study_time, Study.is_baseline,
-               Result.id, Result.structure, Result.volume_ml, Result.pipeline_name,
-               Result.pipeline_version, Result.seg_sop_instance_uid, Result.job_pk,
-               Result.flags, Result.qc_verdict, Result.qc_reasons)
-        .select_from(Patient)
-        .join(Study, Study.patient_pk == Patient.id)
-        .join(Result, Result.study_pk == Study.id)
-        .where(Patient.patient_id == patient_id, Patient.issuer == issuer)).all()
-    latest: dict[tuple[str, str], Any] = {}
-    for row in rows:
-        key = (row.study_instance_uid, row.structure)
-        if key not in latest or row.id > latest[key].id:
-            latest[key] = row
-    ordered = sorted(latest.values(), key=lambda r: (*_study_order(r), r.structure))
-    return [VolumeRow(r.study_instance_uid, _iso(r.study_date), r.structure,
-                      round(r.volume_ml, 3), r.pipeline_name, r.pipeline_version,
-                      r.seg_sop_instance_uid, r.job_pk, tuple(json.loads(r.flags or "[]")),
-                      bool(r.is_baseline), r.study_time, r.qc_verdict,
-                      tuple(json.loads(r.qc_reasons or "[]")))
-            for r in ordered]
+    of_patient = (select(Study.id).join(Patient, Patient.id == Study.patient_pk)
+                  .where(Patient.patient_id == patient_id, Patient.issuer == issuer))
+    studies = {s.id: s for s in session.scalars(select(Study).where(Study.id.in_(of_patient)))}
+    latest: dict[tuple[int, str], Result] = {}
+    for result in session.scalars(select(Result).where(Result.study_pk.in_(of_patient))):
+        key = (result.study_pk, result.structure)
+        if key not in latest or result.id > latest[key].id:
+            latest[key] = result
+    standing: dict[tuple[int, str], Review] = {}
+    for review in session.scalars(select(Review).where(
+            Review.study_pk.in_(of_patient), Review.action != ReviewAction.IGNORED)
+            .order_by(Review.id)):
+        key = (review.study_pk, review.structure)
+        result = latest.get(key)
+        if review.result_pk == (None if result is None else result.id):
+            standing[key] = review  # in id order: the last one wins
+    rows = [_volume_row(studies[key[0]], key[1], latest.get(key), standing.get(key))
+            for key in sorted(latest.keys() | standing.keys())]
+    return sorted(rows, key=lambda r: (*_study_order(r), r.structure))
+
+
+def _volume_row(study: Study, structure: str, result: Result | None,
+                review: Review | None) -> VolumeRow:
+    corrected = review is not None and review.action is ReviewAction.CORRECTED
+    volume = review.volume_ml if corrected else result.volume_ml  # type: ignore[union-attr]
+    reviewed = {} if review is None else dict(
+        review=review.action.value, reviewed_by=review.reviewer,
+        reviewed_at=_iso(review.reviewed_at), review_device=review.device,
+        review_id=review.id)
+    common = dict(study_time=study.study_time, baseline=bool(study.is_baseline),
+                  measurement="corrected" if corrected else "automatic", **reviewed)
+    if result is None:  # a structure only a reader segmented
+        return VolumeRow(study.study_instance_uid, _iso(study.study_date), structure,
+                         round(float(volume), 3), "reader", "",
+                         review.seg_sop_instance_uid or "", None, **common)  # type: ignore[union-attr]
+    return VolumeRow(study.study_instance_uid, _iso(study.study_date), structure,
+                     round(float(volume), 3), result.pipeline_name, result.pipeline_version,
+                     result.seg_sop_instance_uid, result.job_pk,
+                     tuple(json.loads(result.flags or "[]")), qc_verdict=result.qc_verdict,
+                     qc_reasons=tuple(json.loads(result.qc_reasons or "[]")),
+                     automatic_volume_ml=round(result.volume_ml, 3), result_id=result.id,
+                     **common)
+
+
+def review_dict(review: Review) -> dict[str, Any]:
+    return {"id": review.id, "structure": review.structure, "action": review.action.value,
+            "volume_ml": None if review.volume_ml is None else round(review.volume_ml, 3),
+            "reviewer": review.reviewer, "device": review.device,
+            "reviewed_at": _iso(review.reviewed_at), "result_id": review.result_pk,
+            "seg_sop_instance_uid": review.seg_sop_instance_uid, "origin": review.origin,
+            "comment": review.comment, "detail": review.detail,
+            "recorded_at": _iso(review.created_at)}
+
+
+def patient_history(session: Session, patient_id: str, issuer: str = ""
+                    ) -> list[dict[str, Any]]:
+    """Every measurement of the patient, in trend order of the studies: each automatic
+    result (``kind`` "automatic") and each review (``kind`` its action: accepted, rejected,
+    corrected, ignored), in the order they were recorded. ``reported`` marks those the
+    trend reports (:func:`patient_volumes`)."""
+    of_patient = (select(Study.id).join(Patient, Patient.id == Study.patient_pk)
+                  .where(Patient.patient_id == patient_id, Patient.issuer == issuer))
+    studies = {s.id: s for s in session.scalars(select(Study).where(Study.id.in_(of_patient)))}
+    reported = {(r.study_instance_uid, r.structure): r
+                for r in patient_volumes(session, patient_id, issuer)}
+    events: list[tuple[tuple, dict[str, Any]]] = []
+    for result in session.scalars(select(Result).where(Result.study_pk.in_(of_patient))):
+        study = studies[result.study_pk]
+        row = reported.get((study.study_instance_uid, result.structure))
+        is_reported = (row is not None and row.measurement == "automatic"
+                       and row.result_id == result.id)
+        events.append(((*_study_order(study), 0, result.created_at.timestamp(), result.id), {
+            "study_instance_uid": study.study_instance_uid,
+            "study_date": _iso(study.study_date), "kind": "automatic",
+            "structure": result.structure, "volume_ml": round(result.volume_ml, 3),
+            "pipeline": result.pipeline_name, "pipeline_version": result.pipeline_version,
+            "qc_verdict": result.qc_verdict, "result_id": result.id, "job_id": result.job_pk,
+            "seg_sop_instance_uid": result.seg_sop_instance_uid,
+            "recorded_at": _iso(result.created_at), "reported": is_reported}))
+    for review in session.scalars(select(Review).where(Review.study_pk.in_(of_patient))):
+        study = studies[review.study_pk]
+        row = reported.get((study.study_instance_uid, review.structure))
+        is_reported = (row is not None and row.measurement == "corrected"
+                       and row.review_id == review.id)
+        events.append(((*_study_order(study), 1, review.created_at.timestamp(), review.id), {
+            "study_instance_uid": study.study_instance_uid,
+            "study_date": _iso(study.study_date), "kind": review.action.value,
+            **review_dict(review), "reported": is_reported}))
+    return [event for _key, event in sorted(events, key=lambda e: e[0])]
 
 
 def _study_order(row: Any) -> tuple:
@@ -139,7 +229,7 @@ def previous_accepted_volumes(session: Session, study_instance_uid: str, *,
     found: dict[str, float] = {}
     for row in patient_volumes(session, study.patient.patient_id, study.patient.issuer):
         earlier = _study_order(row) < this
-        if earlier and (row.qc_verdict is None or row.qc_verdict in verdicts):
+        if earlier and counts_in_trend(row.qc_verdict, row.review, verdicts):
             found[row.structure] = row.volume_ml  # rows come in order: the last one wins
     return found
 
@@ -188,7 +278,8 @@ def patient_trend(session: Session, patient_id: str, issuer: str = "", *,
               if structure is None or r.structure == structure}
     points = volume_trend(
         (Measurement(uid, dt.date.fromisoformat(r.study_date) if r.study_date else None,
-                     r.study_time, name, r.volume_ml, r.baseline, r.qc_verdict, r.qc_reasons)
+                     r.study_time, name, r.volume_ml, r.baseline, r.qc_verdict, r.qc_reasons,
+                     r.review)
          for (uid, name), r in latest.items()), rules)
     return [_trend_row(p, latest[(p.study_instance_uid, p.structure)]) for p in points]
 
@@ -199,8 +290,9 @@ def list_patients(session: Session, *, alerts_only: bool = False,
 
     ``alert`` is true when the latest study of any structure raised an alert;
     ``alerts_only`` keeps those patients only. ``latest_volumes_ml`` are the latest
-    measurements in the trend (accepted by quality control); ``needs_review`` lists the
-    structures whose latest measurement is not (its verdict asks for a person's look).
+    measurements in the trend (accepted by quality control or a reader); ``needs_review``
+    lists the structures whose latest measurement is not and that no reader has reviewed
+    (its verdict asks for a person's look).
     Ordered by last study date, newest first.
     """
     rows = session.execute(
@@ -226,7 +318,8 @@ def list_patients(session: Session, *, alerts_only: bool = False,
                     "last_study_date": _iso(last),
                     "latest_volumes_ml": {k: p["volume_ml"] for k, p in latest.items()},
                     "alert": alert,
-                    "needs_review": sorted(k for k, p in newest.items() if not p["in_trend"])})
+                    "needs_review": sorted(k for k, p in newest.items()
+                                           if not p["in_trend"] and p["review"] is None)})
         if len(out) >= limit:
             break
     return out
@@ -236,7 +329,10 @@ def _trend_row(point: TrendPoint, row: VolumeRow) -> dict[str, Any]:
     return {**point.as_dict(), "pipeline": row.pipeline,
             "pipeline_version": row.pipeline_version,
             "seg_sop_instance_uid": row.seg_sop_instance_uid, "job_id": row.job_id,
-            "flags": list(row.flags)}
+            "flags": list(row.flags), "measurement": row.measurement,
+            "reviewed_by": row.reviewed_by, "reviewed_at": row.reviewed_at,
+            "review_device": row.review_device,
+            "automatic_volume_ml": row.automatic_volume_ml}
 
 
 def _job_row(job: Job, study_uid: str) -> JobRow:
@@ -279,6 +375,8 @@ def study_summary(session: Session, study_instance_uid: str) -> dict[str, Any] |
                      "qc_signals": json.loads(r.qc_signals or "{}")}
                     for r in results],
         "sends": [_send_dict(s) for s in sends],
+        "reviews": [review_dict(r) for r in session.scalars(
+            select(Review).where(Review.study_pk == study.id).order_by(Review.id))],
     }
 
 

@@ -32,6 +32,8 @@ __all__ = [
     "OutboxItem",
     "Patient",
     "Result",
+    "Review",
+    "ReviewAction",
     "SendState",
     "Series",
     "SeriesRole",
@@ -78,6 +80,13 @@ class SeriesRole(enum.StrEnum):
     OTHER_MR = "other-mr"
     DERIVED = "derived"  # SEG, SR, ... (ours or anyone's)
     UNSUPPORTED = "unsupported"
+
+
+class ReviewAction(enum.StrEnum):
+    ACCEPTED = "accepted"  # a reader kept the automatic result
+    REJECTED = "rejected"  # a reader threw it out: it leaves the trend
+    CORRECTED = "corrected"  # a reader's own segmentation (a SEG sent to the node)
+    IGNORED = "ignored"  # a foreign SEG that gave no measurement (``error`` says why)
 
 
 class InstanceOrigin(enum.StrEnum):
@@ -226,6 +235,43 @@ class Result(Base):
     created_at: Mapped[dt.datetime] = mapped_column(_TS, default=utcnow)
 
     job: Mapped[Job] = relationship(back_populates="results")
+
+
+class Review(Base):
+    """A person's word on a study's measurement: an automatic result accepted or rejected
+    (web page, API, CLI), or a corrected volume from a SEG a reader made (OHIF, Slicer).
+
+    A review applies to the automatic result it names (``result_pk``, the study's latest
+    result of that structure when it was made; None when there was none): once the study
+    is processed again, the new result stands until someone reviews it. Reviews are never
+    deleted: the history keeps every one.
+    """
+
+    __tablename__ = "reviews"
+    __table_args__ = (Index("ix_reviews_study_structure", "study_pk", "structure"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    study_pk: Mapped[int] = mapped_column(ForeignKey("studies.id"))
+    result_pk: Mapped[int | None] = mapped_column(ForeignKey("results.id"), index=True)
+    #: The structure (as in ``results.structure``); "" for an ignored SEG.
+    structure: Mapped[str] = mapped_column(String(64))
+    action: Mapped[ReviewAction] = mapped_column(_enum(ReviewAction, "review_action"))
+    #: The corrected volume (``corrected`` only).
+    volume_ml: Mapped[float | None] = mapped_column(Float)
+    #: Who: the SEG's Content Creator's Name, or the name given on the page or API.
+    reviewer: Mapped[str] = mapped_column(String(255), default="")
+    #: With what: the SEG's manufacturer, model and software; "web page", "API" or "CLI".
+    device: Mapped[str] = mapped_column(String(255), default="")
+    #: When the reader made it (the SEG's Content Date/Time), else when the node got it.
+    reviewed_at: Mapped[dt.datetime] = mapped_column(_TS, default=utcnow)
+    seg_sop_instance_uid: Mapped[str | None] = mapped_column(String(64), index=True)
+    seg_series_instance_uid: Mapped[str | None] = mapped_column(String(64))
+    #: Where it came from: the calling AE title of the SEG, the client address of a page.
+    origin: Mapped[str | None] = mapped_column(String(255))
+    comment: Mapped[str | None] = mapped_column(Text)
+    #: Why an ``ignored`` SEG gave no measurement; how a segment was matched otherwise.
+    detail: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[dt.datetime] = mapped_column(_TS, default=utcnow)
 
 
 class OutboxItem(Base):

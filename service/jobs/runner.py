@@ -263,9 +263,11 @@ class JobRunner:
             device=derived_uid(self.settings.dicom.ae_title, "device"),
             phase_series=derived_uid(*key, "phase-series"),
             rtstruct_series=derived_uid(*key, "rtstruct-series"),
-            rtstruct=derived_uid(*key, "rtstruct")),
+            rtstruct=derived_uid(*key, "rtstruct"),
+            overlay_series=derived_uid(*key, "overlay-series")),
             quality=quality, phase_images=images,
-            rtstruct=any("rtstruct" in d.outputs for d in self.settings.destinations))
+            rtstruct=any("rtstruct" in d.outputs for d in self.settings.destinations),
+            overlay=any("overlay" in d.outputs for d in self.settings.destinations))
         stored = [self.store.store_dataset(obj, origin=InstanceOrigin.GENERATED)
                   for _, obj in objects.in_order()]
         return objects, stored

@@ -14,6 +14,7 @@ from service.config import ProcessingSettings
 from service.dicom.uids import derived_uid
 from service.pipeline.base import Pipeline, PipelineOutput
 from service.pipeline.quality import Assessment
+from service.writers.overlay import OverlayOptions, build_overlay_series
 from service.writers.phase_series import build_phase_series, headers_of
 from service.writers.rtstruct import RtStructOptions, build_rtstruct
 from service.writers.seg import SegOptions, build_segmentation
@@ -33,25 +34,28 @@ class ResultUids:
     phase_series: str = ""
     rtstruct_series: str = ""
     rtstruct: str = ""
+    #: Series of the colour overlay images (SOP Instance UIDs derived from it).
+    overlay_series: str = ""
 
 
 @dataclass(frozen=True)
 class ResultObjects:
     """What one result is sent as, in sending order: ``phase_images`` (empty unless the
     segmented phase is part of a multi-phase series), the SEG, the SR, then the RT
-    Structure Set when asked for."""
+    Structure Set and the colour overlay images when asked for."""
 
     phase_images: tuple[Dataset, ...]
     seg: hd.seg.Segmentation
     sr: hd.sr.Comprehensive3DSR
     rtstruct: Dataset | None = None
+    overlay: tuple[Dataset, ...] = ()
 
     def in_order(self) -> list[tuple[str, Dataset]]:
         """(output kind, object) pairs: "phase" (for every destination), "seg", "sr",
-        "rtstruct" (for the destinations whose ``outputs`` name it)."""
+        "rtstruct", "overlay" (for the destinations whose ``outputs`` name them)."""
         extra = [] if self.rtstruct is None else [("rtstruct", self.rtstruct)]
         return [*(("phase", image) for image in self.phase_images), ("seg", self.seg),
-                ("sr", self.sr), *extra]
+                ("sr", self.sr), *extra, *(("overlay", image) for image in self.overlay)]
 
 
 def build_result_objects(
@@ -59,6 +63,7 @@ def build_result_objects(
     uids: ResultUids, *, quality: Mapping[str, Assessment] | None = None,
     phase_images: Sequence[Dataset] = (),
     rtstruct: bool = False,
+    overlay: bool = False,
 ) -> ResultObjects:
     """The SEG of ``output`` and the SR (TID 1500) of its volumes referencing that SEG,
     both saying the quality-control verdict of each segment when ``quality`` is given.
@@ -67,7 +72,8 @@ def build_result_objects(
     only part of their series (one phase of a DCE stored as one series): they are copied
     as a series of their own (:mod:`service.writers.phase_series`), which the SEG and SR
     then reference instead. ``rtstruct``: also the RT Structure Set of the same contours
-    on the same images.
+    on the same images. ``overlay``: also the colour overlay series (the slices with the
+    outlines and volumes burnt in, :mod:`service.writers.overlay`).
     """
     quality = quality or {}
     copies: list[Dataset] = []
@@ -102,4 +108,13 @@ def build_result_objects(
         rt = build_rtstruct(output, pipeline_name=pipeline.name, options=RtStructOptions(
             series_instance_uid=uids.rtstruct_series, sop_instance_uid=uids.rtstruct,
             series_number=processing.rtstruct_series_number, software_version=__version__))
-    return ResultObjects(tuple(copies), seg, sr, rt)
+    images: list[Dataset] = []
+    if overlay:
+        if not uids.overlay_series:
+            raise ValueError("an overlay series asked for without its series UID")
+        images = build_overlay_series(output, pipeline_name=pipeline.name, quality=quality,
+                                      options=OverlayOptions(
+                                          series_instance_uid=uids.overlay_series,
+                                          series_number=processing.overlay_series_number,
+                                          software_version=__version__))
+    return ResultObjects(tuple(copies), seg, sr, rt, tuple(images))

@@ -12,6 +12,7 @@ does not cover; the SR's volumes as OHIF lists and draws them; no error in the p
 from __future__ import annotations
 
 import io
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -292,3 +293,45 @@ def test_rtstruct_output_opens_in_ohif_on_the_kidneys(make_node, sqlite_url, tmp
                 print(f"RTSTRUCT, {names[number]}: {report}")
             assert not ohif.problems(), ohif.problems()
             print(f"RTSTRUCT shown in {seconds:.1f} s")
+
+
+def test_overlay_series_opens_in_ohif_with_the_outlines(make_node, sqlite_url, tmp_path):
+    """A destination that asks for the colour overlay series (``outputs``) gets one: valid
+    Secondary Capture images (dciodvfy) in the source's frame of reference, which OHIF
+    lists and shows, the kidneys' outlines drawn in their colours."""
+    files = sorted(REAL_CT.glob("*.dcm"))
+    assert files, f"{REAL_CT} missing (../shared beside the repository)"
+    study_uid = str(dcmread(files[0], stop_before_pixels=True).StudyInstanceUID)
+    with _through_node(files, make_node, sqlite_url, tmp_path,
+                       outputs=["seg", "sr", "overlay"]) as (pacs, node):
+        (seg,) = node.wait_for(lambda: pacs.files(study_uid, "SEG"), 240, "the SEG in Orthanc")
+        seg = dcmread(io.BytesIO(seg))
+        covered = len(_segment_pixels(seg))  # images the SEG covers; 2 more on each side
+
+        def overlays() -> list[str] | None:
+            found = pacs.rest("/tools/find", {"Level": "Instance", "Query": {
+                "StudyInstanceUID": study_uid, "SeriesNumber": "9905"}})
+            return found if len(found) >= covered else None
+
+        found = node.wait_for(overlays, 120, "the overlay series in Orthanc")
+        time.sleep(2)  # the last images of the series
+        found = overlays()
+        assert covered <= len(found) <= covered + 4
+        (tmp_path / "overlay.dcm").write_bytes(pacs.instance_file(found[0]))
+        assert dciodvfy_errors(tmp_path / "overlay.dcm") == []
+        rgb = {spec.text: spec.rgb for spec in SEGMENTS}
+        colours = [rgb[str(s.SegmentLabel)] for s in seg.SegmentSequence]
+        with ohif_site(pacs.http_port, free_port()) as base, ohif_browser(base) as ohif:
+            ohif.open_study(study_uid)
+            (overlay,) = [d for d in ohif.display_sets()
+                          if (d["description"] or "").startswith("Kidney outline")]
+            assert overlay["images"] == len(found)
+            assert ohif.show_display_set(overlay["uid"]) == len(found)
+            ohif.scroll_to(len(found) // 2)
+            pixels = ohif.canvas_pixels()
+            drawn = [int((np.abs(pixels - np.asarray(c)).sum(axis=-1) <= 30).sum())
+                     for c in colours]
+            print(f"overlay in OHIF: {len(found)} images; canvas pixels of each segment's "
+                  f"colour {dict(zip(colours, drawn, strict=True))}")
+            assert all(n > 30 for n in drawn), drawn
+            assert not ohif.problems(), ohif.problems()

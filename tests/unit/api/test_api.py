@@ -1,4 +1,4 @@
-"""The read-only HTTP API on a populated index (FastAPI's test client, no server)."""
+"""The HTTP API on a populated index (FastAPI's test client, no server)."""
 
 import pytest
 from fastapi.testclient import TestClient
