@@ -1,7 +1,8 @@
 """reviews: a reader's acceptance, rejection or correction of a measurement
 
 Issue 17 (item 5): a radiologist's corrected SEG, or an automatic result accepted or
-rejected on the page or API, becomes the record; every review is kept.
+rejected on the page or API, becomes the record; every review is kept. Instances get an
+index on their SOP class: each sweep looks for the few received SEGs among the images.
 
 Revision ID: 0007
 Revises: 0006
@@ -51,9 +52,14 @@ def upgrade() -> None:
                               ["seg_sop_instance_uid"], unique=False)
         batch_op.create_index("ix_reviews_study_structure", ["study_pk", "structure"],
                               unique=False)
+    with op.batch_alter_table("instances", schema=None) as batch_op:
+        batch_op.create_index(batch_op.f("ix_instances_sop_class_uid"), ["sop_class_uid"],
+                              unique=False)
 
 
 def downgrade() -> None:
+    with op.batch_alter_table("instances", schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f("ix_instances_sop_class_uid"))
     with op.batch_alter_table("reviews", schema=None) as batch_op:
         batch_op.drop_index("ix_reviews_study_structure")
         batch_op.drop_index(batch_op.f("ix_reviews_seg_sop_instance_uid"))

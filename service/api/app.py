@@ -2,7 +2,8 @@
 write is a reader's review (accept or reject an automatic result: ``POST
 /api/studies/{uid}/reviews``, and the form of the patient page).
 
-When a bearer token is configured, every route but ``/health`` needs it, as an
+When a bearer token is configured, every route but ``/health`` (and the empty
+``/favicon.ico``) needs it, as an
 ``Authorization: Bearer`` header or a ``kidney_node_token`` cookie (for the pages in a
 browser); the API's documentation (``/docs``, a plain page, and ``/openapi.json``)
 included. The node refuses to bind the API off the loopback interface without a token.
@@ -87,12 +88,16 @@ class ReviewRequest(BaseModel):
 def _same_origin(request: Request) -> None:
     """Refuse a browser's write that does not come from the node's own pages.
 
-    Browsers say where a request comes from (``Sec-Fetch-Site``, else ``Origin`` or
-    ``Referer``): it must be the node's own origin. A request with none of them is not a
-    browser's (a script, which needs the token when one is configured)."""
+    Browsers say where a request comes from: ``Sec-Fetch-Site`` (every current browser),
+    which must be "same-origin"; else ``Origin`` (or ``Referer``), which must be the
+    node's origin ("null", what a browser sends under the pages' no-referrer policy, is
+    not). A request with none of them is not a browser's (a script, which needs the token
+    when one is configured)."""
     site = request.headers.get("sec-fetch-site")
-    if site is not None and site != "same-origin":
-        raise HTTPException(403, f"a review must come from the node's own page ({site})")
+    if site is not None:
+        if site != "same-origin":
+            raise HTTPException(403, f"a review must come from the node's own page ({site})")
+        return
     source = request.headers.get("origin") or request.headers.get("referer")
     if source is not None and urlsplit(source).netloc != request.headers.get("host", ""):
         raise HTTPException(403, f"a review must come from the node's own page, not {source}")
@@ -123,6 +128,11 @@ def create_app(sessions: sessionmaker[Session], *, rules: AlertRules = AlertRule
     @app.get("/docs", dependencies=guarded, response_class=HTMLResponse, include_in_schema=False)
     def docs() -> HTMLResponse:
         return HTMLResponse(api_docs_page(app.openapi()))
+
+    @app.get("/favicon.ico", include_in_schema=False)
+    def favicon() -> Response:
+        """No icon (browsers ask for one on every page: an empty answer, not a 404)."""
+        return Response(status_code=204)
 
     @app.get("/health")
     def health() -> dict[str, Any]:

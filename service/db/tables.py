@@ -164,7 +164,8 @@ class Instance(Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     series_pk: Mapped[int] = mapped_column(ForeignKey("series.id"), index=True)
     sop_instance_uid: Mapped[str] = mapped_column(String(64), unique=True)
-    sop_class_uid: Mapped[str] = mapped_column(String(64))
+    #: Indexed: each sweep looks for the few received SEGs among all the images.
+    sop_class_uid: Mapped[str] = mapped_column(String(64), index=True)
     transfer_syntax_uid: Mapped[str] = mapped_column(String(64))
     instance_number: Mapped[int | None] = mapped_column(Integer)
     temporal_position: Mapped[int | None] = mapped_column(Integer)

@@ -2,9 +2,12 @@
 item 5): the node's SEG reaches the PACS (DCMTK storescp), a reader's edit of it comes
 back by C-STORE (DCMTK storescu), and within a sweep the trend reports the reader's
 volume, the history lists both, and no job is made; then a reader rejects the other
-kidney's result through the API and it leaves the trend."""
+kidney's result on the patient page (Chromium) and it leaves the trend, and accepts it
+through the API and it comes back."""
 
 from __future__ import annotations
+
+import time
 
 import numpy as np
 import pytest
@@ -17,6 +20,7 @@ from service.synthetic import CtGrid, synthesize_ct, write_ct_study
 from tests.peers import node_sending_to_storescp, received, storescu
 from tests.reader_segs import ReaderSegment, reader_seg
 from tests.segs import segment_masks
+from tests.viewer import ohif_browser
 
 pytestmark = pytest.mark.integration
 
@@ -49,7 +53,11 @@ def test_a_readers_corrected_seg_and_a_rejection_change_the_trend(make_node, sql
             right = next(r for r in rows if r["structure"] == "kidney_right")
             return right if right["measurement"] == "corrected" else None
 
+        started = time.monotonic()
         right = node.wait_for(corrected, 10, "the corrected volume in the trend")
+        print(f"corrected volume in the trend {time.monotonic() - started:.1f} s after the "
+              f"C-STORE (sweep every 0.5 s): {right['volume_ml']} ml, automatic "
+              f"{right['automatic_volume_ml']} ml")
         expected = edited.sum() * np.prod(volume.image.GetSpacing()) / 1000.0
         assert right["volume_ml"] == pytest.approx(expected, rel=1e-6)
         assert right["automatic_volume_ml"] == automatic["kidney_right"]["volume_ml"]
@@ -64,13 +72,32 @@ def test_a_readers_corrected_seg_and_a_rejection_change_the_trend(make_node, sql
         assert len(summary["jobs"]) == 1  # the SEG made no job
         assert summary["reviews"][0]["origin"] == "PACS"
 
-        (rejected,) = node.post(f"/api/studies/{uid}/reviews", {
-            "decision": "reject", "reviewer": "Dr Reader", "structure": "kidney_left"})
-        assert rejected["action"] == "rejected"
+        # A reader rejects the left kidney's result on the patient page, in a browser.
+        with ohif_browser(node.api) as browser:
+            page = browser.page
+            page.goto(f"{node.api}/patient?id=IT-REVIEW&issuer=")
+            row = page.locator('tr[data-structure="kidney_left"]')
+            row.get_by_label("reviewer").fill("Dr Reader")
+            with page.expect_response(lambda r: "/patient/review" in r.url) as answer:
+                row.get_by_role("button", name="reject").click()
+            assert answer.value.status == 303, (answer.value.status, answer.value.text())
+            page.wait_for_selector('tr[data-structure="kidney_left"][data-review="rejected"]')
+            shown = page.locator('tr[data-structure="kidney_left"] td.reviewed').inner_text()
+            assert "rejected by Dr Reader" in shown and "(web page)" in shown
+            assert not browser.problems(), browser.problems()
         rows = {r["structure"]: r for r in node.get("/api/patients/IT-REVIEW/volumes")}
         assert not rows["kidney_left"]["in_trend"] and rows["kidney_right"]["in_trend"]
         listed = node.get("/api/patients")
         assert listed[0]["latest_volumes_ml"] == {"kidney_right": right["volume_ml"]}
+        # Then accepts it after all, through the API: it is back in the trend.
+        (accepted,) = node.post(f"/api/studies/{uid}/reviews", {
+            "decision": "accept", "reviewer": "Dr Reader", "structure": "kidney_left"})
+        assert accepted["action"] == "accepted" and accepted["device"] == "API"
+        rows = {r["structure"]: r for r in node.get("/api/patients/IT-REVIEW/volumes")}
+        assert rows["kidney_left"]["in_trend"] and rows["kidney_left"]["review"] == "accepted"
+        kinds = [h["kind"] for h in node.get("/api/patient/history?id=IT-REVIEW")
+                 if h["structure"] == "kidney_left"]
+        assert kinds == ["automatic", "rejected", "accepted"]
         log = node.log()
     assert "kidney_right corrected by 'DOE^JANE'" in log
     assert dcmread(corrected_path).Manufacturer == "OHIF"

@@ -75,7 +75,9 @@ def test_bearer_token_guards_everything_but_health(populated_index):
     token = "s3cret-token-0123456789"
     guarded = TestClient(create_app(populated_index, token=token))
     assert guarded.get("/health").status_code == 200
-    for path in ("/api/patients", "/api/patients/P1/volumes", "/patients/P1", "/api/jobs"):
+    assert guarded.get("/favicon.ico").status_code == 204  # empty: browsers ask for it
+    for path in ("/api/patients", "/api/patients/P1/volumes", "/patients/P1", "/api/jobs",
+                 "/api/patient/history?id=P1"):
         refused = guarded.get(path)
         assert refused.status_code == 401, path
         assert refused.headers["www-authenticate"] == "Bearer"

@@ -45,9 +45,11 @@ def test_the_patient_page_form_records_a_review_and_refuses_another_site(populat
     assert "form-action 'self'" in page.headers["content-security-policy"]
     form = {"id": "P1", "issuer": "", "study": "1.2", "structure": "kidney",
             "reviewer": "Jane Reader", "decision": "reject"}
-    forged = client.post("/patient/review", data=form, follow_redirects=False,
-                         headers={"Origin": "http://evil.test"})
-    assert forged.status_code == 403
+    for headers in ({"Origin": "http://evil.test"}, {"Origin": "null"},
+                    {"Sec-Fetch-Site": "same-site", "Origin": "http://node.test"}):
+        forged = client.post("/patient/review", data=form, follow_redirects=False,
+                             headers=headers)
+        assert forged.status_code == 403, headers
     assert client.post("/patient/review", data=form, follow_redirects=False,
                        headers={"Sec-Fetch-Site": "cross-site"}).status_code == 403
     done = client.post("/patient/review", data=form, follow_redirects=False,
