@@ -19,6 +19,7 @@ from service.dicom.scp import StorageSCP
 from service.errors import ConfigError, ModelFilesError, PipelineError
 from service.jobs.device import resolve_device
 from service.jobs.runner import JobRunner, recover_interrupted_jobs
+from service.metrics import NodeMetrics
 from service.outbox.sender import drain_outbox
 from service.pipeline.registry import get_pipeline
 from service.reviews.corrections import examine_corrections
@@ -48,9 +49,12 @@ class Node:
         self.device = resolve_device(settings.processing.device)
         self.storage_health = StorageHealth(self.store.incoming,
                                             min_free_mb=settings.storage.min_free_mb)
+        self.metrics = NodeMetrics()
+        self.metrics.watch_index(self.sessions, self.store.root)
         self.runner = JobRunner(settings=settings, sessions=self.sessions, store=self.store,
-                                device=self.device, storage_health=self.storage_health)
-        self.scp = StorageSCP(settings.dicom, self.store, self.storage_health)
+                                device=self.device, storage_health=self.storage_health,
+                                metrics=self.metrics)
+        self.scp = StorageSCP(settings.dicom, self.store, self.storage_health, self.metrics)
         self.scheduler = BackgroundScheduler(
             executors={"default": ThreadPoolExecutor(4)},
             job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None})
@@ -156,7 +160,7 @@ class Node:
     def _start_http(self, sock: socket.socket) -> None:
         app = create_app(self.sessions, rules=AlertRules.from_settings(self.settings.trends),
                          storage_root=self.store.root, token=self.settings.http.token,
-                         storage_health=self.storage_health)
+                         storage_health=self.storage_health, metrics=self.metrics)
         config = uvicorn.Config(app, log_config=None, access_log=False)
         self._http = uvicorn.Server(config)
         threading.Thread(target=self._http.run, kwargs={"sockets": [sock]}, name="http",

@@ -38,6 +38,7 @@ from service.api.pages import (
 )
 from service.db import queries
 from service.errors import AmbiguousPatientError, KidneyNodeError
+from service.metrics import CONTENT_TYPE, NodeMetrics
 from service.reports.mask_preview import preview_png, seg_source_series
 from service.reports.trend_plot import trend_png
 from service.reviews.decisions import ReviewRefused, decide
@@ -105,11 +106,12 @@ def _same_origin(request: Request) -> None:
 
 def create_app(sessions: sessionmaker[Session], *, rules: AlertRules = AlertRules(),
                storage_root: Path | None = None, token: str | None = None,
-               storage_health: StorageHealth | None = None) -> FastAPI:
+               storage_health: StorageHealth | None = None,
+               metrics: NodeMetrics | None = None) -> FastAPI:
     """The API over ``sessions``; OpenAPI schema at ``/openapi.json``.
 
     ``storage_root`` (the archive) serves the mask previews; without it they answer 404.
-    ``storage_health`` is reported by ``/health``.
+    ``storage_health`` is reported by ``/health``; ``metrics`` by ``/metrics`` (else 404).
     """
     app = FastAPI(title="kidney-node", version=__version__, docs_url=None, redoc_url=None,
                   openapi_url=None)
@@ -148,6 +150,15 @@ def create_app(sessions: sessionmaker[Session], *, rules: AlertRules = AlertRule
             if storage["problems"]:
                 answer["status"] = "degraded"
         return answer
+
+    @app.get("/metrics", dependencies=guarded, response_class=Response,
+             responses={200: {"content": {CONTENT_TYPE: {}}}})
+    def prometheus() -> Response:
+        """Prometheus metrics (text format): C-STORE answers, associations, job stage
+        durations; jobs, verdicts, reviews, outbox and archive as the index holds them."""
+        if metrics is None:
+            raise HTTPException(404, "this API has no metrics")
+        return Response(metrics.exposition(), media_type=CONTENT_TYPE)
 
     @app.get("/api/jobs", dependencies=guarded)
     def jobs(limit: int = Query(100, ge=1, le=10_000)) -> list[dict[str, Any]]:

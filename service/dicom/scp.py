@@ -25,6 +25,7 @@ from service.errors import (
     ReplacementRefusedError,
     StorageError,
 )
+from service.metrics import NodeMetrics
 from service.storage import InstanceStore
 from service.storage.space import StorageHealth
 
@@ -50,9 +51,11 @@ class StorageSCP:
     """
 
     def __init__(self, settings: DicomSettings, store: InstanceStore,
-                 health: StorageHealth | None = None) -> None:
+                 health: StorageHealth | None = None,
+                 metrics: NodeMetrics | None = None) -> None:
         self.settings = settings
         self.store = store
+        self.metrics = metrics
         self.health = health or StorageHealth(store.incoming, min_free_mb=0)
         self.incoming = Incoming(store.incoming, self.health.refusal)
         self._server: ThreadedAssociationServer | None = None
@@ -87,7 +90,8 @@ class StorageSCP:
         handlers = [
             (evt.EVT_C_STORE, self.handle_store),
             (evt.EVT_C_ECHO, _handle_echo),
-            (evt.EVT_REJECTED, _log_rejected),
+            (evt.EVT_REJECTED, self._rejected),
+            (evt.EVT_ACCEPTED, self._accepted),
             *self.admission.handlers,
             ACTIVITY_HANDLER,
         ]
@@ -108,7 +112,7 @@ class StorageSCP:
                         for n in self.settings.allowed_peer_addresses]
             # socketserver asks verify_request before handing a connection to a thread.
             self._server.verify_request = types.MethodType(  # type: ignore[method-assign]
-                lambda _server, request, address: peer_allowed(address, networks),
+                lambda _server, request, address: self._peer_allowed(address, networks),
                 self._server)
         server = self._server
         self._relaxer = IdleRelaxer(lambda: server.active_associations, self._housekeeping)
@@ -134,8 +138,30 @@ class StorageSCP:
         self.admission.reap()
         self.incoming.sweep()
 
+    def _peer_allowed(self, address: tuple,
+                      networks: list[ipaddress.IPv4Network | ipaddress.IPv6Network]) -> bool:
+        allowed = peer_allowed(address, networks)
+        if not allowed and self.metrics is not None:
+            self.metrics.association("refused")
+        return allowed
+
+    def _accepted(self, event: Event) -> None:
+        if self.metrics is not None:
+            self.metrics.association("accepted")
+
+    def _rejected(self, event: Event) -> None:
+        _log_rejected(event)
+        if self.metrics is not None:
+            self.metrics.association("rejected")
+
     def handle_store(self, event: Event) -> int:
         """EVT_C_STORE: store the streamed file; map our errors to DIMSE statuses."""
+        status = self._store(event)
+        if self.metrics is not None:
+            self.metrics.store_answered(status)
+        return status
+
+    def _store(self, event: Event) -> int:
         sop_uid = str(event.request.AffectedSOPInstanceUID)
         sop_class = str(event.request.AffectedSOPClassUID)
         calling = event.assoc.requestor.ae_title

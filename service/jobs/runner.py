@@ -30,6 +30,7 @@ from service.db.tables import (
 from service.dicom.uids import derived_uid
 from service.errors import KidneyNodeError, SeriesLoadError
 from service.imaging.series import LoadedSeries, load_series, phase_images
+from service.metrics import NodeMetrics
 from service.outbox.sender import enqueue
 from service.pipeline.base import Pipeline, PipelineOutput, StudyInput
 from service.pipeline.quality import Assessment, assess_output
@@ -99,8 +100,10 @@ class JobRunner:
 
     def __init__(self, *, settings: Settings, sessions: sessionmaker[Session],
                  store: InstanceStore, device: str,
-                 storage_health: StorageHealth | None = None) -> None:
+                 storage_health: StorageHealth | None = None,
+                 metrics: NodeMetrics | None = None) -> None:
         self.settings = settings
+        self.metrics = metrics
         self.sessions = sessions
         self.store = store
         self.device = device
@@ -309,9 +312,10 @@ class JobRunner:
         with self.sessions.begin() as session:
             self._set_done(session.get(Job, job_id), JobState.FAILED, error, timings)
 
-    @staticmethod
-    def _set_done(job: Job, state: JobState, error: str | None,
+    def _set_done(self, job: Job, state: JobState, error: str | None,
                   timings: dict[str, float]) -> None:
+        if self.metrics is not None:
+            self.metrics.job_timings(job.pipeline or "", timings)
         job.state = state
         job.error = error
         job.finished_at = utcnow()
