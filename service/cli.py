@@ -72,6 +72,16 @@ def _parser() -> argparse.ArgumentParser:
     history.add_argument("--issuer", help="Issuer of Patient ID, when the ID is held under "
                                           "several issuers")
     history.add_argument("--json", action="store_true")
+    audit = sub.add_parser("audit", help="the audit trail: received, sent, read")
+    audit.add_argument("what", choices=("received", "sent", "access"),
+                       help="instances received, result objects sent, reads of patient data")
+    audit.add_argument("--study", help="one study (received, sent)")
+    audit.add_argument("--peer", help="one sender: calling AE title or address (received)")
+    audit.add_argument("--destination", help="one destination (sent)")
+    audit.add_argument("--patient", help="one Patient ID (access)")
+    audit.add_argument("--user", help="one user (access)")
+    audit.add_argument("--limit", type=int, default=1000)
+    audit.add_argument("--json", action="store_true")
     jobs = sub.add_parser("jobs", help="recent jobs")
     jobs.add_argument("--json", action="store_true")
     jobs.add_argument("--limit", type=int, default=50)
@@ -277,6 +287,37 @@ def _cmd_history(settings: Settings, args: argparse.Namespace) -> int:
     return 0 if issuer is not None else 1
 
 
+_AUDIT_COLUMNS = {
+    "received": ["received_at", "calling_aet", "peer_address", "study_instance_uid",
+                 "sop_instance_uid"],
+    "sent": ["queued_at", "destination", "address", "state", "sent_at", "attempts",
+             "sop_instance_uid", "last_error"],
+    "access": ["at", "user", "client", "method", "path", "status"],
+}
+
+
+def _cmd_audit(settings: Settings, args: argparse.Namespace) -> int:
+    from service.db import audit
+
+    with _sessions(settings)() as session:
+        if args.what == "received":
+            rows = audit.received_instances(session, study_instance_uid=args.study,
+                                            peer=args.peer, limit=args.limit)
+        elif args.what == "sent":
+            rows = audit.sent_objects(session, study_instance_uid=args.study,
+                                      destination=args.destination, limit=args.limit)
+        else:
+            rows = audit.access_records(session, patient_id=args.patient, user=args.user,
+                                        limit=args.limit)
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    elif rows:
+        _print_table(rows, _AUDIT_COLUMNS[args.what])
+    else:
+        print("nothing recorded")
+    return 0
+
+
 def _cmd_jobs(settings: Settings, args: argparse.Namespace) -> int:
     from service.db.queries import list_jobs
 
@@ -366,7 +407,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         settings = load_settings(args.config)
-        configure_logging(settings.log_level)
+        configure_logging(settings.log_level, settings.log_format)
         if args.command == "serve":
             return _cmd_serve(settings)
         if args.command == "db":
@@ -377,7 +418,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         handler = {"segment": _cmd_segment, "volumes": _cmd_volumes, "patients": _cmd_patients,
                    "baseline": _cmd_baseline, "review": _cmd_review,
-                   "history": _cmd_history, "jobs": _cmd_jobs,
+                   "history": _cmd_history, "audit": _cmd_audit, "jobs": _cmd_jobs,
                    "outbox": _cmd_outbox, "train": _cmd_train, "demo": _cmd_demo}[args.command]
         return handler(settings, args)
     except KidneyNodeError as exc:

@@ -160,7 +160,9 @@ class Node:
     def _start_http(self, sock: socket.socket) -> None:
         app = create_app(self.sessions, rules=AlertRules.from_settings(self.settings.trends),
                          storage_root=self.store.root, token=self.settings.http.token,
-                         storage_health=self.storage_health, metrics=self.metrics)
+                         storage_health=self.storage_health, metrics=self.metrics,
+                         audit_reads=self.settings.http.audit_reads,
+                         audit_user_header=self.settings.http.audit_user_header)
         config = uvicorn.Config(app, log_config=None, access_log=False)
         self._http = uvicorn.Server(config)
         threading.Thread(target=self._http.run, kwargs={"sockets": [sock]}, name="http",

@@ -15,6 +15,7 @@ that writes and comes from a browser must come from the node's own pages
 
 from __future__ import annotations
 
+import logging
 import secrets
 from collections.abc import Callable
 from pathlib import Path
@@ -22,9 +23,11 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from fastapi import Depends, FastAPI, HTTPException, Query, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from pydantic import BaseModel, Field
 from sqlalchemy import text
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from service import __version__
@@ -36,7 +39,7 @@ from service.api.pages import (
     patient_page,
     patient_query,
 )
-from service.db import queries
+from service.db import audit, queries
 from service.errors import AmbiguousPatientError, KidneyNodeError
 from service.metrics import CONTENT_TYPE, NodeMetrics
 from service.reports.mask_preview import preview_png, seg_source_series
@@ -46,6 +49,8 @@ from service.storage.space import StorageHealth
 from service.trends import AlertRules
 
 __all__ = ["SECURITY_HEADERS", "TOKEN_COOKIE", "create_app"]
+
+logger = logging.getLogger(__name__)
 
 TOKEN_COOKIE = "kidney_node_token"
 _PNG = {"content-type": "image/png"}
@@ -73,6 +78,8 @@ def _token_check(token: str | None) -> Callable[[Request], None]:
     return check
 
 
+#: Requests that read no patient data: not in the access log.
+_NOT_AUDITED = frozenset({"/health", "/metrics", "/favicon.ico", "/docs", "/openapi.json"})
 #: Largest review form or JSON body read (bytes).
 _MAX_REVIEW_BODY = 16_384
 
@@ -107,11 +114,14 @@ def _same_origin(request: Request) -> None:
 def create_app(sessions: sessionmaker[Session], *, rules: AlertRules = AlertRules(),
                storage_root: Path | None = None, token: str | None = None,
                storage_health: StorageHealth | None = None,
-               metrics: NodeMetrics | None = None) -> FastAPI:
+               metrics: NodeMetrics | None = None, audit_reads: bool = True,
+               audit_user_header: str | None = None) -> FastAPI:
     """The API over ``sessions``; OpenAPI schema at ``/openapi.json``.
 
     ``storage_root`` (the archive) serves the mask previews; without it they answer 404.
     ``storage_health`` is reported by ``/health``; ``metrics`` by ``/metrics`` (else 404).
+    ``audit_reads``: every request but ``_NOT_AUDITED`` goes into the access log, with the
+    user ``audit_user_header`` names (set by an authenticating proxy).
     """
     app = FastAPI(title="kidney-node", version=__version__, docs_url=None, redoc_url=None,
                   openapi_url=None)
@@ -121,7 +131,28 @@ def create_app(sessions: sessionmaker[Session], *, rules: AlertRules = AlertRule
     async def security_headers(request: Request, call_next: Callable) -> Response:
         response = await call_next(request)
         response.headers.update(SECURITY_HEADERS)
+        if audit_reads and request.url.path not in _NOT_AUDITED:
+            await run_in_threadpool(_audit, request, response.status_code)
         return response
+
+    def _audit(request: Request, status: int) -> None:
+        """One access-log row; a failure is logged and the answer still goes out (the
+        clinicians' pages stay up when the index is busy)."""
+        params = request.scope.get("path_params") or {}
+        query = request.url.query
+        try:
+            with sessions.begin() as session:
+                audit.record_access(
+                    session, user=(request.headers.get(audit_user_header, "")
+                                   if audit_user_header else ""),
+                    client=request.client.host if request.client else "",
+                    method=request.method,
+                    path=request.url.path + (f"?{query}" if query else ""),
+                    patient_id=params.get("patient_id", request.query_params.get("id")),
+                    study_instance_uid=params.get("study_instance_uid"), status=status)
+        except SQLAlchemyError as exc:
+            logger.error("access log: cannot record %s %s: %s", request.method,
+                         request.url.path, exc)
 
     @app.get("/openapi.json", dependencies=guarded, include_in_schema=False)
     def openapi() -> dict[str, Any]:
@@ -159,6 +190,31 @@ def create_app(sessions: sessionmaker[Session], *, rules: AlertRules = AlertRule
         if metrics is None:
             raise HTTPException(404, "this API has no metrics")
         return Response(metrics.exposition(), media_type=CONTENT_TYPE)
+
+    @app.get("/api/audit/received", dependencies=guarded)
+    def audit_received(study: str | None = None, peer: str | None = None,
+                       limit: int = Query(1000, ge=1, le=100_000)) -> list[dict[str, Any]]:
+        """Instances received, newest first: of a study, and/or from a peer (calling AE
+        title or address)."""
+        with sessions() as session:
+            return audit.received_instances(session, study_instance_uid=study, peer=peer,
+                                            limit=limit)
+
+    @app.get("/api/audit/sent", dependencies=guarded)
+    def audit_sent(study: str | None = None, destination: str | None = None,
+                   limit: int = Query(1000, ge=1, le=100_000)) -> list[dict[str, Any]]:
+        """Result objects sent or to send: where, when, outcome."""
+        with sessions() as session:
+            return audit.sent_objects(session, study_instance_uid=study,
+                                      destination=destination, limit=limit)
+
+    @app.get("/api/audit/access", dependencies=guarded)
+    def audit_access(patient_id: str | None = None, user: str | None = None,
+                     limit: int = Query(1000, ge=1, le=100_000)) -> list[dict[str, Any]]:
+        """Reads of patient data through this API and its pages: who, when, what."""
+        with sessions() as session:
+            return audit.access_records(session, patient_id=patient_id, user=user,
+                                        limit=limit)
 
     @app.get("/api/jobs", dependencies=guarded)
     def jobs(limit: int = Query(100, ge=1, le=10_000)) -> list[dict[str, Any]]:

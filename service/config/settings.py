@@ -271,6 +271,11 @@ class HttpSettings(_Frozen):
     #: Bearer token of the API and pages; required when ``host`` is not a loopback address
     #: (set it with KIDNEY_NODE_HTTP__TOKEN rather than in a file others can read).
     token: str | None = Field(default=None, min_length=16)
+    #: Record every read of patient data (who, when, what) in the index's access log.
+    audit_reads: bool = True
+    #: Request header naming the user, set by the reverse proxy that authenticates them
+    #: (e.g. "X-Remote-User"); recorded as who read. None: the client address only.
+    audit_user_header: str | None = None
 
     @field_validator("token", mode="before")
     @classmethod
@@ -355,6 +360,9 @@ class Settings(_Frozen):
     trends: TrendSettings = TrendSettings()
     qc: QcSettings = QcSettings()
     log_level: str = "INFO"
+    #: "text": one line per message; "json": one JSON object per line (time, level,
+    #: logger, message, exception), for a log collector.
+    log_format: Literal["text", "json"] = "text"
 
     @field_validator("log_level")
     @classmethod

@@ -24,6 +24,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from sqlalchemy.sql import false
 
 __all__ = [
+    "AccessRecord",
     "Base",
     "Instance",
     "InstanceOrigin",
@@ -175,6 +176,8 @@ class Instance(Base):
     origin: Mapped[InstanceOrigin] = mapped_column(
         _enum(InstanceOrigin, "instance_origin"), default=InstanceOrigin.RECEIVED)
     calling_aet: Mapped[str | None] = mapped_column(String(16))
+    #: IP address of the peer that first sent it (audit; NULL before it was recorded).
+    peer_address: Mapped[str | None] = mapped_column(String(64))
     received_at: Mapped[dt.datetime] = mapped_column(_TS, default=utcnow)
 
     series: Mapped[Series] = relationship(back_populates="instances")
@@ -273,6 +276,25 @@ class Review(Base):
     #: Why an ``ignored`` SEG gave no measurement; how a segment was matched otherwise.
     detail: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[dt.datetime] = mapped_column(_TS, default=utcnow)
+
+
+class AccessRecord(Base):
+    """One read of patient data through the HTTP API or pages (audit)."""
+
+    __tablename__ = "access_log"
+    __table_args__ = (Index("ix_access_log_patient", "patient_id", "at"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    at: Mapped[dt.datetime] = mapped_column(_TS, default=utcnow, index=True)
+    #: Who: the user the reverse proxy names (``http.audit_user_header``), else "".
+    user: Mapped[str] = mapped_column(String(255), default="")
+    client: Mapped[str] = mapped_column(String(64), default="")
+    method: Mapped[str] = mapped_column(String(8))
+    #: What: the path and query read.
+    path: Mapped[str] = mapped_column(Text)
+    patient_id: Mapped[str | None] = mapped_column(_PATIENT_TEXT)
+    study_instance_uid: Mapped[str | None] = mapped_column(String(64))
+    status: Mapped[int] = mapped_column(Integer)
 
 
 class OutboxItem(Base):

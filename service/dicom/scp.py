@@ -174,7 +174,8 @@ class StorageSCP:
             return STATUS["out_of_resources"]
         try:
             self.store.store_file(path, expected_sop_uid=sop_uid, expected_sop_class=sop_class,
-                                  calling_aet=calling)
+                                  calling_aet=calling,
+                                  peer_address=str(event.assoc.requestor.address))
         except ReplacementRefusedError as exc:
             logger.error("refused C-STORE of %s from %s: %s", sop_uid, calling, exc)
             return STATUS["not_authorized" if exc.not_authorized else "dataset_mismatch"]

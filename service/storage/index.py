@@ -142,6 +142,7 @@ def index_instance(
     transfer_syntax_uid: str,
     calling_aet: str | None,
     origin: InstanceOrigin,
+    peer_address: str | None = None,
 ) -> IndexOutcome:
     """Add or refresh one instance in the index, creating its patient, study and series
     as needed. Flushes, does not commit.
@@ -173,7 +174,7 @@ def index_instance(
     series = _get_or_create_series(session, header)
     session.add(Instance(series=series, **_instance_values(
         header, relpath=relpath, size_bytes=size_bytes, transfer_syntax_uid=transfer_syntax_uid,
-        calling_aet=calling_aet, origin=origin)))
+        calling_aet=calling_aet, origin=origin, peer_address=peer_address)))
     if origin is InstanceOrigin.RECEIVED:
         series.study.last_received_at = utcnow()
     session.flush()
@@ -182,13 +183,15 @@ def index_instance(
 
 def _instance_values(header: InstanceHeader, *, relpath: str, size_bytes: int,
                      transfer_syntax_uid: str, calling_aet: str | None,
-                     origin: InstanceOrigin) -> dict[str, object]:
+                     origin: InstanceOrigin, peer_address: str | None = None
+                     ) -> dict[str, object]:
     """The columns of an instance row, for the ORM path and the one-INSERT path alike."""
     return {"sop_instance_uid": header.sop_uid, "sop_class_uid": header.sop_class_uid,
             "transfer_syntax_uid": transfer_syntax_uid,
             "instance_number": header.instance_number,
             "temporal_position": header.temporal_position, "path": relpath,
-            "size_bytes": size_bytes, "origin": origin, "calling_aet": calling_aet}
+            "size_bytes": size_bytes, "origin": origin, "calling_aet": calling_aet,
+            "peer_address": peer_address}
 
 
 def _get_or_create_series(session: Session, header: InstanceHeader) -> Series:
@@ -220,6 +223,7 @@ def insert_into_known_series(
     transfer_syntax_uid: str,
     calling_aet: str | None,
     origin: InstanceOrigin,
+    peer_address: str | None = None,
 ) -> None:
     """The fast path of :func:`index_instance` for a series already indexed: one INSERT
     and the study's stability clock, as two cached Core statements. Does not commit.
@@ -234,6 +238,7 @@ def insert_into_known_series(
     conn.execute(_INSERT_INSTANCE, {
         "series_pk": series_pk, "received_at": now, **_instance_values(
             header, relpath=relpath, size_bytes=size_bytes,
-            transfer_syntax_uid=transfer_syntax_uid, calling_aet=calling_aet, origin=origin)})
+            transfer_syntax_uid=transfer_syntax_uid, calling_aet=calling_aet, origin=origin,
+            peer_address=peer_address)})
     if origin is InstanceOrigin.RECEIVED:
         conn.execute(_TOUCH_STUDY, {"study_pk": study_pk, "now": now})

@@ -150,6 +150,7 @@ class InstanceStore:
         expected_sop_class: str | None = None,
         calling_aet: str | None = None,
         origin: InstanceOrigin = InstanceOrigin.RECEIVED,
+        peer_address: str | None = None,
     ) -> StoredInstance:
         """Move a complete DICOM file (with file meta) into the archive and index it.
 
@@ -201,7 +202,8 @@ class InstanceStore:
         except OSError as exc:
             raise StorageError(f"instance {header.sop_uid}: cannot write {final}: {exc}") from exc
         try:
-            outcome = self._index(header, rel.as_posix(), size, tsyntax, calling_aet, origin)
+            outcome = self._index(header, rel.as_posix(), size, tsyntax, calling_aet, origin,
+                                  peer_address)
         except ReplacementRefusedError:
             if not existed:
                 final.unlink(missing_ok=True)
@@ -233,9 +235,10 @@ class InstanceStore:
             tmp.unlink(missing_ok=True)
 
     def _index(self, header: InstanceHeader, rel: str, size: int, tsyntax: str,
-               calling_aet: str | None, origin: InstanceOrigin) -> IndexOutcome:
+               calling_aet: str | None, origin: InstanceOrigin,
+               peer_address: str | None = None) -> IndexOutcome:
         fields = dict(relpath=rel, size_bytes=size, transfer_syntax_uid=tsyntax,
-                      calling_aet=calling_aet, origin=origin)
+                      calling_aet=calling_aet, origin=origin, peer_address=peer_address)
         known = self._known_series.get(header.series_uid)
         if known is not None:
             # Most instances join a series indexed a moment ago: one INSERT. A resend

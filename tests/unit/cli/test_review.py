@@ -1,4 +1,4 @@
-"""`kidney-node review` and `kidney-node history` on a populated index (SQLite)."""
+"""`kidney-node review`, `history` and `audit` on a populated index (SQLite)."""
 
 import json
 
@@ -39,3 +39,31 @@ def test_a_review_the_node_cannot_record_says_why(index_env, capsys):
     assert main(["review", "9.9", "accept", "--by", "R"]) == 1
     assert "not known" in capsys.readouterr().err
     assert main(["history", "nobody"]) == 1
+
+
+def test_the_audit_lists_what_was_sent_and_who_read(index_env, populated_index, capsys):
+    from sqlalchemy import select
+
+    from service.db import Job, Study
+    from service.db.audit import record_access
+    from service.db.tables import OutboxItem, SendState
+
+    with populated_index.begin() as session:
+        job = session.scalar(select(Job).join(Study).where(Study.study_instance_uid == "1.1"))
+        session.add(OutboxItem(job_pk=job.id, sop_instance_uid="1.1.9", path="x.dcm",
+                               destination="pacs", ae_title="PACS", host="10.0.0.5", port=104,
+                               state=SendState.FAILED, attempts=3, last_error="refused"))
+        record_access(session, user="alice", client="10.0.0.9", method="GET",
+                      path="/api/patients/P1/volumes", patient_id="P1",
+                      study_instance_uid=None, status=200)
+    assert main(["audit", "sent", "--study", "1.1", "--json"]) == 0
+    (sent,) = json.loads(capsys.readouterr().out)
+    assert (sent["destination"], sent["address"], sent["state"], sent["last_error"]) == (
+        "pacs", "10.0.0.5:104", "failed", "refused")
+    assert main(["audit", "sent", "--study", "1.2", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == []
+    assert main(["audit", "access", "--patient", "P1"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 2 and "alice" in lines[1] and "/api/patients/P1/volumes" in lines[1]
+    assert main(["audit", "access", "--user", "bob"]) == 0
+    assert "nothing recorded" in capsys.readouterr().out

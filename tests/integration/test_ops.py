@@ -1,9 +1,13 @@
-"""``/metrics`` of the running node, read with prometheus-client's own parser, against
-what the test did: a CT study stored by DCMTK's storescu, an instance the node cannot
-understand, an association from an unknown AE title, the result sent to storescp."""
+"""What an operations team reads from the running node, against what the test did (a CT
+study stored by DCMTK's storescu, an instance the node cannot understand, an association
+from an unknown AE title, the result sent to storescp, a clinician reading the patient
+through a proxy that names them): ``/metrics``, read with prometheus-client's own
+parser, and the audit trail (who sent which instance, what was sent where, who read
+which patient)."""
 
 from __future__ import annotations
 
+import json
 import urllib.request
 from pathlib import Path
 
@@ -18,6 +22,13 @@ from tests.conftest import free_port
 from tests.peers import storescp, storescu
 
 pytestmark = pytest.mark.integration
+
+
+def _get(api: str, path: str, user: str | None = None) -> object:
+    request = urllib.request.Request(api + path, headers={"X-Remote-User": user} if user
+                                     else {})
+    with urllib.request.urlopen(request, timeout=10) as resp:  # noqa: S310
+        return json.load(resp)
 
 
 def _samples(api: str) -> dict[tuple[str, tuple], float]:
@@ -45,7 +56,8 @@ def _unreadable_instance(port: int) -> int:
         assoc.release()
 
 
-def test_metrics_count_what_the_node_received_ran_and_sent(make_node, sqlite_url, tmp_path):
+def test_metrics_and_audit_tell_what_the_node_received_ran_sent_and_showed(
+        make_node, sqlite_url, tmp_path):
     study = write_ct_study(tmp_path / "ct", synthesize_ct(1, grid=CtGrid.small()),
                            patient_id="IT-METRICS")
     files = list(study.files)
@@ -53,6 +65,8 @@ def test_metrics_count_what_the_node_received_ran_and_sent(make_node, sqlite_url
     with storescp(dest_port, tmp_path / "dest"):
         node = make_node(sqlite_url, allowed_calling_aets=["STORESCU"], destinations=[
             {"name": "pacs", "ae_title": "DEST", "host": "127.0.0.1", "port": dest_port}])
+        node.config["http"]["audit_user_header"] = "X-Remote-User"
+        node.config["log_format"] = "json"
         node.start()
         assert storescu(node.dicom_port, files).returncode == 0
         assert storescu(node.dicom_port, files[:1], calling="INTRUDER").returncode != 0
@@ -65,6 +79,14 @@ def test_metrics_count_what_the_node_received_ran_and_sent(make_node, sqlite_url
 
         node.wait_for(all_sent, 120, "the SEG and SR sent")
         samples = _samples(node.api)
+        uid = study.study_instance_uid
+        _get(node.api, "/api/patients/IT-METRICS/volumes", user="dr.house")
+        received = _get(node.api, f"/api/audit/received?study={uid}")
+        by_peer = _get(node.api, "/api/audit/received?peer=STORESCU")
+        by_address = _get(node.api, "/api/audit/received?peer=127.0.0.1")
+        sent = _get(node.api, f"/api/audit/sent?study={uid}")
+        reads = _get(node.api, "/api/audit/access?patient_id=IT-METRICS")
+        log = node.log()
         summary = node.study(study.study_instance_uid)
         storage = Path(node.config["storage"]["root"])
     print({k: v for k, v in samples.items() if k[0].startswith("kidney_node")
@@ -91,4 +113,24 @@ def test_metrics_count_what_the_node_received_ran_and_sent(make_node, sqlite_url
     assert samples[("kidney_node_archive_bytes", ())] == sum(p.stat().st_size for p in on_disk)
     assert samples[("kidney_node_archive_free_bytes", ())] > 0
     assert samples[("kidney_node_index_up", ())] == 1
-    assert dcmread(files[0], stop_before_pixels=True).PatientID == "IT-METRICS"
+    # Audit: who sent which instance; what was sent where, when, with what outcome; who
+    # read the patient.
+    sop_uids = {str(dcmread(f, stop_before_pixels=True).SOPInstanceUID) for f in files}
+    assert {r["sop_instance_uid"] for r in received} == sop_uids
+    assert {(r["calling_aet"], r["peer_address"]) for r in received} == {
+        ("STORESCU", "127.0.0.1")}
+    assert {r["sop_instance_uid"] for r in by_peer} == sop_uids
+    assert {r["sop_instance_uid"] for r in by_address} == sop_uids
+    assert sorted(s["sop_instance_uid"] for s in sent) == sorted(
+        s["sop_instance_uid"] for s in summary["sends"])
+    assert {(s["destination"], s["ae_title"], s["address"], s["state"]) for s in sent} == {
+        ("pacs", "DEST", f"127.0.0.1:{dest_port}", "sent")}
+    assert all(s["sent_at"] for s in sent)
+    (read,) = [r for r in reads if r["user"] == "dr.house"]
+    assert (read["path"], read["status"], read["client"]) == (
+        "/api/patients/IT-METRICS/volumes", 200, "127.0.0.1")
+    # The log as JSON lines (log_format: json), the rejection of the unknown AE in it.
+    records = [json.loads(line) for line in log.splitlines() if line.startswith("{")]
+    assert not [line for line in log.splitlines() if line[:2] == "20"]  # no text lines
+    assert {"time", "level", "logger", "message"} <= records[0].keys()
+    assert any(r["level"] == "WARNING" and "INTRUDER" in r["message"] for r in records)
