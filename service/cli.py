@@ -72,6 +72,12 @@ def _parser() -> argparse.ArgumentParser:
     history.add_argument("--issuer", help="Issuer of Patient ID, when the ID is held under "
                                           "several issuers")
     history.add_argument("--json", action="store_true")
+    purge = sub.add_parser("purge", help="retention: delete the source images of old "
+                                         "studies (results and volumes kept)")
+    purge.add_argument("--older-than-days", type=_positive_int,
+                       help="default: storage.retention.source_days")
+    purge.add_argument("--apply", action="store_true",
+                       help="delete (without it: say what would be deleted)")
     audit = sub.add_parser("audit", help="the audit trail: received, sent, read")
     audit.add_argument("what", choices=("received", "sent", "access"),
                        help="instances received, result objects sent, reads of patient data")
@@ -287,6 +293,24 @@ def _cmd_history(settings: Settings, args: argparse.Namespace) -> int:
     return 0 if issuer is not None else 1
 
 
+def _cmd_purge(settings: Settings, args: argparse.Namespace) -> int:
+    from service.storage.retention import purge_sources
+
+    days = args.older_than_days or settings.storage.retention.source_days
+    if days is None:
+        print("kidney-node: no age given: --older-than-days N or "
+              "storage.retention.source_days", file=sys.stderr)
+        return 2
+    report = purge_sources(_sessions(settings), settings.storage.root,
+                           older_than_days=days, dry_run=not args.apply)
+    print(report.summary())
+    for uid in report.studies:
+        print(f"  study {uid}")
+    if report.dry_run and report.instances:
+        print("dry run: nothing deleted (--apply deletes)")
+    return 0
+
+
 _AUDIT_COLUMNS = {
     "received": ["received_at", "calling_aet", "peer_address", "study_instance_uid",
                  "sop_instance_uid"],
@@ -418,7 +442,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         handler = {"segment": _cmd_segment, "volumes": _cmd_volumes, "patients": _cmd_patients,
                    "baseline": _cmd_baseline, "review": _cmd_review,
-                   "history": _cmd_history, "audit": _cmd_audit, "jobs": _cmd_jobs,
+                   "history": _cmd_history, "audit": _cmd_audit, "purge": _cmd_purge,
+                   "jobs": _cmd_jobs,
                    "outbox": _cmd_outbox, "train": _cmd_train, "demo": _cmd_demo}[args.command]
         return handler(settings, args)
     except KidneyNodeError as exc:

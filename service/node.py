@@ -25,6 +25,7 @@ from service.pipeline.registry import get_pipeline
 from service.reviews.corrections import examine_corrections
 from service.scheduler.sweep import sweep
 from service.storage import InstanceStore
+from service.storage.retention import purge_sources
 from service.storage.space import StorageHealth
 from service.trends import AlertRules
 
@@ -98,6 +99,10 @@ class Node:
                                seconds=1.0)
         self.scheduler.add_job(self.send_once, "interval", id="sender",
                                seconds=self.settings.sender.poll_interval_seconds)
+        retention = self.settings.storage.retention
+        if retention.source_days is not None:
+            self.scheduler.add_job(self.purge_once, "interval", id="retention",
+                                   hours=retention.interval_hours, next_run_time=_now())
         self.scheduler.start()
         if http_socket is not None:
             self._start_http(http_socket)
@@ -132,6 +137,16 @@ class Node:
         with self.sessions.begin() as session:  # readers' SEGs: reviews, never a job
             examine_corrections(session, self.store.root)
         return len(jobs)
+
+    def purge_once(self) -> int:
+        """Retention (``storage.retention``): source images of old studies purged, or,
+        dry, logged; the number of instances."""
+        retention = self.settings.storage.retention
+        if retention.source_days is None:
+            return 0
+        return purge_sources(self.sessions, self.store.root,
+                             older_than_days=retention.source_days,
+                             dry_run=retention.dry_run).instances
 
     def send_once(self) -> int:
         return drain_outbox(self.sessions, storage_root=self.store.root,

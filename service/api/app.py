@@ -240,7 +240,8 @@ def create_app(sessions: sessionmaker[Session], *, rules: AlertRules = AlertRule
         with sessions() as session:
             files = queries.result_files(session, study_instance_uid)
             if files is None or storage_root is None:
-                raise HTTPException(404, f"study {study_instance_uid} has no stored result")
+                raise HTTPException(404, f"study {study_instance_uid} has no stored result, "
+                                         "or its source images were purged (retention)")
             sources = files.source_paths
             try:
                 # The SEG may be on the node's copies of the segmented phase.

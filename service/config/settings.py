@@ -98,11 +98,25 @@ class DicomSettings(_Frozen):
         return value
 
 
+class RetentionSettings(_Frozen):
+    """Purge of received source images (service/storage/retention.py). Results (SEG, SR,
+    the node's copies of a segmented phase), readers' SEGs and every volume are kept."""
+
+    #: Source images of studies last received more than this many days ago are purged;
+    #: None: never (the default).
+    source_days: int | None = Field(default=None, ge=1)
+    #: Log what would be purged, delete nothing (the first runs of a new setting).
+    dry_run: bool = True
+    #: How often the scheduler runs the purge.
+    interval_hours: float = Field(default=24.0, gt=0)
+
+
 class StorageSettings(_Frozen):
     root: Path = Path("var/storage")
     #: Below this much free space (MB) on the archive's filesystem, C-STOREs are refused
     #: with 0xA700 before anything is written, and /health says "degraded".
     min_free_mb: int = Field(default=512, ge=0)
+    retention: RetentionSettings = RetentionSettings()
 
 
 class DatabaseSettings(_Frozen):

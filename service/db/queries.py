@@ -424,8 +424,10 @@ def result_files(session: Session, study_instance_uid: str) -> ResultFiles | Non
 
 def series_paths(session: Session, series_instance_uid: str) -> tuple[str, ...]:
     """Archive paths of a series' instances (received, or written by the node: the copies
-    of a segmented phase), in the order they were stored."""
+    of a segmented phase), in the order they were stored; purged ones (retention) left
+    out."""
     return tuple(session.scalars(
         select(Instance.path).join(Series, Series.id == Instance.series_pk)
-        .where(Series.series_instance_uid == series_instance_uid)
+        .where(Series.series_instance_uid == series_instance_uid,
+               Instance.purged_at.is_(None))
         .order_by(Instance.id)).all())

@@ -179,6 +179,9 @@ class Instance(Base):
     #: IP address of the peer that first sent it (audit; NULL before it was recorded).
     peer_address: Mapped[str | None] = mapped_column(String(64))
     received_at: Mapped[dt.datetime] = mapped_column(_TS, default=utcnow)
+    #: When retention deleted its file (the row stays: who sent it, and the study's
+    #: fingerprint, which must not change); NULL while the file is in the archive.
+    purged_at: Mapped[dt.datetime | None] = mapped_column(_TS)
 
     series: Mapped[Series] = relationship(back_populates="instances")
 

@@ -159,6 +159,7 @@ def index_instance(
         existing.path = relpath
         existing.size_bytes = size_bytes
         existing.transfer_syntax_uid = transfer_syntax_uid
+        existing.purged_at = None  # sent again after retention purged it: held again
         if series.series_instance_uid == header.series_uid:
             return IndexOutcome(False, series.id, series.study_pk)
         new_series = _get_or_create_series(session, header)
