@@ -3,8 +3,15 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 CONFIG ?= config/kidney-node.yaml
+# Which torch build: empty = what this machine's pip configuration gives (a plain PyPI
+# gives the CUDA build, several GB); TORCH=cpu for the CPU build, TORCH=cu126 (or another
+# CUDA tag of download.pytorch.org) for that CUDA build.
+TORCH ?=
 # Extra pip options, e.g. PIP_OPTS="--extra-index-url https://download.pytorch.org/whl/cu124"
 PIP_OPTS ?=
+ifneq ($(TORCH),)
+PIP_OPTS += --extra-index-url https://download.pytorch.org/whl/$(TORCH)
+endif
 # The viewer the tests open results in: OHIF's prebuilt app from the npm registry.
 OHIF_VERSION := 3.13.2
 OHIF_SHA1 := 26a51ffcc1704c30fff403258a1d7392e9a991f3
@@ -14,6 +21,13 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 .PHONY: install install-test peers viewer run test lint bench clean
 
 $(BIN)/python:
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null || { \
+	  echo "kidney-node needs Python >= 3.11; '$(PYTHON)' is: $$($(PYTHON) --version 2>&1)." >&2; \
+	  echo "Debian 12: apt-get install python3 python3-venv; Ubuntu 22.04: apt-get install" \
+	    "python3.11 python3.11-venv, then: make PYTHON=python3.11 ..." >&2; exit 1; }
+	@$(PYTHON) -c 'import ensurepip, venv' 2>/dev/null || { \
+	  echo "'$(PYTHON)' has no venv module: apt-get install python3-venv" \
+	    "(or python3.X-venv for your version)" >&2; exit 1; }
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
@@ -42,7 +56,8 @@ peers:
 	command -v openssl >/dev/null || missing="$$missing openssl"; \
 	command -v npm >/dev/null || missing="$$missing npm"; \
 	if [ -n "$$missing" ]; then \
-	  echo "installing Debian packages:$$missing"; \
+	  echo "installing Debian packages the tests run against:$$missing" \
+	    "(DICOM peers: dcmtk, dicom3tools, orthanc; a browser for OHIF: chromium, npm)"; \
 	  $(SUDO) apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends \
 	    $$missing; \

@@ -25,6 +25,7 @@ from urllib.parse import parse_qs, urlsplit
 from fastapi import Depends, FastAPI, HTTPException, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, Field
 from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
@@ -65,12 +66,16 @@ SECURITY_HEADERS = {
 }
 
 
-def _token_check(token: str | None) -> Callable[[Request], None]:
-    def check(request: Request) -> None:
+#: The bearer scheme, declared in the OpenAPI schema (the check is :func:`_token_check`).
+_BEARER = HTTPBearer(auto_error=False, description="http.token of the node's settings")
+
+
+def _token_check(token: str | None) -> Callable[..., None]:
+    def check(request: Request,
+              credentials: HTTPAuthorizationCredentials | None = Depends(_BEARER)) -> None:
         if token is None:
             return
-        header = request.headers.get("authorization", "")
-        given = header[7:] if header.lower().startswith("bearer ") else \
+        given = credentials.credentials if credentials is not None else \
             request.cookies.get(TOKEN_COOKIE, "")
         if not secrets.compare_digest(given.encode(), token.encode()):
             raise HTTPException(401, "a valid bearer token is required",

@@ -33,6 +33,10 @@ def test_patients_list_and_alerts_and_bad_parameters(client):
     assert client.get("/api/patients", params={"limit": 0}).status_code == 422
     schema = client.get("/openapi.json").json()
     assert "/api/patients/{patient_id}/volumes" in schema["paths"]
+    # The bearer scheme is declared, on the guarded routes only.
+    assert schema["components"]["securitySchemes"]["HTTPBearer"]["scheme"] == "bearer"
+    assert schema["paths"]["/api/patients"]["get"]["security"] == [{"HTTPBearer": []}]
+    assert "security" not in schema["paths"]["/health"]["get"]
 
 
 def _png_size(data: bytes) -> tuple[int, int]:
