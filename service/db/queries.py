@@ -183,29 +183,32 @@ def patient_history(session: Session, patient_id: str, issuer: str = ""
     studies = {s.id: s for s in session.scalars(select(Study).where(Study.id.in_(of_patient)))}
     reported = {(r.study_instance_uid, r.structure): r
                 for r in patient_volumes(session, patient_id, issuer)}
+    def event(study: Study, rank: int, record: Result | Review, **body: Any
+              ) -> tuple[tuple, dict[str, Any]]:
+        order = (*_study_order(study), rank, record.created_at.timestamp(), record.id)
+        return order, {"study_instance_uid": study.study_instance_uid,
+                       "study_date": _iso(study.study_date), **body}
+
     events: list[tuple[tuple, dict[str, Any]]] = []
     for result in session.scalars(select(Result).where(Result.study_pk.in_(of_patient))):
         study = studies[result.study_pk]
         row = reported.get((study.study_instance_uid, result.structure))
-        is_reported = (row is not None and row.measurement == "automatic"
-                       and row.result_id == result.id)
-        events.append(((*_study_order(study), 0, result.created_at.timestamp(), result.id), {
-            "study_instance_uid": study.study_instance_uid,
-            "study_date": _iso(study.study_date), "kind": "automatic",
-            "structure": result.structure, "volume_ml": round(result.volume_ml, 3),
-            "pipeline": result.pipeline_name, "pipeline_version": result.pipeline_version,
-            "qc_verdict": result.qc_verdict, "result_id": result.id, "job_id": result.job_pk,
-            "seg_sop_instance_uid": result.seg_sop_instance_uid,
-            "recorded_at": _iso(result.created_at), "reported": is_reported}))
+        events.append(event(
+            study, 0, result, kind="automatic", structure=result.structure,
+            volume_ml=round(result.volume_ml, 3), pipeline=result.pipeline_name,
+            pipeline_version=result.pipeline_version, qc_verdict=result.qc_verdict,
+            result_id=result.id, job_id=result.job_pk,
+            seg_sop_instance_uid=result.seg_sop_instance_uid,
+            recorded_at=_iso(result.created_at),
+            reported=row is not None and row.measurement == "automatic"
+            and row.result_id == result.id))
     for review in session.scalars(select(Review).where(Review.study_pk.in_(of_patient))):
         study = studies[review.study_pk]
         row = reported.get((study.study_instance_uid, review.structure))
-        is_reported = (row is not None and row.measurement == "corrected"
-                       and row.review_id == review.id)
-        events.append(((*_study_order(study), 1, review.created_at.timestamp(), review.id), {
-            "study_instance_uid": study.study_instance_uid,
-            "study_date": _iso(study.study_date), "kind": review.action.value,
-            **review_dict(review), "reported": is_reported}))
+        events.append(event(
+            study, 1, review, kind=review.action.value, **review_dict(review),
+            reported=row is not None and row.measurement == "corrected"
+            and row.review_id == review.id))
     return [event for _key, event in sorted(events, key=lambda e: e[0])]
 
 
