@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 import ipaddress
 import logging
 import types
@@ -29,18 +30,18 @@ from service.metrics import NodeMetrics
 from service.storage import InstanceStore
 from service.storage.space import StorageHealth
 
-__all__ = ["STATUS", "StorageSCP", "peer_allowed"]
+__all__ = ["DimseStatus", "StorageSCP", "peer_allowed"]
 
 logger = logging.getLogger(__name__)
 
-#: DIMSE statuses used by the handler (PS3.4 B.2.3, PS3.7 C.4.2).
-STATUS = {
-    "success": 0x0000,
-    "out_of_resources": 0xA700,
-    "not_authorized": 0x0124,
-    "dataset_mismatch": 0xA900,
-    "cannot_understand": 0xC000,
-}
+class DimseStatus(enum.IntEnum):
+    """DIMSE statuses the handlers answer (PS3.4 B.2.3, PS3.7 C.4.2)."""
+
+    SUCCESS = 0x0000
+    OUT_OF_RESOURCES = 0xA700
+    NOT_AUTHORIZED = 0x0124
+    DATASET_MISMATCH = 0xA900
+    CANNOT_UNDERSTAND = 0xC000
 
 
 class StorageSCP:
@@ -171,28 +172,29 @@ class StorageSCP:
             logger.error("could not store %s from %s: %s", sop_uid, calling, failure)
             self.health.record_fault(failure)
             discard_file(path)
-            return STATUS["out_of_resources"]
+            return DimseStatus.OUT_OF_RESOURCES
         try:
             self.store.store_file(path, expected_sop_uid=sop_uid, expected_sop_class=sop_class,
                                   calling_aet=calling,
                                   peer_address=str(event.assoc.requestor.address))
         except ReplacementRefusedError as exc:
             logger.error("refused C-STORE of %s from %s: %s", sop_uid, calling, exc)
-            return STATUS["not_authorized" if exc.not_authorized else "dataset_mismatch"]
+            return (DimseStatus.NOT_AUTHORIZED if exc.not_authorized
+                    else DimseStatus.DATASET_MISMATCH)
         except DatasetMismatchError as exc:
             logger.error("refused C-STORE of %s from %s: %s", sop_uid, calling, exc)
-            return STATUS["dataset_mismatch"]
+            return DimseStatus.DATASET_MISMATCH
         except IngestError as exc:
             logger.error("refused C-STORE of %s from %s: %s", sop_uid, calling, exc)
-            return STATUS["cannot_understand"]
+            return DimseStatus.CANNOT_UNDERSTAND
         except StorageError as exc:
             logger.error("could not store %s from %s: %s", sop_uid, calling, exc)
             self.health.record_fault(str(exc))
-            return STATUS["out_of_resources"]
+            return DimseStatus.OUT_OF_RESOURCES
         finally:
             discard_file(path)
         self.health.clear_fault()
-        return STATUS["success"]
+        return DimseStatus.SUCCESS
 
 
 def peer_allowed(address: tuple, networks: list[ipaddress.IPv4Network | ipaddress.IPv6Network]
@@ -214,7 +216,7 @@ def peer_allowed(address: tuple, networks: list[ipaddress.IPv4Network | ipaddres
 
 def _handle_echo(event: Event) -> int:
     logger.info("C-ECHO from %s", event.assoc.requestor.ae_title)
-    return STATUS["success"]
+    return DimseStatus.SUCCESS
 
 
 def _log_rejected(event: Event) -> None:

@@ -12,7 +12,7 @@ from sqlalchemy import func, select
 
 from service.config import DicomSettings
 from service.db import Instance, make_engine, make_sessionmaker, upgrade
-from service.dicom.scp import STATUS, StorageSCP
+from service.dicom.scp import DimseStatus, StorageSCP
 from service.storage import InstanceStore
 
 
@@ -50,7 +50,7 @@ def test_store_succeeds_and_sets_tcp_nodelay(running):
                                                                socket.TCP_NODELAY))
 
     ds = dcmread(get_testdata_file("MR_small.dcm"))
-    assert _send(port, ds) == STATUS["success"]
+    assert _send(port, ds) == DimseStatus.SUCCESS
     with store.sessions() as s:
         assert s.scalar(select(func.count(Instance.id))) == 1
     # Our SCU side too: the same handler the node binds, then a check after it.
@@ -64,7 +64,7 @@ def test_missing_study_uid_cannot_be_understood(running, caplog):
     port, _ = running
     ds = dcmread(get_testdata_file("MR_small.dcm"))
     del ds.StudyInstanceUID
-    assert _send(port, ds) == STATUS["cannot_understand"]
+    assert _send(port, ds) == DimseStatus.CANNOT_UNDERSTAND
     assert ds.SOPInstanceUID in caplog.text and "StudyInstanceUID" in caplog.text
 
 
@@ -72,7 +72,7 @@ def test_unreachable_database_is_out_of_resources_and_keeps_no_file(tmp_path, ca
     scp, port, store = _scp(tmp_path, "postgresql+psycopg://nobody@127.0.0.1:1/none")
     try:
         ds = dcmread(get_testdata_file("MR_small.dcm"))
-        assert _send(port, ds) == STATUS["out_of_resources"]
+        assert _send(port, ds) == DimseStatus.OUT_OF_RESOURCES
     finally:
         scp.stop()
     assert "cannot index" in caplog.text and ds.SOPInstanceUID in caplog.text
@@ -172,7 +172,7 @@ def test_unknown_sop_class_is_refused_at_negotiation_and_the_node_goes_on(runnin
         assert [str(cx.abstract_syntax) for cx in assoc.accepted_contexts] == [ds.SOPClassUID]
         with pytest.raises(ValueError, match="No presentation context"):
             assoc.send_c_store(odd)
-        assert int(assoc.send_c_store(ds).Status) == STATUS["success"]
+        assert int(assoc.send_c_store(ds).Status) == DimseStatus.SUCCESS
     finally:
         assoc.release()
     with store.sessions() as s:
