@@ -7,9 +7,12 @@ from pathlib import Path
 from alembic import command
 from alembic.config import Config
 
+import migrations
+
 __all__ = ["MIGRATIONS_DIR", "alembic_config", "upgrade"]
 
-MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / "migrations"
+#: The ``migrations`` package, wherever it is installed (a wheel, or the source tree).
+MIGRATIONS_DIR = Path(migrations.__file__).resolve().parent
 
 
 def alembic_config(url: str) -> Config:
