@@ -145,7 +145,7 @@ def _cmd_segment(settings: Settings, args: argparse.Namespace) -> int:
     result = segment_folder(args.input_dir, args.out, pipeline_name=args.pipeline,
                             rules=settings.classification, processing=settings.processing,
                             device=resolve_device(settings.processing.device),
-                            qc=settings.qc)
+                            qc=settings.qc, ae_title=settings.dicom.ae_title)
     for structure, ml in result.volumes_ml.items():
         qc = result.qc.get(structure)
         verdict = "" if qc is None else f" (QC {qc['verdict']}" + (

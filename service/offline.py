@@ -8,15 +8,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from service.config import ClassificationRules, ProcessingSettings, QcSettings
-from service.db.tables import SeriesRole
-from service.dicom.uids import new_uid
-from service.errors import PipelineError, SeriesLoadError
-from service.imaging.series import LoadedSeries, group_by_series, load_series, phase_images
-from service.pipeline.base import StudyInput
+from service.domain import SeriesRole
+from service.errors import DICOM_READ_ERRORS, IngestError, PipelineError
+from service.imaging.series import phase_images
+from service.jobs.study_plan import LOADED_ROLES, image_fingerprint, load_study, result_uids
 from service.pipeline.quality import assess_output
 from service.pipeline.registry import get_pipeline
-from service.scheduler.classify import SeriesFacts, choose_pipeline, classify_series
-from service.writers.result import ResultUids, build_result_objects
+from service.scheduler.classify import (
+    IMAGE_SOP_CLASSES,
+    InstanceFacts,
+    choose_pipeline,
+    classify_series,
+    series_facts,
+)
+from service.storage.index import InstanceHeader
+from service.storage.store import read_header
+from service.writers.result import build_result_objects
 
 __all__ = ["OfflineResult", "segment_folder"]
 
@@ -34,14 +41,18 @@ class OfflineResult:
     qc: dict[str, dict] = field(default_factory=dict)
 
 
-def _facts(series: LoadedSeries) -> SeriesFacts:
-    first = series.volumes[0].datasets[0]
-    return SeriesFacts(
-        series_instance_uid=series.series_instance_uid, modality=series.modality,
-        description=series.description, protocol_name=str(first.get("ProtocolName", "")),
-        sop_class_uids=frozenset({str(first.SOPClassUID)}),
-        n_instances=sum(len(v.datasets) for v in series.volumes),
-        n_temporal_positions=len(series.volumes) if len(series.volumes) > 1 else 0)
+def _headers(input_dir: Path) -> list[tuple[Path, InstanceHeader]]:
+    """Each DICOM file under ``input_dir`` with what the node's index would keep of it;
+    files that are not DICOM, or that the node would refuse, are skipped (logged)."""
+    found = []
+    for path in sorted(Path(input_dir).rglob("*")):
+        if not path.is_file():
+            continue
+        try:
+            found.append((path, InstanceHeader.from_dataset(read_header(path))))
+        except (IngestError, *DICOM_READ_ERRORS) as exc:
+            logger.warning("skipping %s: %s", path, exc)
+    return found
 
 
 def segment_folder(
@@ -53,33 +64,29 @@ def segment_folder(
     processing: ProcessingSettings,
     device: str,
     qc: QcSettings | None = None,
+    ae_title: str = "KIDNEYNODE",
 ) -> OfflineResult:
     """Classify the series found under ``input_dir``, run a pipeline, write the SEG, the
     SR and ``result.json`` into ``out_dir`` (only ``result.json``, with its ``finding``,
     when the pipeline found nothing to segment).
+
+    The node's path (:mod:`service.jobs.study_plan`): the same series facts and roles as
+    the sweep, the same series loaded, and the same derived UIDs (``ae_title``: the
+    node's, which names the SR's device) as the node would write for this study.
 
     Raises
     ------
     PipelineError
         When no series can be segmented (the message says which series were found).
     """
-    files = [p for p in sorted(Path(input_dir).rglob("*")) if p.is_file()]
-    groups = group_by_series(files)
-    by_role: dict[SeriesRole, list[LoadedSeries]] = {}
-    roles: dict[str, SeriesRole] = {}
-    study_uids = set()
-    for series_uid, paths in groups.items():
-        try:
-            series = load_series(paths)
-        except SeriesLoadError as exc:
-            logger.warning("skipping %s", exc)
-            continue
-        role = classify_series(_facts(series), rules)
-        roles[series_uid] = role
-        by_role.setdefault(role, []).append(series)
-        study_uids.add(str(series.volumes[0].datasets[0].StudyInstanceUID))
+    headers = _headers(input_dir)
+    study_uids = {h.study_uid for _p, h in headers}
     if len(study_uids) > 1:
         raise PipelineError(f"{input_dir} holds several studies: {sorted(study_uids)}")
+    facts = series_facts(InstanceFacts(h.series_uid, h.modality, h.series_description,
+                                       h.protocol_name, h.sop_class_uid, h.temporal_position)
+                         for _p, h in headers)
+    roles = {f.series_instance_uid: classify_series(f, rules) for f in facts}
     chosen, reason = choose_pipeline(roles, mr_pipeline=processing.mr_pipeline,
                                      ct_pipeline=processing.ct_pipeline,
                                      mr_nocontrast_pipeline=processing.mr_nocontrast_pipeline)
@@ -88,8 +95,14 @@ def segment_folder(
         raise PipelineError(f"{input_dir}: {reason}")
     pipeline = get_pipeline(name, processing)
     study_uid = study_uids.pop()
-    output = pipeline.run(StudyInput(study_uid, {r: tuple(s) for r, s in by_role.items()}),
-                          device=device)
+    paths: dict[SeriesRole, dict[str, list[Path]]] = {}
+    for path, header in headers:
+        role = roles[header.series_uid]
+        if role in LOADED_ROLES:
+            paths.setdefault(role, {}).setdefault(header.series_uid, []).append(path)
+    fingerprint = image_fingerprint(h.sop_uid for _p, h in headers
+                                    if h.sop_class_uid in IMAGE_SOP_CLASSES)
+    output = pipeline.run(load_study(study_uid, paths), device=device)
     out_dir.mkdir(parents=True, exist_ok=True)
     result = {
         "study_instance_uid": study_uid,
@@ -104,11 +117,12 @@ def segment_folder(
         images = []
         if processing.phase_series:
             series_uid = str(output.reference.datasets[0].SeriesInstanceUID)
-            images = phase_images(output.reference, groups.get(series_uid, []))
-        phase_uid = new_uid()
-        objects = build_result_objects(output, pipeline, processing, ResultUids(
-            seg_series=new_uid(), seg=new_uid(), sr_series=new_uid(), sr=new_uid(),
-            device=new_uid(), phase_series=phase_uid), quality=quality, phase_images=images)
+            images = phase_images(output.reference, [
+                path for by_series in paths.values() for path in by_series.get(series_uid, ())])
+        uids = result_uids(study_uid, fingerprint, pipeline, ae_title)
+        phase_uid = uids.phase_series
+        objects = build_result_objects(output, pipeline, processing, uids, quality=quality,
+                                       phase_images=images)
         seg, sr = objects.seg, objects.sr
         seg_path = out_dir / "seg.dcm"
         seg.save_as(seg_path, enforce_file_format=True)

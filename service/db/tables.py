@@ -23,6 +23,8 @@ from sqlalchemy import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from sqlalchemy.sql import false
 
+from service.domain import InstanceOrigin, JobState, ReviewAction, SendState, SeriesRole
+
 __all__ = [
     "AccessRecord",
     "Base",
@@ -58,41 +60,6 @@ def utcnow() -> dt.datetime:
 
 class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING)
-
-
-class JobState(enum.StrEnum):
-    QUEUED = "queued"
-    RUNNING = "running"
-    SUCCEEDED = "succeeded"
-    FAILED = "failed"
-
-
-class SendState(enum.StrEnum):
-    PENDING = "pending"
-    SENT = "sent"
-    FAILED = "failed"  # permanent: needs an operator
-
-
-class SeriesRole(enum.StrEnum):
-    DCE = "dce"
-    T2 = "t2"
-    T1 = "t1"  # T1-weighted without contrast dynamics, Dixon images included
-    CT = "ct"
-    OTHER_MR = "other-mr"
-    DERIVED = "derived"  # SEG, SR, ... (ours or anyone's)
-    UNSUPPORTED = "unsupported"
-
-
-class ReviewAction(enum.StrEnum):
-    ACCEPTED = "accepted"  # a reader kept the automatic result
-    REJECTED = "rejected"  # a reader threw it out: it leaves the trend
-    CORRECTED = "corrected"  # a reader's own segmentation (a SEG sent to the node)
-    IGNORED = "ignored"  # a foreign SEG that gave no measurement (``error`` says why)
-
-
-class InstanceOrigin(enum.StrEnum):
-    RECEIVED = "received"
-    GENERATED = "generated"  # written by this node (SEG, SR)
 
 
 def _enum(cls: type[enum.Enum], name: str) -> Enum:

@@ -27,9 +27,9 @@ from service.db.tables import (
     Study,
     utcnow,
 )
-from service.dicom.uids import derived_uid
-from service.errors import KidneyNodeError, SeriesLoadError
-from service.imaging.series import LoadedSeries, load_series, phase_images
+from service.errors import KidneyNodeError
+from service.imaging.series import phase_images
+from service.jobs.study_plan import LOADED_ROLES, load_study, result_uids
 from service.metrics import NodeMetrics
 from service.outbox.sender import enqueue
 from service.pipeline.base import Pipeline, PipelineOutput, StudyInput
@@ -37,20 +37,11 @@ from service.pipeline.quality import Assessment, assess_output
 from service.pipeline.registry import get_pipeline
 from service.storage import InstanceStore, StoredInstance
 from service.storage.space import StorageHealth, storage_fault
-from service.writers.result import ResultObjects, ResultUids, build_result_objects
+from service.writers.result import ResultObjects, build_result_objects
 
 __all__ = ["JobRunner", "recover_interrupted_jobs"]
 
 logger = logging.getLogger(__name__)
-
-#: Roles a pipeline may read; others are not loaded.
-_LOADED_ROLES = (SeriesRole.DCE, SeriesRole.T2, SeriesRole.T1, SeriesRole.CT)
-#: Every series of these roles must load, or the job fails.
-_REQUIRED_ROLES = (SeriesRole.DCE,)
-#: One series of these roles must load: the others (a CT localizer, an enhanced
-#: multi-frame reformat) are skipped with a warning.
-_ONE_NEEDED_ROLES = (SeriesRole.CT,)
-
 
 def recover_interrupted_jobs(session: Session, *, max_attempts: int) -> int:
     """Jobs left RUNNING by a crash or restart go back to the queue (or fail after
@@ -152,11 +143,12 @@ class JobRunner:
             rows = session.execute(
                 select(Series.series_instance_uid, Instance.path)
                 .join(Instance, Instance.series_pk == Series.id)
-                .where(Series.study_pk == study.id, Instance.origin == InstanceOrigin.RECEIVED)
+                .where(Series.study_pk == study.id, Instance.origin == InstanceOrigin.RECEIVED,
+                       Instance.purged_at.is_(None))
             ).all()
             for series_uid, rel in rows:
                 role = roles.get(series_uid)
-                if role in _LOADED_ROLES:
+                if role in LOADED_ROLES:
                     paths[role].setdefault(series_uid, []).append(self.store.path_of(rel))
             logger.info("job %d: running %s on study %s (%s)", job.id, job.pipeline,
                         study.study_instance_uid, self.device)
@@ -252,7 +244,6 @@ class JobRunner:
                quality: Mapping[str, Assessment]) -> _Written:
         """Build the result objects and store them in the archive, in sending order (the
         phase's copies, if any, then the SEG, then the SR that references it)."""
-        key = (work.study_uid, work.fingerprint, pipeline.name, pipeline.version)
         processing = self.settings.processing
         images = []
         if processing.phase_series:
@@ -260,14 +251,10 @@ class JobRunner:
             images = phase_images(output.reference, [
                 path for by_series in work.paths.values()
                 for path in by_series.get(series_uid, ())])
-        objects = build_result_objects(output, pipeline, processing, ResultUids(
-            seg_series=derived_uid(*key, "seg-series"), seg=derived_uid(*key, "seg"),
-            sr_series=derived_uid(*key, "sr-series"), sr=derived_uid(*key, "sr"),
-            device=derived_uid(self.settings.dicom.ae_title, "device"),
-            phase_series=derived_uid(*key, "phase-series"),
-            rtstruct_series=derived_uid(*key, "rtstruct-series"),
-            rtstruct=derived_uid(*key, "rtstruct"),
-            overlay_series=derived_uid(*key, "overlay-series")),
+        objects = build_result_objects(
+            output, pipeline, processing,
+            result_uids(work.study_uid, work.fingerprint, pipeline,
+                        self.settings.dicom.ae_title),
             quality=quality, phase_images=images,
             rtstruct=any("rtstruct" in d.outputs for d in self.settings.destinations),
             overlay=any("overlay" in d.outputs for d in self.settings.destinations))
@@ -276,21 +263,7 @@ class JobRunner:
         return objects, stored
 
     def _load(self, work: _Work) -> StudyInput:
-        loaded: dict[SeriesRole, list[LoadedSeries]] = defaultdict(list)
-        for role, by_series in work.paths.items():
-            errors: list[SeriesLoadError] = []
-            for series_uid, files in sorted(by_series.items()):
-                try:
-                    loaded[role].append(load_series(files))
-                except SeriesLoadError as exc:
-                    if role in _REQUIRED_ROLES:
-                        raise
-                    errors.append(exc)
-                    logger.warning("study %s: skipping %s series %s: %s", work.study_uid,
-                                   role.value, series_uid, exc)
-            if errors and role in _ONE_NEEDED_ROLES and not loaded[role]:
-                raise errors[0]
-        return StudyInput(work.study_uid, {r: tuple(s) for r, s in loaded.items()})
+        return load_study(work.study_uid, work.paths)
 
     def _wait_for_storage(self, work: _Work, exc: BaseException) -> None:
         """The disk refused the results: queue the job again (this attempt not counted)

@@ -10,7 +10,7 @@ import numpy as np
 from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
 
-from service.db.tables import SeriesRole
+from service.domain import SeriesRole
 from service.errors import PipelineError
 from service.imaging.series import LoadedSeries, LoadedVolume, tm_seconds
 

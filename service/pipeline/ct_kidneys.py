@@ -46,7 +46,7 @@ from models.ct_kidneys import CtKidneyConfig, CtKidneys, FoundKidney, segment_ct
 from models.volume import image_spacing_zyx, mask_volume_ml
 from service.config import CtSettings
 from service.cortex.installed import installed_ensemble, weights_id
-from service.db.tables import SeriesRole
+from service.domain import SeriesRole
 from service.errors import PipelineError
 from service.imaging.series import LoadedVolume
 from service.pipeline.base import (

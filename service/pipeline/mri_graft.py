@@ -27,7 +27,7 @@ from pydicom.sr.coding import Code
 from models.dce import DceVolume, combine_phases, network_inputs
 from models.graft import GraftConfig, segment_graft
 from service.config import GraftSettings
-from service.db.tables import SeriesRole
+from service.domain import SeriesRole
 from service.errors import PipelineError
 from service.pipeline.base import PipelineOutput, StudyInput
 from service.pipeline.graft_output import graft_output

@@ -33,7 +33,7 @@ from pydicom.sr.coding import Code
 from models.graft import GraftConfig
 from models.graft_nocontrast import segment_graft_nocontrast
 from service.config import GraftSettings
-from service.db.tables import SeriesRole
+from service.domain import SeriesRole
 from service.errors import PipelineError
 from service.imaging.series import LoadedSeries, LoadedVolume
 from service.pipeline.base import PipelineOutput, StudyInput

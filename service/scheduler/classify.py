@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from pydicom import uid as sopuid
@@ -11,7 +11,8 @@ from pydicom import uid as sopuid
 from service.config import ClassificationRules
 from service.db.tables import SeriesRole
 
-__all__ = ["IMAGE_SOP_CLASSES", "SeriesFacts", "choose_pipeline", "classify_series"]
+__all__ = ["IMAGE_SOP_CLASSES", "InstanceFacts", "SeriesFacts", "choose_pipeline",
+           "classify_series", "series_facts"]
 
 #: Image storage SOP classes the pipelines can read (single-frame MR and CT).
 IMAGE_SOP_CLASSES = frozenset({
@@ -31,6 +32,40 @@ class SeriesFacts:
     sop_class_uids: frozenset[str]
     n_instances: int
     n_temporal_positions: int
+
+
+@dataclass(frozen=True)
+class InstanceFacts:
+    """What classification reads of one received instance (kept in the index, or read
+    from the file's header offline)."""
+
+    series_instance_uid: str
+    modality: str | None
+    description: str | None
+    protocol_name: str | None
+    sop_class_uid: str
+    temporal_position: int | None
+
+
+def series_facts(instances: Iterable[InstanceFacts]) -> list[SeriesFacts]:
+    """The facts of each series of ``instances``: its SOP classes, number of instances,
+    and distinct Temporal Position Identifiers (the most among its SOP classes). Modality,
+    description and protocol are those of the series' first instance."""
+    first: dict[str, InstanceFacts] = {}
+    classes: dict[str, dict[str, set[int]]] = {}
+    counts: dict[str, int] = {}
+    for item in instances:
+        uid = item.series_instance_uid
+        first.setdefault(uid, item)
+        positions = classes.setdefault(uid, {}).setdefault(item.sop_class_uid, set())
+        if item.temporal_position is not None:
+            positions.add(item.temporal_position)
+        counts[uid] = counts.get(uid, 0) + 1
+    return [SeriesFacts(series_instance_uid=uid, modality=head.modality,
+                        description=head.description, protocol_name=head.protocol_name,
+                        sop_class_uids=frozenset(classes[uid]), n_instances=counts[uid],
+                        n_temporal_positions=max(len(p) for p in classes[uid].values()))
+            for uid, head in first.items()]
 
 
 def _matches(patterns: tuple[str, ...], text: str) -> bool:

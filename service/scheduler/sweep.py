@@ -3,20 +3,22 @@
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import json
 import logging
 
-from sqlalchemy import func, or_, select
+from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
 from service.config import ClassificationRules
 from service.db.tables import Instance, InstanceOrigin, Job, JobState, Series, Study, utcnow
+from service.jobs.study_plan import image_fingerprint
 from service.scheduler.classify import (
     IMAGE_SOP_CLASSES,
+    InstanceFacts,
     SeriesFacts,
     choose_pipeline,
     classify_series,
+    series_facts,
 )
 
 __all__ = ["study_fingerprint", "sweep"]
@@ -25,40 +27,23 @@ logger = logging.getLogger(__name__)
 
 
 def study_fingerprint(session: Session, study_pk: int) -> str:
-    """SHA-256 of the sorted SOP Instance UIDs of the study's received images."""
-    uids = session.scalars(
+    """The fingerprint (:func:`~service.jobs.study_plan.image_fingerprint`) of the study's
+    received images."""
+    return image_fingerprint(session.scalars(
         select(Instance.sop_instance_uid)
         .join(Series, Instance.series_pk == Series.id)
         .where(Series.study_pk == study_pk, Instance.origin == InstanceOrigin.RECEIVED,
-               Instance.sop_class_uid.in_(IMAGE_SOP_CLASSES))
-        .order_by(Instance.sop_instance_uid)
-    ).all()
-    digest = hashlib.sha256()
-    for uid in uids:
-        digest.update(uid.encode() + b"\n")
-    return digest.hexdigest()
+               Instance.sop_class_uid.in_(IMAGE_SOP_CLASSES))))
 
 
 def _series_facts(session: Session, study_pk: int) -> list[SeriesFacts]:
-    rows = session.execute(
-        select(Series.series_instance_uid, Series.modality, Series.description,
-               Series.protocol_name, Instance.sop_class_uid,
-               func.count(Instance.id), func.count(func.distinct(Instance.temporal_position)))
-        .join(Instance, Instance.series_pk == Series.id)
-        .where(Series.study_pk == study_pk, Instance.origin == InstanceOrigin.RECEIVED)
-        .group_by(Series.series_instance_uid, Series.modality, Series.description,
-                  Series.protocol_name, Instance.sop_class_uid)
-    ).all()
-    merged: dict[str, SeriesFacts] = {}
-    for uid, modality, desc, protocol, sop_class, n, n_temporal in rows:
-        prev = merged.get(uid)
-        merged[uid] = SeriesFacts(
-            series_instance_uid=uid, modality=modality, description=desc,
-            protocol_name=protocol,
-            sop_class_uids=(prev.sop_class_uids if prev else frozenset()) | {sop_class},
-            n_instances=(prev.n_instances if prev else 0) + n,
-            n_temporal_positions=max(prev.n_temporal_positions if prev else 0, n_temporal))
-    return list(merged.values())
+    return series_facts(
+        InstanceFacts(*row) for row in session.execute(
+            select(Series.series_instance_uid, Series.modality, Series.description,
+                   Series.protocol_name, Instance.sop_class_uid, Instance.temporal_position)
+            .join(Instance, Instance.series_pk == Series.id)
+            .where(Series.study_pk == study_pk, Instance.origin == InstanceOrigin.RECEIVED)
+            .order_by(Instance.id)))
 
 
 def sweep(
