@@ -15,6 +15,7 @@ from service.api.app import create_app
 from service.config import Settings
 from service.cortex.installed import installed_ensemble
 from service.db import make_engine, make_sessionmaker, upgrade
+from service.dicom.net import configure_reception
 from service.dicom.scp import StorageSCP
 from service.errors import ConfigError, ModelFilesError, PipelineError
 from service.jobs.device import resolve_device
@@ -40,6 +41,7 @@ class Node:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         _check_pipelines(settings)
+        configure_reception()  # the process-wide DICOM settings, in one place
         self.engine = make_engine(settings.database.url)
         self.sessions = make_sessionmaker(self.engine)
         try:

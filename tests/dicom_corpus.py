@@ -67,6 +67,7 @@ from sqlalchemy import select
 from service.config import DicomSettings
 from service.db import Instance, Series, make_engine, make_sessionmaker, upgrade
 from service.dicom.contexts import accepted_transfer_syntaxes, scp_contexts
+from service.dicom.net import configure_reception
 from service.dicom.scp import StorageSCP
 from service.errors import SeriesLoadError
 from service.imaging.dcmtk_decode import dcmtk_decodes, decode_jpeg_extended
@@ -237,6 +238,7 @@ def running_node(workdir: Path) -> Iterator[tuple[int, InstanceStore]]:
     engine = make_engine(url)
     store = InstanceStore(workdir / "archive", make_sessionmaker(engine))
     saved_tempdir = tempfile.tempdir
+    configure_reception()  # the node's process-wide DICOM settings
     scp = StorageSCP(DicomSettings(host="127.0.0.1", port=0), store)
     try:
         yield scp.start(), store

@@ -133,8 +133,12 @@ def _peer(sock: AssociationSocket) -> str:
 
 
 def configure_reception() -> None:
-    """Process-wide switches for fast reception (measured by ``benchmarks/ingest.py``):
+    """The process-wide DICOM settings, all here, set once at start-up (the node's
+    :class:`~service.node.Node`; tests that run an SCP of their own call it too). For
+    fast, safe reception (measured by ``benchmarks/ingest.py``):
 
+    - pynetdicom streams each received data set to a file (chunked reception), which
+      :mod:`service.dicom.incoming` supplies in the archive's ``.incoming``;
     - every pynetdicom association socket reads PDUs with :func:`_recv_exactly`;
     - pynetdicom's standard logging handlers, which format every PDU and DIMSE message,
       are not bound while the ``pynetdicom`` logger is above INFO (the node keeps it at
@@ -142,6 +146,7 @@ def configure_reception() -> None:
     - pydicom does not validate values on reading: a wrong value is the sender's, the
       node keeps it as received and checks what it uses.
     """
+    _config.STORE_RECV_CHUNKED_DATASET = True
     if AssociationSocket.recv is not _recv_exactly:
         AssociationSocket.recv = _recv_exactly  # type: ignore[method-assign]
     if not logging.getLogger("pynetdicom").isEnabledFor(logging.INFO):

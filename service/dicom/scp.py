@@ -17,7 +17,7 @@ from service.dicom.admission import UNLIMITED, Admission
 from service.dicom.contexts import scp_contexts
 from service.dicom.incoming import Incoming, discard_file
 from service.dicom.incoming import install as install_incoming
-from service.dicom.net import configure_reception, server_tls_context
+from service.dicom.net import server_tls_context
 from service.dicom.polling import ACTIVITY_HANDLER, IdleRelaxer
 from service.errors import (
     ConfigError,
@@ -60,11 +60,6 @@ class StorageSCP:
         self.health = health or StorageHealth(store.incoming, min_free_mb=0)
         self.incoming = Incoming(store.incoming, self.health.refusal)
         self._server: ThreadedAssociationServer | None = None
-        # Receive datasets straight to disk (process-wide pynetdicom switch), into files
-        # in the archive's .incoming (service.dicom.incoming), so the final move is a
-        # rename.
-        _config.STORE_RECV_CHUNKED_DATASET = True
-        configure_reception()
 
     def _make_ae(self) -> AE:
         ae = AE(ae_title=self.settings.ae_title)
@@ -81,7 +76,17 @@ class StorageSCP:
         return ae
 
     def start(self) -> int:
-        """Start listening in background threads; returns the bound port."""
+        """Start listening in background threads; returns the bound port.
+
+        Raises
+        ------
+        RuntimeError
+            :func:`~service.dicom.net.configure_reception` has not run: data sets would be
+            received in memory, not into the archive's ``.incoming``.
+        """
+        if not _config.STORE_RECV_CHUNKED_DATASET:
+            raise RuntimeError("the process-wide DICOM settings are not set: call "
+                               "service.dicom.net.configure_reception() at start-up")
         ae = self._make_ae()
         settings = self.settings
         self.admission = Admission(

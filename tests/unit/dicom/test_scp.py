@@ -177,3 +177,12 @@ def test_unknown_sop_class_is_refused_at_negotiation_and_the_node_goes_on(runnin
         assoc.release()
     with store.sessions() as s:
         assert s.scalars(select(Instance.sop_instance_uid)).all() == [ds.SOPInstanceUID]
+
+
+def test_an_scp_will_not_start_without_the_process_wide_dicom_settings(tmp_path, sqlite_url,
+                                                                        monkeypatch):
+    from pynetdicom import _config
+
+    monkeypatch.setattr(_config, "STORE_RECV_CHUNKED_DATASET", False)
+    with pytest.raises(RuntimeError, match="configure_reception"):
+        _scp(tmp_path, sqlite_url).start()
