@@ -32,6 +32,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from service import __version__
+from service.api import schemas
 from service.api.pages import (
     HANDLER_SHA256,
     STYLE_SHA256,
@@ -173,7 +174,7 @@ def create_app(sessions: sessionmaker[Session], *, rules: AlertRules = AlertRule
         return Response(status_code=204)
 
     @app.get("/health")
-    def health() -> dict[str, Any]:
+    def health() -> schemas.HealthAnswer:
         """``status`` "ok", or "degraded" with the reasons under ``storage.problems``
         (the archive refuses instances, or a write failed lately); a database that does
         not answer is a 500."""
@@ -198,7 +199,8 @@ def create_app(sessions: sessionmaker[Session], *, rules: AlertRules = AlertRule
 
     @app.get("/api/audit/received", dependencies=guarded)
     def audit_received(study: str | None = None, peer: str | None = None,
-                       limit: int = Query(1000, ge=1, le=100_000)) -> list[dict[str, Any]]:
+                       limit: int = Query(1000, ge=1, le=100_000)
+                       ) -> list[schemas.ReceivedInstance]:
         """Instances received, newest first: of a study, and/or from a peer (calling AE
         title or address)."""
         with sessions() as session:
@@ -207,7 +209,7 @@ def create_app(sessions: sessionmaker[Session], *, rules: AlertRules = AlertRule
 
     @app.get("/api/audit/sent", dependencies=guarded)
     def audit_sent(study: str | None = None, destination: str | None = None,
-                   limit: int = Query(1000, ge=1, le=100_000)) -> list[dict[str, Any]]:
+                   limit: int = Query(1000, ge=1, le=100_000)) -> list[schemas.SentObject]:
         """Result objects sent or to send: where, when, outcome."""
         with sessions() as session:
             return audit.sent_objects(session, study_instance_uid=study,
@@ -215,24 +217,24 @@ def create_app(sessions: sessionmaker[Session], *, rules: AlertRules = AlertRule
 
     @app.get("/api/audit/access", dependencies=guarded)
     def audit_access(patient_id: str | None = None, user: str | None = None,
-                     limit: int = Query(1000, ge=1, le=100_000)) -> list[dict[str, Any]]:
+                     limit: int = Query(1000, ge=1, le=100_000)) -> list[schemas.AccessRead]:
         """Reads of patient data through this API and its pages: who, when, what."""
         with sessions() as session:
             return audit.access_records(session, patient_id=patient_id, user=user,
                                         limit=limit)
 
     @app.get("/api/jobs", dependencies=guarded)
-    def jobs(limit: int = Query(100, ge=1, le=10_000)) -> list[dict[str, Any]]:
+    def jobs(limit: int = Query(100, ge=1, le=10_000)) -> list[schemas.JobOut]:
         with sessions() as session:
             return [row.as_dict() for row in queries.list_jobs(session, limit=limit)]
 
     @app.get("/api/outbox", dependencies=guarded)
-    def outbox(limit: int = Query(200, ge=1, le=10_000)) -> list[dict[str, Any]]:
+    def outbox(limit: int = Query(200, ge=1, le=10_000)) -> list[schemas.SendOut]:
         with sessions() as session:
             return queries.list_outbox(session, limit=limit)
 
     @app.get("/api/studies/{study_instance_uid}", dependencies=guarded)
-    def study(study_instance_uid: str) -> dict[str, Any]:
+    def study(study_instance_uid: str) -> schemas.StudyOut:
         with sessions() as session:
             summary = queries.study_summary(session, study_instance_uid)
         if summary is None:
@@ -265,7 +267,7 @@ def create_app(sessions: sessionmaker[Session], *, rules: AlertRules = AlertRule
 
     @app.get("/api/patients", dependencies=guarded)
     def patients(alerts: bool = False, limit: int = Query(1000, ge=1, le=100_000)
-                 ) -> list[dict[str, Any]]:
+                 ) -> list[schemas.PatientOut]:
         with sessions() as session:
             return queries.list_patients(session, alerts_only=alerts, rules=rules, limit=limit)
 
@@ -297,12 +299,12 @@ def create_app(sessions: sessionmaker[Session], *, rules: AlertRules = AlertRule
     # needed only when the ID is held under several issuers (else 409).
     @app.get("/api/patients/{patient_id:path}/volumes", dependencies=guarded)
     def volumes(patient_id: str, issuer: str | None = None, structure: str | None = None
-                ) -> list[dict[str, Any]]:
+                ) -> list[schemas.TrendRow]:
         return _trend(patient_id, issuer, structure)[1]
 
     @app.get("/api/patient/volumes", dependencies=guarded)
     def volumes_by_query(patient_id: str = Query(alias="id"), issuer: str | None = None,
-                         structure: str | None = None) -> list[dict[str, Any]]:
+                         structure: str | None = None) -> list[schemas.TrendRow]:
         return _trend(patient_id, issuer, structure)[1]
 
     @app.get("/api/patients/{patient_id:path}/volumes.png", dependencies=guarded,
@@ -334,7 +336,7 @@ def create_app(sessions: sessionmaker[Session], *, rules: AlertRules = AlertRule
     @app.post("/api/studies/{study_instance_uid}/reviews", dependencies=guarded,
               status_code=201)
     def review(study_instance_uid: str, body: ReviewRequest, request: Request
-               ) -> list[dict[str, Any]]:
+               ) -> list[schemas.ReviewOut]:
         """Accept or reject the study's automatic result (of one structure, or all): a
         rejected result leaves the trend, an accepted one counts whatever its quality
         control verdict. Every review is kept (``/api/patient/history``)."""
@@ -365,13 +367,13 @@ def create_app(sessions: sessionmaker[Session], *, rules: AlertRules = AlertRule
                                            _issuer(session, patient_id, issuer))
 
     @app.get("/api/patients/{patient_id:path}/history", dependencies=guarded)
-    def history(patient_id: str, issuer: str | None = None) -> list[dict[str, Any]]:
+    def history(patient_id: str, issuer: str | None = None) -> list[schemas.HistoryEvent]:
         """Every measurement of the patient: automatic results and reviews."""
         return _history(patient_id, issuer)
 
     @app.get("/api/patient/history", dependencies=guarded)
     def history_by_query(patient_id: str = Query(alias="id"), issuer: str | None = None
-                         ) -> list[dict[str, Any]]:
+                         ) -> list[schemas.HistoryEvent]:
         return _history(patient_id, issuer)
 
     @app.get("/", dependencies=guarded, response_class=HTMLResponse)

@@ -37,6 +37,12 @@ def test_patients_list_and_alerts_and_bad_parameters(client):
     assert schema["components"]["securitySchemes"]["HTTPBearer"]["scheme"] == "bearer"
     assert schema["paths"]["/api/patients"]["get"]["security"] == [{"HTTPBearer": []}]
     assert "security" not in schema["paths"]["/health"]["get"]
+    # Typed answers: the trend's rows and the study summary are declared models.
+    ok = schema["paths"]["/api/patients/{patient_id}/volumes"]["get"]["responses"]["200"]
+    assert ok["content"]["application/json"]["schema"]["items"]["$ref"].endswith("/TrendRow")
+    fields = schema["components"]["schemas"]["TrendRow"]["properties"]
+    assert {"volume_ml", "in_trend", "review", "automatic_volume_ml"} <= fields.keys()
+    assert "StudyOut" in schema["components"]["schemas"]
 
 
 def _png_size(data: bytes) -> tuple[int, int]:
