@@ -17,7 +17,7 @@ body { font-family: sans-serif; margin: 1.5em; color: #222; }
 table { border-collapse: collapse; margin-top: 1em; }
 th, td { border: 1px solid #ccc; padding: 0.3em 0.6em; text-align: right; }
 th { background: #f2f2f2; }
-td.text { text-align: left; }
+td.text, th.text { text-align: left; }
 tr.alert td { background: #fde2e2; }
 tr.review td { background: #fff4d6; }
 .muted { color: #777; font-size: 0.85em; }
@@ -143,7 +143,7 @@ def patient_page(patient_id: str, issuer: str, rows: Iterable[Mapping[str, Any]]
         f"onload=\"{_CHART_LOADED}\" onerror=\"{_CHART_ERROR}\">"
         "<table id=\"measurements\"><thead><tr><th>study date</th><th>structure</th>"
         "<th>volume (ml)</th><th>change from previous</th><th>change from baseline</th>"
-        "<th>alert</th><th>quality control</th><th>method flags</th><th>review</th>"
+        "<th>alert</th><th>quality control</th><th>method flags</th><th class=\"text\">review</th>"
         "<th>check</th></tr>"
         "</thead><tbody>" + "".join(lines) + "</tbody></table>"
         "<p class=\"muted\">Volumes from the node's latest result per study, or a "

@@ -57,9 +57,11 @@ def trend_png(rows: Iterable[Mapping[str, Any]], *, title: str) -> bytes:
     else:
         ax.text(0.5, 0.5, "no dated measurement", ha="center", va="center",
                 transform=ax.transAxes)
-    caption = "square: baseline; red ring: alert; cross: not accepted by quality control"
+    caption = ("square: baseline; red ring: alert; cross: not in the trend (quality "
+               "control or a reader)")
     if undated:
         caption += f"; {undated} undated measurement(s) not shown"
     fig.text(0.01, 0.01, caption, fontsize=7, color="0.4")
     fig.autofmt_xdate()
+    fig.subplots_adjust(bottom=0.27)  # the dates' labels, the axis title, then the caption
     return png_bytes(fig)
