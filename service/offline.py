@@ -10,8 +10,13 @@ from pathlib import Path
 from service.config import ClassificationRules, ProcessingSettings, QcSettings
 from service.domain import SeriesRole
 from service.errors import DICOM_READ_ERRORS, IngestError, PipelineError
-from service.imaging.series import phase_images
-from service.jobs.study_plan import LOADED_ROLES, image_fingerprint, load_study, result_uids
+from service.jobs.study_plan import (
+    LOADED_ROLES,
+    image_fingerprint,
+    load_study,
+    result_uids,
+    segmented_phase_images,
+)
 from service.pipeline.quality import assess_output
 from service.pipeline.registry import get_pipeline
 from service.scheduler.classify import (
@@ -114,11 +119,7 @@ def segment_folder(
     seg_path = None
     quality = assess_output(output, qc or QcSettings())  # no history offline
     if output.segments:
-        images = []
-        if processing.phase_series:
-            series_uid = str(output.reference.datasets[0].SeriesInstanceUID)
-            images = phase_images(output.reference, [
-                path for by_series in paths.values() for path in by_series.get(series_uid, ())])
+        images = segmented_phase_images(output, paths) if processing.phase_series else []
         uids = result_uids(study_uid, fingerprint, pipeline, ae_title)
         phase_uid = uids.phase_series
         objects = build_result_objects(output, pipeline, processing, uids, quality=quality,

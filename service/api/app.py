@@ -224,7 +224,7 @@ def create_app(sessions: sessionmaker[Session], *, rules: AlertRules = AlertRule
                                         limit=limit)
 
     @app.get("/api/jobs", dependencies=guarded)
-    def jobs(limit: int = Query(100, ge=1, le=10_000)) -> list[schemas.JobOut]:
+    def jobs(limit: int = Query(100, ge=1, le=10_000)) -> list[queries.JobRow]:
         with sessions() as session:
             return [row.as_dict() for row in queries.list_jobs(session, limit=limit)]
 

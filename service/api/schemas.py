@@ -7,7 +7,9 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
-__all__ = ["AccessRead", "HealthAnswer", "HistoryEvent", "JobOut", "PatientOut",
+from service.db.queries import JobRow
+
+__all__ = ["AccessRead", "HealthAnswer", "HistoryEvent", "PatientOut",
            "ReceivedInstance", "ReviewOut", "SendOut", "SentObject", "StudyOut",
            "TrendRow"]
 
@@ -27,20 +29,6 @@ class HealthAnswer(_Out):
     status: str
     version: str
     storage: StorageStatus | None = None
-
-
-class JobOut(_Out):
-    id: int
-    study_instance_uid: str
-    pipeline: str | None
-    state: str
-    attempts: int
-    created_at: str
-    started_at: str | None
-    finished_at: str | None
-    timings: dict[str, float]
-    error: str | None
-    outcome: str | None = None
 
 
 class SendOut(_Out):
@@ -88,7 +76,7 @@ class StudyOut(_Out):
     patient_id: str
     study_date: str | None
     series: int
-    jobs: list[JobOut]
+    jobs: list[JobRow]
     baseline: bool
     results: list[ResultOut]
     sends: list[SendOut]

@@ -72,8 +72,8 @@ def record_access(session: Session, *, user: str, client: str, method: str, path
     """Add one read of patient data to the access log. Does not commit."""
     session.add(AccessRecord(user=user[:255], client=client[:64], method=method[:8],
                              path=path, patient_id=patient_id,
-                             study_instance_uid=(study_instance_uid or None) and
-                             study_instance_uid[:64], status=status))
+                             study_instance_uid=study_instance_uid[:64] if study_instance_uid
+                             else None, status=status))
 
 
 def access_records(session: Session, *, patient_id: str | None = None,

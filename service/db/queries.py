@@ -114,35 +114,50 @@ def patient_volumes(session: Session, patient_id: str, issuer: str = "") -> list
     correction reports the reader's volume; an acceptance or rejection keeps the node's
     and decides whether it counts in the trend (:func:`service.trends.counts_in_trend`).
 
-    Indexed: patient by ``uq_patients_id_issuer`` (its leading column), studies by
-    ``ix_studies_patient_pk``, results by ``ix_results_study_pk``, reviews by
-    ``ix_reviews_study_structure``; the choice is made here, among the patient's few rows.
+    Two indexed queries: patient by ``uq_patients_id_issuer`` (its leading column),
+    studies by ``ix_studies_patient_pk``, results by ``ix_results_study_pk``; then the
+    reviews by ``ix_reviews_study_structure``. The choice is made here, among the
+    patient's few rows.
     """
-    of_patient = (select(Study.id).join(Patient, Patient.id == Study.patient_pk)
-                  .where(Patient.patient_id == patient_id, Patient.issuer == issuer))
-    studies = {s.id: s for s in session.scalars(select(Study).where(Study.id.in_(of_patient)))}
-    latest: dict[tuple[int, str], Result] = {}
-    for result in session.scalars(select(Result).where(Result.study_pk.in_(of_patient))):
-        key = (result.study_pk, result.structure)
-        if key not in latest or result.id > latest[key].id:
-            latest[key] = result
-    standing: dict[tuple[int, str], Review] = {}
-    for review in session.scalars(select(Review).where(
-            Review.study_pk.in_(of_patient), Review.action != ReviewAction.IGNORED)
-            .order_by(Review.id)):
-        key = (review.study_pk, review.structure)
-        result = latest.get(key)
-        if review.result_pk == (None if result is None else result.id):
-            standing[key] = review  # in id order: the last one wins
-    rows = [_volume_row(studies[key[0]], key[1], latest.get(key), standing.get(key))
-            for key in sorted(latest.keys() | standing.keys())]
-    return sorted(rows, key=lambda r: (*_study_order(r), r.structure))
+    rows = session.execute(
+        select(Study.id.label("study_pk"), Study.study_instance_uid, Study.study_date,
+               Study.study_time, Study.is_baseline, Result.id.label("result_id"),
+               Result.structure, Result.volume_ml, Result.pipeline_name,
+               Result.pipeline_version, Result.seg_sop_instance_uid, Result.job_pk,
+               Result.flags, Result.qc_verdict, Result.qc_reasons)
+        .select_from(Patient)
+        .join(Study, Study.patient_pk == Patient.id)
+        .outerjoin(Result, Result.study_pk == Study.id)
+        .where(Patient.patient_id == patient_id, Patient.issuer == issuer)).all()
+    studies = {row.study_pk: row for row in rows}
+    latest: dict[tuple[int, str], Any] = {}
+    for row in rows:
+        key = (row.study_pk, row.structure)
+        if row.result_id is not None and (key not in latest
+                                          or row.result_id > latest[key].result_id):
+            latest[key] = row
+    standing: dict[tuple[int, str], Any] = {}
+    if studies:
+        for review in session.execute(
+                select(Review.id, Review.study_pk, Review.structure, Review.result_pk,
+                       Review.action, Review.volume_ml, Review.reviewer, Review.device,
+                       Review.reviewed_at, Review.seg_sop_instance_uid)
+                .where(Review.study_pk.in_(studies), Review.action != ReviewAction.IGNORED)
+                .order_by(Review.id)):
+            key = (review.study_pk, review.structure)
+            result = latest.get(key)
+            if review.result_pk == (None if result is None else result.result_id):
+                standing[key] = review  # in id order: the last one wins
+    found = [_volume_row(studies[key[0]], key[1], latest.get(key), standing.get(key))
+             for key in latest.keys() | standing.keys()]
+    return sorted(found, key=lambda r: (*_study_order(r), r.structure))
 
 
-def _volume_row(study: Study, structure: str, result: Result | None,
-                review: Review | None) -> VolumeRow:
+def _volume_row(study: Any, structure: str, result: Any, review: Any) -> VolumeRow:
+    """The reported row of ``structure`` in ``study`` from the rows of
+    :func:`patient_volumes` (``result`` or ``review`` may be None, not both)."""
     corrected = review is not None and review.action is ReviewAction.CORRECTED
-    volume = review.volume_ml if corrected else result.volume_ml  # type: ignore[union-attr]
+    volume = review.volume_ml if corrected else result.volume_ml
     reviewed = {} if review is None else dict(
         review=review.action.value, reviewed_by=review.reviewer,
         reviewed_at=_iso(review.reviewed_at), review_device=review.device,
@@ -152,14 +167,14 @@ def _volume_row(study: Study, structure: str, result: Result | None,
     if result is None:  # a structure only a reader segmented
         return VolumeRow(study.study_instance_uid, _iso(study.study_date), structure,
                          round(float(volume), 3), "reader", "",
-                         review.seg_sop_instance_uid or "", None, **common)  # type: ignore[union-attr]
+                         review.seg_sop_instance_uid or "", None, **common)
     return VolumeRow(study.study_instance_uid, _iso(study.study_date), structure,
                      round(float(volume), 3), result.pipeline_name, result.pipeline_version,
                      result.seg_sop_instance_uid, result.job_pk,
                      tuple(json.loads(result.flags or "[]")), qc_verdict=result.qc_verdict,
                      qc_reasons=tuple(json.loads(result.qc_reasons or "[]")),
-                     automatic_volume_ml=round(result.volume_ml, 3), result_id=result.id,
-                     **common)
+                     automatic_volume_ml=round(result.volume_ml, 3),
+                     result_id=result.result_id, **common)
 
 
 def review_dict(review: Review) -> dict[str, Any]:

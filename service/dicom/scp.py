@@ -56,7 +56,7 @@ class StorageSCP:
                  metrics: NodeMetrics | None = None) -> None:
         self.settings = settings
         self.store = store
-        self.metrics = metrics
+        self.metrics = metrics or NodeMetrics()  # one of its own when the node gives none
         self.health = health or StorageHealth(store.incoming, min_free_mb=0)
         self.incoming = Incoming(store.incoming, self.health.refusal)
         self._server: ThreadedAssociationServer | None = None
@@ -147,24 +147,21 @@ class StorageSCP:
     def _peer_allowed(self, address: tuple,
                       networks: list[ipaddress.IPv4Network | ipaddress.IPv6Network]) -> bool:
         allowed = peer_allowed(address, networks)
-        if not allowed and self.metrics is not None:
+        if not allowed:
             self.metrics.association("refused")
         return allowed
 
     def _accepted(self, event: Event) -> None:
-        if self.metrics is not None:
-            self.metrics.association("accepted")
+        self.metrics.association("accepted")
 
     def _rejected(self, event: Event) -> None:
         _log_rejected(event)
-        if self.metrics is not None:
-            self.metrics.association("rejected")
+        self.metrics.association("rejected")
 
     def handle_store(self, event: Event) -> int:
         """EVT_C_STORE: store the streamed file; map our errors to DIMSE statuses."""
         status = self._store(event)
-        if self.metrics is not None:
-            self.metrics.store_answered(status)
+        self.metrics.store_answered(status)
         return status
 
     def _store(self, event: Event) -> int:

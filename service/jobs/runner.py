@@ -28,8 +28,12 @@ from service.db.tables import (
     utcnow,
 )
 from service.errors import KidneyNodeError
-from service.imaging.series import phase_images
-from service.jobs.study_plan import LOADED_ROLES, load_study, result_uids
+from service.jobs.study_plan import (
+    LOADED_ROLES,
+    load_study,
+    result_uids,
+    segmented_phase_images,
+)
 from service.metrics import NodeMetrics
 from service.outbox.sender import enqueue
 from service.pipeline.base import Pipeline, PipelineOutput, StudyInput
@@ -94,7 +98,7 @@ class JobRunner:
                  storage_health: StorageHealth | None = None,
                  metrics: NodeMetrics | None = None) -> None:
         self.settings = settings
-        self.metrics = metrics
+        self.metrics = metrics or NodeMetrics()  # one of its own when the node gives none
         self.sessions = sessions
         self.store = store
         self.device = device
@@ -245,12 +249,7 @@ class JobRunner:
         """Build the result objects and store them in the archive, in sending order (the
         phase's copies, if any, then the SEG, then the SR that references it)."""
         processing = self.settings.processing
-        images = []
-        if processing.phase_series:
-            series_uid = str(output.reference.datasets[0].SeriesInstanceUID)
-            images = phase_images(output.reference, [
-                path for by_series in work.paths.values()
-                for path in by_series.get(series_uid, ())])
+        images = segmented_phase_images(output, work.paths) if processing.phase_series else []
         objects = build_result_objects(
             output, pipeline, processing,
             result_uids(work.study_uid, work.fingerprint, pipeline,
@@ -287,8 +286,7 @@ class JobRunner:
 
     def _set_done(self, job: Job, state: JobState, error: str | None,
                   timings: dict[str, float]) -> None:
-        if self.metrics is not None:
-            self.metrics.job_timings(job.pipeline or "", timings)
+        self.metrics.job_timings(job.pipeline or "", timings)
         job.state = state
         job.error = error
         job.finished_at = utcnow()

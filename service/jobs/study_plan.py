@@ -12,14 +12,17 @@ from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
+from pydicom import Dataset
+
 from service.dicom.uids import derived_uid
 from service.domain import SeriesRole
 from service.errors import SeriesLoadError
-from service.imaging.series import LoadedSeries, load_series
-from service.pipeline.base import Pipeline, StudyInput
+from service.imaging.series import LoadedSeries, load_series, phase_images
+from service.pipeline.base import Pipeline, PipelineOutput, StudyInput
 from service.writers.result import ResultUids
 
-__all__ = ["LOADED_ROLES", "image_fingerprint", "load_study", "result_uids"]
+__all__ = ["LOADED_ROLES", "image_fingerprint", "load_study", "result_uids",
+           "segmented_phase_images"]
 
 logger = logging.getLogger(__name__)
 
@@ -82,3 +85,14 @@ def result_uids(study_uid: str, fingerprint: str, pipeline: Pipeline, ae_title: 
         rtstruct_series=derived_uid(*key, "rtstruct-series"),
         rtstruct=derived_uid(*key, "rtstruct"),
         overlay_series=derived_uid(*key, "overlay-series"))
+
+
+def segmented_phase_images(output: PipelineOutput,
+                           paths: Mapping[SeriesRole, Mapping[str, Sequence[Path]]]
+                           ) -> list[Dataset]:
+    """The images (with pixels) of the phase ``output`` was segmented on, when that phase
+    is only part of its series (a DCE of every phase in one series): they are sent as a
+    series of their own (:mod:`service.writers.phase_series`). Empty otherwise."""
+    series_uid = str(output.reference.datasets[0].SeriesInstanceUID)
+    return phase_images(output.reference, [
+        path for by_series in paths.values() for path in by_series.get(series_uid, ())])

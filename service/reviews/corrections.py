@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+from collections.abc import Iterable
 from pathlib import Path
 
 from pydicom import Dataset, dcmread
@@ -92,14 +93,16 @@ def _job_pending(session: Session, study_pk: int) -> bool:
 
 def _examine(session: Session, root: Path, instance: Instance, study: Study,
              results: dict[str, Result]) -> list[Review]:
-    base = Review(study_pk=study.id, seg_sop_instance_uid=instance.sop_instance_uid,
-                  seg_series_instance_uid=instance.series.series_instance_uid,
-                  origin=instance.calling_aet, reviewed_at=instance.received_at)
+    # The columns every review of this SEG shares (who and when once the file is read).
+    common: dict[str, object] = dict(
+        study_pk=study.id, seg_sop_instance_uid=instance.sop_instance_uid,
+        seg_series_instance_uid=instance.series.series_instance_uid,
+        origin=instance.calling_aet, reviewed_at=instance.received_at, reviewer="", device="")
     label = f"SEG {instance.sop_instance_uid} of study {study.study_instance_uid}"
     try:
         ds = dcmread(root / instance.path)
-        base.reviewer, base.device = _who(ds), _device(ds)
-        base.reviewed_at = _content_time(ds) or instance.received_at
+        common.update(reviewer=_who(ds), device=_device(ds),
+                      reviewed_at=_content_time(ds) or instance.received_at)
         if not results:
             raise ForeignSegError("the node has no measurement of this study")
         if _is_own(ds, results.values()):
@@ -114,7 +117,7 @@ def _examine(session: Session, root: Path, instance: Instance, study: Study,
         step = _slice_step(session, root, ds)
     except (ForeignSegError, OSError, *DICOM_READ_ERRORS) as exc:
         logger.warning("%s gives no reviewed measurement: %s", label, exc)
-        return [_copy(base, action=ReviewAction.IGNORED, structure="", detail=str(exc))]
+        return [Review(**common, action=ReviewAction.IGNORED, structure="", detail=str(exc))]
     unmatched = [f"segment {m.number} {m.label!r}" for m in measures if m.number not in matched]
     reviews = []
     for m in measures:
@@ -127,22 +130,13 @@ def _examine(session: Session, root: Path, instance: Instance, study: Study,
                   f"{m.planes} planes, step {step:.3f} mm")
         if unmatched:
             detail += f"; not used: {', '.join(unmatched)}"
-        reviews.append(_copy(base, action=ReviewAction.CORRECTED, structure=structure,
-                             volume_ml=volume, result_pk=None if result is None else result.id,
-                             detail=detail))
+        reviews.append(Review(**common, action=ReviewAction.CORRECTED, structure=structure,
+                              volume_ml=volume,
+                              result_pk=None if result is None else result.id, detail=detail))
         logger.info("%s: %s corrected by %r (%s) to %.1f ml (automatic %s)", label, structure,
-                    base.reviewer, base.device, volume,
+                    common["reviewer"], common["device"], volume,
                     "none" if result is None else f"{result.volume_ml:.1f} ml")
     return reviews
-
-
-def _copy(base: Review, **fields: object) -> Review:
-    columns = ("study_pk", "seg_sop_instance_uid", "seg_series_instance_uid", "origin",
-               "reviewed_at", "reviewer", "device")
-    values = {c: getattr(base, c) for c in columns}
-    values["reviewer"] = values["reviewer"] or ""
-    values["device"] = values["device"] or ""
-    return Review(**values, **fields)
 
 
 def _who(ds: Dataset) -> str:
@@ -184,11 +178,11 @@ def _content_time(ds: Dataset) -> dt.datetime | None:
     return dt.datetime.combine(day.date(), clock, tzinfo=dt.UTC)
 
 
-def _is_own(ds: Dataset, results: object) -> bool:
+def _is_own(ds: Dataset, results: Iterable[Result]) -> bool:
     """A copy of the node's own SEG: its UIDs (a PACS sending it back) or, under new UIDs,
     the node's manufacturer with every segment still AUTOMATIC (a reader's edit is not)."""
     uids = {str(ds.get("SOPInstanceUID", "")), str(ds.get("SeriesInstanceUID", ""))}
-    for result in results:  # type: ignore[attr-defined]
+    for result in results:
         if uids & {result.seg_sop_instance_uid, result.seg_series_instance_uid}:
             return True
     algorithms = {str(item.get("SegmentAlgorithmType", ""))

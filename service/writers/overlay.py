@@ -36,13 +36,12 @@ from models.qc import Verdict
 from service.dicom.uids import derived_uid
 from service.pipeline.base import PipelineOutput
 from service.pipeline.quality import Assessment
-from service.writers.seg import MANUFACTURER, TYPE2_COPIED
+from service.writers.seg import MANUFACTURER, copy_patient_study
 
 __all__ = ["OverlayOptions", "build_overlay_series"]
 
-_FROM_SOURCE = ("SpecificCharacterSet", "StudyInstanceUID", "IssuerOfPatientID",
-                "FrameOfReferenceUID", "Modality", "ImageOrientationPatient",
-                "SliceThickness", *TYPE2_COPIED)
+#: Copied from the source slice besides its patient and study.
+_GEOMETRY = ("FrameOfReferenceUID", "Modality", "ImageOrientationPatient", "SliceThickness")
 _NOTICE = "DERIVED - NOT FOR DIAGNOSIS"
 
 
@@ -101,12 +100,7 @@ def _render(grey: np.ndarray, masks: list[np.ndarray], colours: list[tuple[int, 
 def _header(source: Dataset, options: OverlayOptions, index: int, factor: int,
             now: dt.datetime, pipeline_name: str) -> Dataset:
     ds = Dataset()
-    for keyword in _FROM_SOURCE:
-        if keyword in source:
-            setattr(ds, keyword, source[keyword].value)
-    for keyword in TYPE2_COPIED:
-        if keyword not in ds:
-            setattr(ds, keyword, None)
+    copy_patient_study(source, ds, _GEOMETRY)
     ds.SOPClassUID = SecondaryCaptureImageStorage
     ds.SOPInstanceUID = derived_uid(options.series_instance_uid, str(source.SOPInstanceUID))
     ds.SeriesInstanceUID = options.series_instance_uid

@@ -18,15 +18,9 @@ from pydicom.uid import ExplicitVRLittleEndian, RTStructureSetStorage
 
 from service.pipeline.base import PipelineOutput
 from service.writers.outline import slice_outlines
-from service.writers.seg import MANUFACTURER, TYPE2_COPIED
+from service.writers.seg import MANUFACTURER, copy_patient_study
 
 __all__ = ["RtStructOptions", "build_rtstruct"]
-
-#: Patient and study attributes copied from the source images.
-_FROM_SOURCE = ("SpecificCharacterSet", "PatientName", "PatientID", "IssuerOfPatientID",
-                "PatientBirthDate", "PatientSex", "StudyInstanceUID", "StudyDate",
-                "StudyTime", "ReferringPhysicianName", "StudyID", "AccessionNumber")
-
 
 @dataclass(frozen=True)
 class RtStructOptions:
@@ -65,11 +59,7 @@ def build_rtstruct(output: PipelineOutput, *, pipeline_name: str,
     ds.file_meta.MediaStorageSOPClassUID = RTStructureSetStorage
     ds.file_meta.MediaStorageSOPInstanceUID = options.sop_instance_uid
     ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    for keyword in _FROM_SOURCE:
-        if keyword in first:
-            setattr(ds, keyword, first[keyword].value)
-        elif keyword in TYPE2_COPIED:  # Type 2: present, empty when the source has none
-            setattr(ds, keyword, "")
+    copy_patient_study(first, ds)
     ds.SOPClassUID = RTStructureSetStorage
     ds.SOPInstanceUID = options.sop_instance_uid
     ds.Modality = "RTSTRUCT"

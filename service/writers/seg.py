@@ -15,7 +15,8 @@ from models.qc import Verdict
 from service.pipeline.base import AlgorithmSpec, PipelineOutput
 from service.pipeline.quality import Assessment, description_prefix
 
-__all__ = ["MANUFACTURER", "SegOptions", "bit_aligned", "build_segmentation"]
+__all__ = ["MANUFACTURER", "SegOptions", "bit_aligned", "build_segmentation",
+           "copy_patient_study"]
 
 MANUFACTURER = "kidney-node"
 
@@ -23,6 +24,22 @@ MANUFACTURER = "kidney-node"
 #: copy from the first source image; some sources (anonymised, converted) leave them out.
 TYPE2_COPIED = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate",
                  "StudyTime", "AccessionNumber", "StudyID", "ReferringPhysicianName")
+
+
+#: The patient and study attributes an object the node writes with pydicom (RT Structure
+#: Set, overlay images) copies from its source image.
+_PATIENT_STUDY = ("SpecificCharacterSet", "IssuerOfPatientID", "StudyInstanceUID",
+                  *TYPE2_COPIED)
+
+
+def copy_patient_study(source: Dataset, target: Dataset, extra: tuple[str, ...] = ()) -> None:
+    """Copy ``source``'s patient and study attributes (and ``extra``) into ``target``; a
+    Type 2 one the source lacks is written present and empty."""
+    for keyword in (*_PATIENT_STUDY, *extra):
+        if keyword in source:
+            setattr(target, keyword, source[keyword].value)
+        elif keyword in TYPE2_COPIED:
+            setattr(target, keyword, None)
 
 
 @dataclass(frozen=True)
