@@ -306,6 +306,9 @@ class OrthancPeer:
             counts[modality] = counts.get(modality, 0) + 1
         return counts
 
+    def series_count(self, study_instance_uid: str) -> int:
+        return sum(self.series_by_modality(study_instance_uid).values())
+
     def results_filed(self, study_instance_uid: str) -> dict[str, int] | None:
         """:meth:`series_by_modality` once a SEG and an SR are there, else None."""
         counts = self.series_by_modality(study_instance_uid)

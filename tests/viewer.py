@@ -57,7 +57,8 @@ APP_CONFIG = """window.config = {
 _PROXIED = ("/dicom-web/", "/wado")
 #: Console errors of OHIF's viewport life cycle, not of its SEG or SR code: logged when the
 #: viewport OHIF replaces to show a SEG on another series is asked to render once more
-#: (seen in CI on the MR study, whose SEG opens on the copied phase, not the T2 on show).
+#: (seen in CI on the MR study, whose SEG opens on the copied phase, not the T2 on show;
+#: on a loaded machine it comes as an uncaught error from OHIF's render loop).
 BENIGN = ("The stack viewport has been destroyed and is no longer usable",)
 
 
@@ -138,11 +139,15 @@ class OhifPage:
     console: list[str] = field(default_factory=list)
     page_errors: list[str] = field(default_factory=list)
 
-    def open_study(self, study_instance_uid: str, timeout_s: float = 60) -> None:
+    def open_study(self, study_instance_uid: str, series: int = 1,
+                   timeout_s: float = 60) -> None:
+        """Open the study in the viewer; wait until OHIF lists ``series`` of its series
+        (it lists them as their metadata arrive: seconds apart on a busy machine)."""
         self.page.goto(f"{self.base}/viewer?StudyInstanceUIDs={study_instance_uid}")
         self.page.wait_for_function(
-            "() => window.services && window.services.displaySetService"
-            " && window.services.displaySetService.getActiveDisplaySets().length > 0",
+            "(n) => window.services && window.services.displaySetService"
+            " && new Set(window.services.displaySetService.getActiveDisplaySets()"
+            ".map(d => d.SeriesInstanceUID)).size >= n", arg=series,
             timeout=timeout_s * 1000)
 
     def display_sets(self) -> list[dict]:
@@ -185,11 +190,36 @@ class OhifPage:
             " const i = ids.findIndex(x => x.includes(uid)); if (i >= 0) vp.setImageIdIndex(i);"
             " return i }", sop_instance_uid)
         assert index >= 0, f"image {sop_instance_uid} not in the viewport"
-        self.page.wait_for_function(
-            f"(i) => {{ const vp = {_VIEWPORT}; return vp.getCurrentImageIdIndex() === i }}",
-            arg=index, timeout=10000)
-        time.sleep(1.0)  # the render after the scroll
+        self._wait_shown(index)
         return index
+
+    def _wait_shown(self, index: int) -> None:
+        """Until the active viewport is at image ``index`` and holds that image loaded (on
+        a loaded machine the scroll is done long before the image is fetched and drawn)."""
+        self.page.wait_for_function(
+            f"(i) => {{ const vp = {_VIEWPORT}; const shown = vp.getCornerstoneImage();"
+            " return vp.getCurrentImageIdIndex() === i && !!shown"
+            " && shown.imageId === vp.getImageIds()[i] }", arg=index, timeout=30000)
+        self.render()
+
+    def reset_view(self) -> None:
+        """What OHIF's "Reset View" does: fit the camera to the image, then render."""
+        self.page.evaluate(f"() => {_VIEWPORT}.resetCamera()")
+        self.render()
+
+    def render(self, timeout_s: float = 10) -> bool:
+        """Render the active viewport and wait (up to ``timeout_s``) for Cornerstone's
+        IMAGE_RENDERED event: software WebGL on a busy machine draws seconds after the image
+        is loaded. Whether the event came (it need not: a render already under way is not
+        repeated); the screenshots' own settling covers the rest."""
+        rendered = self.page.evaluate(
+            f"(ms) => new Promise(done => {{ const vp = {_VIEWPORT};"
+            " const timer = setTimeout(() => done(false), ms);"
+            " vp.element.addEventListener('CORNERSTONE_IMAGE_RENDERED',"
+            " () => { clearTimeout(timer); done(true) }, {once: true}); vp.render(); })",
+            timeout_s * 1000)
+        time.sleep(0.5)  # the frame to the screen
+        return bool(rendered)
 
     def show_display_set(self, display_set_uid: str, timeout_s: float = 30) -> int:
         """Put a display set in the active viewport (as dragging its thumbnail does); the
@@ -209,9 +239,7 @@ class OhifPage:
     def scroll_to(self, index: int) -> None:
         """Scroll the active viewport to its image ``index``."""
         self.page.evaluate(f"(i) => {_VIEWPORT}.setImageIdIndex(i)", index)
-        self.page.wait_for_function(
-            f"(i) => {_VIEWPORT}.getCurrentImageIdIndex() === i", arg=index, timeout=10000)
-        time.sleep(1.0)  # the render after the scroll
+        self._wait_shown(index)
 
     def set_segments_visible(self, visible: bool) -> None:
         self.page.evaluate(
@@ -223,12 +251,19 @@ class OhifPage:
             "    x.segmentIndex, on); }", visible)
         time.sleep(1.0)
 
-    def shown_and_hidden(self) -> tuple[np.ndarray, np.ndarray]:
-        """Canvas screenshots with the segments shown, then hidden (then shown again)."""
-        shown = self.canvas_pixels()
-        self.set_segments_visible(False)
-        hidden = self.canvas_pixels()
-        self.set_segments_visible(True)
+    def shown_and_hidden(self, tries: int = 3) -> tuple[np.ndarray, np.ndarray]:
+        """Canvas screenshots with the segments shown, then hidden; taken again (up to
+        ``tries`` times) until a shot with the segments shown once more matches the first,
+        so that a render still under way (a scroll, a loading image: seen on a loaded CI
+        machine) is not read as the overlay."""
+        for _ in range(tries):
+            shown = self.canvas_pixels()
+            self.set_segments_visible(False)
+            hidden = self.canvas_pixels()
+            self.set_segments_visible(True)
+            again = self.canvas_pixels()
+            if (np.abs(shown - again).sum(axis=-1) > 30).sum() <= 5:
+                break
         return shown, hidden
 
     def world_to_canvas(self, points_mm: np.ndarray, settle_s: float = 15) -> np.ndarray:
@@ -292,9 +327,9 @@ class OhifPage:
         """What went wrong in the page: uncaught errors, console errors, and what OHIF's
         error boundary caught (it logs those at debug level, then blanks the viewer)."""
         caught = ("Error Boundary", "Something went wrong")
-        return [*self.page_errors, *(m for m in self.console
-                                     if (m.startswith("error:") or any(c in m for c in caught))
-                                     and not any(b in m for b in BENIGN))]
+        found = [*self.page_errors, *(m for m in self.console
+                                      if m.startswith("error:") or any(c in m for c in caught))]
+        return [m for m in found if not any(b in m for b in BENIGN)]
 
     def wait_for_text(self, fragment: str, timeout_s: float = 30) -> str:
         """The page's text once it holds ``fragment`` (drawn annotations included)."""

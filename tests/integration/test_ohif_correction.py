@@ -88,7 +88,7 @@ def test_a_segmentation_corrected_in_ohif_becomes_the_record(make_node, sqlite_u
         (ours,) = [dcmread(io.BytesIO(f)) for f in pacs.files(study_uid, "SEG")]
         automatic = {r["structure"]: r for r in node.get("/api/patient/volumes?id=OHIF-CT")}
         with ohif_site(pacs.http_port, free_port()) as base, ohif_browser(base) as ohif:
-            ohif.open_study(study_uid)
+            ohif.open_study(study_uid, pacs.series_count(study_uid))
             ohif.load_seg()
             erased = ohif.page.evaluate(_ERASE, "Right kidney")
             assert erased["removed"] > 0, erased

@@ -179,7 +179,7 @@ def _shown_in_ohif(case: str, files: list[Path], make_node, sqlite_url: str,  # 
         rgb = {spec.text: spec.rgb for spec in SEGMENTS}
 
         with ohif_site(pacs.http_port, free_port()) as base, ohif_browser(base) as ohif:
-            ohif.open_study(study_uid)
+            ohif.open_study(study_uid, pacs.series_count(study_uid))
             modalities = {d["modality"] for d in ohif.display_sets()}
             assert {"SEG", "SR"} < modalities, modalities
             seconds = ohif.load_seg()
@@ -279,7 +279,7 @@ def test_rtstruct_output_opens_in_ohif_on_the_kidneys(make_node, sqlite_url, tmp
         names = {int(s.SegmentNumber): str(s.SegmentLabel) for s in seg.SegmentSequence}
         rgb = {spec.text: spec.rgb for spec in SEGMENTS}
         with ohif_site(pacs.http_port, free_port()) as base, ohif_browser(base) as ohif:
-            ohif.open_study(study_uid)
+            ohif.open_study(study_uid, pacs.series_count(study_uid))
             seconds = ohif.load_seg("RTSTRUCT")
             shown = {s["label"]: s for s in ohif.segments()}
             assert set(shown) == set(names.values())
@@ -322,16 +322,24 @@ def test_overlay_series_opens_in_ohif_with_the_outlines(make_node, sqlite_url, t
         rgb = {spec.text: spec.rgb for spec in SEGMENTS}
         colours = [rgb[str(s.SegmentLabel)] for s in seg.SegmentSequence]
         with ohif_site(pacs.http_port, free_port()) as base, ohif_browser(base) as ohif:
-            ohif.open_study(study_uid)
+            ohif.open_study(study_uid, pacs.series_count(study_uid))
             (overlay,) = [d for d in ohif.display_sets()
                           if (d["description"] or "").startswith("Kidney outline")]
             assert overlay["images"] == len(found)
             assert ohif.show_display_set(overlay["uid"]) == len(found)
             ohif.scroll_to(len(found) // 2)
-            pixels = ohif.canvas_pixels()
-            drawn = [int((np.abs(pixels - np.asarray(c)).sum(axis=-1) <= 30).sum())
-                     for c in colours]
+            started = time.monotonic()
+            while True:  # software WebGL on a busy machine: the image may come seconds late
+                pixels = ohif.canvas_pixels()
+                drawn = [int((np.abs(pixels - np.asarray(c)).sum(axis=-1) <= 30).sum())
+                         for c in colours]
+                if all(n > 30 for n in drawn) or time.monotonic() - started > 30:
+                    break
+                # A user's "Reset View": on a busy machine OHIF 3.13 at times fits the camera
+                # before the stack's geometry is known (parallel scale 22952 mm seen).
+                ohif.reset_view()
             print(f"overlay in OHIF: {len(found)} images; canvas pixels of each segment's "
-                  f"colour {dict(zip(colours, drawn, strict=True))}")
+                  f"colour {dict(zip(colours, drawn, strict=True))} after "
+                  f"{time.monotonic() - started:.1f} s")
             assert all(n > 30 for n in drawn), drawn
             assert not ohif.problems(), ohif.problems()
