@@ -93,6 +93,8 @@ def _parser() -> argparse.ArgumentParser:
     jobs.add_argument("--limit", type=int, default=50)
     outbox = sub.add_parser("outbox", help="results queued for the destinations")
     outbox.add_argument("--json", action="store_true")
+    outbox.add_argument("--retry", metavar="DESTINATION",
+                        help="send again what failed for good to DESTINATION (once fixed)")
     train = sub.add_parser("train", help="train a model from annotated data")
     train_sub = train.add_subparsers(dest="train_model", required=True)
     cortex = train_sub.add_parser("cortex", help="the renal-cortex ensemble (7 U-Nets)")
@@ -357,7 +359,13 @@ def _cmd_jobs(settings: Settings, args: argparse.Namespace) -> int:
 
 def _cmd_outbox(settings: Settings, args: argparse.Namespace) -> int:
     from service.db.queries import list_outbox
+    from service.outbox.sender import requeue_failed
 
+    if args.retry is not None:
+        with _sessions(settings).begin() as session:
+            count = requeue_failed(session, args.retry)
+        print(f"{count} failed item(s) for {args.retry} queued again")
+        return 0
     with _sessions(settings)() as session:
         rows = list_outbox(session)
     if args.json:

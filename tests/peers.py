@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import shutil
@@ -275,12 +276,22 @@ class OrthancPeer:
     aet: str
     dicom_port: int
     http_port: int
+    #: (user, password) when Orthanc asks for HTTP basic authentication.
+    user: tuple[str, str] | None = None
+
+    def _request(self, path: str, data: bytes | None = None,
+                 method: str | None = None) -> urllib.request.Request:
+        request = urllib.request.Request(f"http://127.0.0.1:{self.http_port}{path}",
+                                         data=data, method=method or ("POST" if data else "GET"))
+        if self.user is not None:
+            token = base64.b64encode(":".join(self.user).encode()).decode()
+            request.add_header("Authorization", f"Basic {token}")
+        return request
 
     def rest(self, path: str, body: Any = None, method: str | None = None) -> Any:
         data = None if body is None else json.dumps(body).encode()
-        request = urllib.request.Request(f"http://127.0.0.1:{self.http_port}{path}",
-                                         data=data, method=method or ("POST" if data else "GET"))
-        with urllib.request.urlopen(request, timeout=10) as resp:  # noqa: S310
+        with urllib.request.urlopen(self._request(path, data, method),  # noqa: S310
+                                    timeout=10) as resp:
             answer = resp.read()
         return json.loads(answer) if answer.strip() else None
 
@@ -292,8 +303,8 @@ class OrthancPeer:
 
     def instance_file(self, orthanc_id: str) -> bytes:
         """The Part 10 file of one instance (Orthanc's ID)."""
-        url = f"http://127.0.0.1:{self.http_port}/instances/{orthanc_id}/file"
-        with urllib.request.urlopen(url, timeout=30) as resp:  # noqa: S310
+        request = self._request(f"/instances/{orthanc_id}/file")
+        with urllib.request.urlopen(request, timeout=30) as resp:  # noqa: S310
             return resp.read()
 
     def series_by_modality(self, study_instance_uid: str) -> dict[str, int]:
@@ -318,11 +329,12 @@ class OrthancPeer:
 @contextmanager
 def orthanc(workdir: Path, *, dicom_port: int, http_port: int, aet: str = "ORTHANC",  # noqa: ANN201
             modalities: dict[str, list[Any]] | None = None, lua: str | None = None,
-            stable_age: int = 2, dicomweb: bool = False):
+            stable_age: int = 2, dicomweb: bool = False, user: tuple[str, str] | None = None):
     """Debian's Orthanc with its own storage and index under ``workdir``, default settings
     otherwise (any calling AE may store), REST on loopback; ``modalities``
     (name -> [AET, host, port]) and a Lua script (``lua``) for routing; with ``dicomweb``
-    its DICOMweb plugin (Debian's orthanc-dicomweb) at ``/dicom-web/``, else no plugin."""
+    its DICOMweb plugin (Debian's orthanc-dicomweb) at ``/dicom-web/``, else no plugin;
+    with ``user`` (name, password) its HTTP side asks for that basic authentication."""
     tool = Path("/usr/sbin/Orthanc")
     if not tool.exists():
         pytest.fail(f"{tool} missing: `make test` installs Debian's orthanc")
@@ -338,6 +350,9 @@ def orthanc(workdir: Path, *, dicom_port: int, http_port: int, aet: str = "ORTHA
             pytest.fail(f"{plugin} missing: `make test` installs Debian's orthanc-dicomweb")
         config["Plugins"] = [str(plugin)]
         config["DicomWeb"] = {"Enable": True, "Root": "/dicom-web/"}
+    if user is not None:
+        config["AuthenticationEnabled"] = True
+        config["RegisteredUsers"] = {user[0]: user[1]}
     if lua is not None:
         (workdir / "routing.lua").write_text(lua)
         config["LuaScripts"] = [str(workdir / "routing.lua")]
@@ -345,7 +360,7 @@ def orthanc(workdir: Path, *, dicom_port: int, http_port: int, aet: str = "ORTHA
     log = open(workdir / "orthanc.log", "wb")  # noqa: SIM115 - closed below
     proc = subprocess.Popen([str(tool), str(workdir / "orthanc.json")], env=peer_env(),
                             stdout=log, stderr=subprocess.STDOUT)
-    peer = OrthancPeer(aet, dicom_port, http_port)
+    peer = OrthancPeer(aet, dicom_port, http_port, user)
     try:
         deadline = time.monotonic() + 30
         while True:

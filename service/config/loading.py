@@ -64,6 +64,15 @@ def _merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
 _SECRET_KEYS = frozenset({"token", "password", "url"})
 
 
+def _holds_secret(value: object) -> bool:
+    """Whether ``value`` (a section that failed as a whole) holds a secret key."""
+    if isinstance(value, dict):
+        return any(str(k) in _SECRET_KEYS or _holds_secret(v) for k, v in value.items())
+    if isinstance(value, list | tuple):
+        return any(_holds_secret(v) for v in value)
+    return False
+
+
 def load_settings(
     config_file: Path | None = None, *, environ: Mapping[str, str] | None = None
 ) -> Settings:
@@ -100,7 +109,8 @@ def load_settings(
         lines = []
         for err in exc.errors():
             loc = ".".join(str(p) for p in err["loc"])
-            secret = any(str(p) in _SECRET_KEYS for p in err["loc"])
+            secret = any(str(p) in _SECRET_KEYS for p in err["loc"]) \
+                or _holds_secret(err.get("input"))
             got = "(value not shown)" if secret else f"(got {err.get('input')!r})"
             lines.append(f"{loc}: {err['msg']} {got}")
         source = f" in {config_file}" if config_file else ""

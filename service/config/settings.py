@@ -6,14 +6,16 @@ import ipaddress
 import re
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
 __all__ = [
     "ClassificationRules",
     "CtSettings",
     "DatabaseSettings",
     "Destination",
+    "DicomWebTarget",
     "DicomSettings",
     "HttpSettings",
     "ProcessingSettings",
@@ -262,17 +264,101 @@ class DestinationTls(_Frozen):
 ResultOutput = Literal["seg", "sr", "rtstruct", "overlay"]
 
 
+class DicomWebTarget(_Frozen):
+    """A DICOMweb STOW-RS destination (PS3.18 10.5): results are POSTed to
+    ``{url}/studies``. ``token`` (a bearer token) or ``username`` + ``password`` (basic
+    auth); over https the server's certificate is checked against ``ca_file`` (else the
+    system's CAs) unless ``verify_tls`` is off."""
+
+    url: str
+    token: SecretStr | None = None
+    username: str | None = None
+    password: SecretStr | None = None
+    ca_file: Path | None = None
+    verify_tls: bool = True
+    timeout_seconds: float = Field(default=60.0, gt=0)
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"must be an http:// or https:// URL, got {value!r}")
+        if parts.username or parts.password:
+            raise ValueError("put credentials in token or username/password, not in the URL")
+        return value.rstrip("/")
+
+    @model_validator(mode="after")
+    def _one_auth(self) -> DicomWebTarget:
+        if self.token is not None and (self.username or self.password):
+            raise ValueError("destinations[].dicomweb: a token or a username and password, "
+                             "not both")
+        if (self.username is None) != (self.password is None):
+            raise ValueError("destinations[].dicomweb: set both username and password")
+        if self.ca_file is not None and not self.url.startswith("https://"):
+            raise ValueError("destinations[].dicomweb: ca_file needs an https:// url")
+        return self
+
+    @property
+    def host(self) -> str:
+        return urlsplit(self.url).hostname or ""
+
+    @property
+    def port(self) -> int:
+        parts = urlsplit(self.url)
+        return parts.port or (443 if parts.scheme == "https" else 80)
+
+
 class Destination(_Frozen):
+    """Where results go: a DICOM AE (``ae_title``, ``host``, ``port``, optionally over
+    ``tls``) or a DICOMweb STOW-RS endpoint (``dicomweb``)."""
+
     name: str = Field(min_length=1, max_length=64)
-    ae_title: str
-    host: str
-    port: int = Field(ge=1, le=65535)
+    ae_title: str | None = None
+    host: str | None = None
+    port: int | None = Field(default=None, ge=1, le=65535)
     tls: DestinationTls | None = None
+    dicomweb: DicomWebTarget | None = None
     #: The result objects this destination gets (a segmented phase's copies, which the
     #: others reference, go to every destination).
     outputs: tuple[ResultOutput, ...] = Field(default=("seg", "sr"), min_length=1)
 
-    _ae = field_validator("ae_title")(classmethod(lambda cls, v: _check_ae(v)))
+    @field_validator("ae_title")
+    @classmethod
+    def _ae(cls, value: str | None) -> str | None:
+        return None if value is None else _check_ae(value)
+
+    @model_validator(mode="after")
+    def _dimse_or_dicomweb(self) -> Destination:
+        dimse = (self.ae_title, self.host, self.port)
+        if self.dicomweb is not None:
+            if any(v is not None for v in dimse) or self.tls is not None:
+                raise ValueError(f"destination {self.name!r}: dicomweb, or ae_title/host/port"
+                                 "[/tls], not both")
+        elif any(v is None for v in dimse):
+            missing = [k for k, v in zip(("ae_title", "host", "port"), dimse, strict=True)
+                       if v is None]
+            raise ValueError(f"destination {self.name!r}: {', '.join(missing)} missing (a "
+                             "DICOM destination needs ae_title, host and port; a STOW-RS "
+                             "one, dicomweb.url instead)")
+        return self
+
+    @property
+    def address(self) -> tuple[str, str, int]:
+        """(AE title, host, port) as the outbox records it; a STOW-RS endpoint has no AE
+        title (empty) and its URL's host and port."""
+        if self.dicomweb is not None:
+            return "", self.dicomweb.host, self.dicomweb.port
+        assert self.ae_title is not None and self.host is not None and self.port is not None
+        return self.ae_title, self.host, self.port
+
+    @property
+    def label(self) -> str:
+        """How logs and errors name it."""
+        if self.dicomweb is not None:
+            return f"{self.name} (STOW-RS {self.dicomweb.url})"
+        tls = "" if self.tls is None else ", TLS"
+        return f"{self.name} ({self.ae_title}@{self.host}:{self.port}{tls})"
 
 
 _LOOPBACK = re.compile(r"^(127\.\d+\.\d+\.\d+|::1|localhost)$")

@@ -15,14 +15,14 @@ from service.config import Destination
 from service.dicom.net import NODELAY_HANDLER, client_tls_context
 from service.errors import DestinationError
 
-__all__ = ["send_files"]
+__all__ = ["failure_is_permanent", "send_files"]
 
 logger = logging.getLogger(__name__)
 
 _UNCOMPRESSED = (tsuid.ExplicitVRLittleEndian, tsuid.ImplicitVRLittleEndian)
 
 
-def _failure_is_permanent(status: int) -> bool:
+def failure_is_permanent(status: int) -> bool:
     """Out of resources (0xA7xx) is worth retrying; a refusal of the data is not."""
     return not 0xA700 <= status <= 0xA7FF
 
@@ -38,7 +38,7 @@ def _tls_args(destination: Destination, label: str) -> tuple[ssl.SSLContext, str
         # Retried (with back-off): the item goes out once the files are fixed.
         raise DestinationError(f"{label}: cannot load its TLS CA, certificate or key: {exc}",
                                permanent=False) from exc
-    return context, destination.host
+    return context, destination.address[1]
 
 
 def send_files(
@@ -68,8 +68,9 @@ def send_files(
                           for d in datasets.values()}:
         syntaxes = [ts] + [u for u in _UNCOMPRESSED if u != ts]
         ae.add_requested_context(sop_class, syntaxes)
-    label = f"{destination.name} ({destination.ae_title}@{destination.host}:{destination.port})"
-    assoc = ae.associate(destination.host, destination.port, ae_title=destination.ae_title,
+    label = destination.label
+    ae_title, host, port = destination.address
+    assoc = ae.associate(host, port, ae_title=ae_title,
                          evt_handlers=[NODELAY_HANDLER], tls_args=_tls_args(destination, label))
     if not assoc.is_established:
         if assoc.is_rejected:
@@ -106,7 +107,7 @@ def send_files(
             else:
                 outcome[path] = DestinationError(
                     f"{label} answered 0x{code:04X} to C-STORE of {uid}",
-                    permanent=_failure_is_permanent(code))
+                    permanent=failure_is_permanent(code))
     finally:
         if assoc.is_established:
             assoc.release()

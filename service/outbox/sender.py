@@ -15,8 +15,9 @@ from service.config import Destination, SenderSettings
 from service.db.tables import OutboxItem, SendState, utcnow
 from service.dicom.scu import send_files
 from service.errors import DestinationError
+from service.outbox.stow import stow_files
 
-__all__ = ["backoff_seconds", "drain_outbox", "enqueue"]
+__all__ = ["backoff_seconds", "drain_outbox", "enqueue", "requeue_failed"]
 
 logger = logging.getLogger(__name__)
 
@@ -43,12 +44,24 @@ def enqueue(
             OutboxItem.destination == dest.name))
         if exists is not None:
             continue
+        ae_title, host, port = dest.address
         item = OutboxItem(job_pk=job_pk, sop_instance_uid=sop_instance_uid, path=relpath,
-                          destination=dest.name, ae_title=dest.ae_title, host=dest.host,
-                          port=dest.port)
+                          destination=dest.name, ae_title=ae_title, host=host, port=port)
         session.add(item)
         items.append(item)
     return items
+
+
+def requeue_failed(session: Session, destination: str) -> int:
+    """Put the items that failed permanently for ``destination`` back in the queue (once
+    the cause is fixed: credentials, a refused AE title); how many. No commit."""
+    rows = session.scalars(select(OutboxItem).where(
+        OutboxItem.destination == destination, OutboxItem.state == SendState.FAILED)).all()
+    for row in rows:
+        row.state, row.next_attempt_at = SendState.PENDING, utcnow()
+        logger.info("requeued %s for %s (it had failed: %s)", row.sop_instance_uid,
+                    destination, row.last_error)
+    return len(rows)
 
 
 def drain_outbox(
@@ -96,7 +109,9 @@ def drain_outbox(
                 p: DestinationError(f"file {p} of {paths[p].sop_instance_uid} is missing",
                                     permanent=True) for p in missing}
             present = [p for p in paths if p not in missing]
-            if present:
+            if present and dest.dicomweb is not None:
+                outcome.update(stow_files(present, destination=dest))
+            elif present:
                 outcome.update(send_files(present, destination=dest, calling_aet=calling_aet,
                                           timeout=settings.timeout_seconds))
         except DestinationError as exc:
@@ -117,12 +132,11 @@ def _record(sessions: sessionmaker[Session], paths: dict[Path, OutboxItem],
                 continue
             row.attempts += 1
             if dest is not None:
-                row.ae_title, row.host, row.port = dest.ae_title, dest.host, dest.port
+                row.ae_title, row.host, row.port = dest.address
             error = outcome.get(path)
             if error is None:
-                logger.info("sent %s to %s (%s@%s:%d%s)", row.sop_instance_uid,
-                            row.destination, row.ae_title, row.host, row.port,
-                            ", TLS" if dest is not None and dest.tls is not None else "")
+                logger.info("sent %s to %s", row.sop_instance_uid,
+                            row.destination if dest is None else dest.label)
                 row.state = SendState.SENT
                 row.sent_at = now
                 row.last_error = None

@@ -59,10 +59,10 @@ def test_numeric_looking_ae_title_stays_a_string():
     ({"KIDNEY_NODE_DICOM__AE_TITLE": "A" * 17}, "dicom.ae_title"),
     ({"KIDNEY_NODE_DICOM__PORTT": "1"}, "dicom.portt"),
     ({"KIDNEY_NODE_DESTINATIONS": '[{"name":"x","ae_title":"X","host":"h"}]'},
-     "destinations.0.port"),
+     "destinations.0: .*port missing"),
 ])
 def test_invalid_values_name_the_key(env, key):
-    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.").replace(r"\.*", ".*")):
         load_settings(environ=env)
 
 
