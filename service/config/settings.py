@@ -58,11 +58,23 @@ class TlsSettings(_Frozen):
         return self
 
 
+class MoveDestination(_Frozen):
+    """An AE the node's C-MOVE SCP may send to (a C-MOVE names it by its AE title)."""
+
+    ae_title: str
+    host: str
+    port: int = Field(ge=1, le=65535)
+
+    _ae = field_validator("ae_title")(classmethod(lambda cls, v: _check_ae(v)))
+
+
 class DicomSettings(_Frozen):
     ae_title: str = "KIDNEYNODE"
     host: str = "0.0.0.0"  # noqa: S104 - a DICOM node listens on the network by design
     port: int = Field(default=11112, ge=0, le=65535)  # 0: any free port
     allowed_calling_aets: tuple[str, ...] = ()
+    #: The AEs a C-MOVE may send to (query/retrieve SCP); any other is refused (0xA801).
+    move_destinations: tuple[MoveDestination, ...] = ()
     #: Live associations at once, in all and from one peer address; a request beyond
     #: either is rejected (transient, local limit exceeded).
     max_associations: int = Field(default=16, ge=1)

@@ -5,11 +5,19 @@ from __future__ import annotations
 from pydicom import uid as tsuid
 from pydicom.pixels import get_decoder
 from pynetdicom.presentation import AllStoragePresentationContexts, PresentationContext
-from pynetdicom.sop_class import Verification
+from pynetdicom.sop_class import (
+    PatientRootQueryRetrieveInformationModelFind,
+    PatientRootQueryRetrieveInformationModelGet,
+    PatientRootQueryRetrieveInformationModelMove,
+    StudyRootQueryRetrieveInformationModelFind,
+    StudyRootQueryRetrieveInformationModelGet,
+    StudyRootQueryRetrieveInformationModelMove,
+    Verification,
+)
 
 from service.imaging.dcmtk_decode import dcmtk_decodes
 
-__all__ = ["accepted_transfer_syntaxes", "scp_contexts"]
+__all__ = ["QUERY_RETRIEVE", "accepted_transfer_syntaxes", "scp_contexts"]
 
 _UNCOMPRESSED = (
     tsuid.ExplicitVRLittleEndian,
@@ -51,17 +59,29 @@ def accepted_transfer_syntaxes() -> list[str]:
     return out
 
 
+#: Query/retrieve, patient root and study root (PS3.4 C.6.1, C.6.2).
+QUERY_RETRIEVE = (
+    PatientRootQueryRetrieveInformationModelFind, PatientRootQueryRetrieveInformationModelGet,
+    PatientRootQueryRetrieveInformationModelMove, StudyRootQueryRetrieveInformationModelFind,
+    StudyRootQueryRetrieveInformationModelGet, StudyRootQueryRetrieveInformationModelMove,
+)
+
+
 def scp_contexts() -> list[PresentationContext]:
-    """Verification plus every storage SOP class, each with the accepted syntaxes."""
+    """Verification, query/retrieve, and every storage SOP class with the accepted
+    syntaxes; a storage context takes the roles a C-GET requestor proposes (it acts as
+    the storage SCP of the C-GET's sub-operations)."""
     syntaxes = accepted_transfer_syntaxes()
     contexts = []
-    verification = PresentationContext()
-    verification.abstract_syntax = Verification
-    verification.transfer_syntax = list(_UNCOMPRESSED[:2])
-    contexts.append(verification)
+    for sop_class in (Verification, *QUERY_RETRIEVE):
+        cx = PresentationContext()
+        cx.abstract_syntax = sop_class
+        cx.transfer_syntax = list(_UNCOMPRESSED[:2])
+        contexts.append(cx)
     for template in AllStoragePresentationContexts:
         cx = PresentationContext()
         cx.abstract_syntax = template.abstract_syntax
         cx.transfer_syntax = syntaxes
+        cx.scu_role, cx.scp_role = True, True
         contexts.append(cx)
     return contexts

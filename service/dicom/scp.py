@@ -1,4 +1,5 @@
-"""The node's SCP: C-ECHO and C-STORE of every storage SOP class."""
+"""The node's SCP: C-ECHO, C-STORE of every storage SOP class, and query/retrieve
+(C-FIND, C-GET, C-MOVE: service/dicom/retrieve.py)."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from service.dicom.incoming import Incoming, discard_file
 from service.dicom.incoming import install as install_incoming
 from service.dicom.net import server_tls_context
 from service.dicom.polling import ACTIVITY_HANDLER, IdleRelaxer
+from service.dicom.retrieve import QueryRetrieve
 from service.errors import (
     ConfigError,
     DatasetMismatchError,
@@ -59,11 +61,14 @@ class StorageSCP:
         self.metrics = metrics or NodeMetrics()  # one of its own when the node gives none
         self.health = health or StorageHealth(store.incoming, min_free_mb=0)
         self.incoming = Incoming(store.incoming, self.health.refusal)
+        self.query = QueryRetrieve(settings, store)
         self._server: ThreadedAssociationServer | None = None
 
     def _make_ae(self) -> AE:
         ae = AE(ae_title=self.settings.ae_title)
-        ae.supported_contexts = scp_contexts()
+        for cx in scp_contexts():  # (the supported_contexts setter drops the roles)
+            ae.add_supported_context(cx.abstract_syntax, cx.transfer_syntax,
+                                     scu_role=cx.scu_role, scp_role=cx.scp_role)
         ae.require_called_aet = True
         if self.settings.allowed_calling_aets:
             ae.require_calling_aet = list(self.settings.allowed_calling_aets)
@@ -96,6 +101,9 @@ class StorageSCP:
         handlers = [
             (evt.EVT_C_STORE, self.handle_store),
             (evt.EVT_C_ECHO, _handle_echo),
+            (evt.EVT_C_FIND, self.query.handle_find),
+            (evt.EVT_C_GET, self.query.handle_get),
+            (evt.EVT_C_MOVE, self.query.handle_move),
             (evt.EVT_REJECTED, self._rejected),
             (evt.EVT_ACCEPTED, self._accepted),
             *self.admission.handlers,

@@ -1,0 +1,125 @@
+"""The query/retrieve SCP handlers (PS3.4 C): C-FIND, C-GET and C-MOVE over the archive,
+patient root and study root. The SCP's own AE title and address checks apply, as for
+C-STORE; C-MOVE sends only to ``dicom.move_destinations``."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+
+from pydicom import Dataset, dcmread
+from pydicom import uid as tsuid
+from pynetdicom import build_context
+from pynetdicom.events import Event
+from pynetdicom.presentation import PresentationContext
+
+from service.config import DicomSettings
+from service.dicom.query import QueryError, find, matching_instances
+from service.storage import InstanceStore
+
+__all__ = ["QueryRetrieve"]
+
+logger = logging.getLogger(__name__)
+
+PENDING = 0xFF00
+CANCELLED = 0xFE00
+#: Identifier does not match SOP Class (PS3.4 C.4.1.1.4).
+BAD_IDENTIFIER = 0xA900
+#: Unable to process.
+UNABLE = 0xC000
+_UNCOMPRESSED = (tsuid.ExplicitVRLittleEndian, tsuid.ImplicitVRLittleEndian)
+
+
+def _contexts(paths: list[Path]) -> list[PresentationContext]:
+    """Storage contexts for a C-MOVE's association: each SOP class with the stored files'
+    transfer syntaxes, and uncompressed ones (at most 128 contexts)."""
+    wanted: dict[str, list[str]] = {}
+    for path in paths:
+        ds = dcmread(path, stop_before_pixels=True, specific_tags=["SOPClassUID"])
+        syntaxes = wanted.setdefault(str(ds.SOPClassUID), list(_UNCOMPRESSED))
+        ts = str(ds.file_meta.TransferSyntaxUID)
+        if ts not in syntaxes:
+            syntaxes.insert(0, ts)
+    return [build_context(sop_class, syntaxes)
+            for sop_class, syntaxes in list(wanted.items())[:128]]
+
+
+class QueryRetrieve:
+    def __init__(self, settings: DicomSettings, store: InstanceStore) -> None:
+        self.settings = settings
+        self.store = store
+
+    def _paths(self, event: Event, what: str) -> list[Path]:
+        identifier = event.identifier
+        with self.store.sessions() as session:
+            paths = matching_instances(session, identifier, self.store.root)
+        logger.info("%s %s from %s: %d instance(s)", what,
+                    identifier.get("QueryRetrieveLevel", "?"),
+                    event.assoc.requestor.ae_title, len(paths))
+        return paths
+
+    def handle_find(self, event: Event) -> Iterator[tuple[int, Dataset | None]]:
+        """EVT_C_FIND: one pending answer per matching entity."""
+        calling = event.assoc.requestor.ae_title
+        try:
+            with self.store.sessions() as session:
+                answers = list(find(session, event.identifier, self.store.root,
+                                    self.settings.ae_title))
+        except QueryError as exc:
+            logger.error("C-FIND from %s refused: %s", calling, exc)
+            yield BAD_IDENTIFIER, None
+            return
+        logger.info("C-FIND %s from %s: %d match(es)",
+                    event.identifier.get("QueryRetrieveLevel"), calling, len(answers))
+        for answer in answers:
+            if event.is_cancelled:
+                yield CANCELLED, None
+                return
+            yield PENDING, answer
+
+    def _datasets(self, event: Event, paths: list[Path]) -> Iterator[object]:
+        for path in paths:
+            if event.is_cancelled:
+                yield CANCELLED, None
+                return
+            try:
+                yield PENDING, dcmread(path)
+            except (OSError, ValueError) as exc:
+                logger.error("cannot read %s for a retrieve: %s", path, exc)
+                yield UNABLE, None
+                return
+
+    def handle_get(self, event: Event) -> Iterator[object]:
+        """EVT_C_GET: the matching instances over the requestor's own association."""
+        try:
+            paths = self._paths(event, "C-GET")
+        except QueryError as exc:
+            logger.error("C-GET from %s refused: %s", event.assoc.requestor.ae_title, exc)
+            yield 1
+            yield BAD_IDENTIFIER, None
+            return
+        yield len(paths)
+        yield from self._datasets(event, paths)
+
+    def handle_move(self, event: Event) -> Iterator[object]:
+        """EVT_C_MOVE: the matching instances to a known AE, over a new association."""
+        target = str(event.move_destination.decode("ascii", "replace")
+                     if isinstance(event.move_destination, bytes)
+                     else event.move_destination).strip()
+        known = {d.ae_title: d for d in self.settings.move_destinations}
+        calling = event.assoc.requestor.ae_title
+        if target not in known:
+            logger.error("C-MOVE from %s to %r refused: not in dicom.move_destinations",
+                         calling, target)
+            yield None, None
+            return
+        try:
+            paths = self._paths(event, f"C-MOVE to {target}")
+        except QueryError as exc:
+            logger.error("C-MOVE from %s refused: %s", calling, exc)
+            raise
+        dest = known[target]
+        yield dest.host, dest.port, {"contexts": _contexts(paths) or None}
+        yield len(paths)
+        yield from self._datasets(event, paths)
