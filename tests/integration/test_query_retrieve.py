@@ -13,7 +13,7 @@ from pydicom import dcmread
 from pydicom.uid import Comprehensive3DSRStorage, SegmentationStorage
 
 from tests.conftest import free_port
-from tests.peers import dcmtk, peer_env, received, storescp, storescu
+from tests.peers import dcmtk, orthanc, peer_env, received, storescp, storescu
 
 pytestmark = pytest.mark.integration
 
@@ -121,3 +121,32 @@ def test_findscu_getscu_and_movescu_reach_the_archive_and_the_results(
     done = _scu("findscu", node.dicom_port, series_keys, work, "-v", calling="INTRUDER")
     assert "Association Rejected" in done.stdout + done.stderr, done.stdout + done.stderr
     assert not list(work.glob("rsp*.dcm"))
+
+
+def test_orthanc_queries_the_node_and_retrieves_its_results(make_node, sqlite_url,
+                                                            small_study_dir, tmp_path):
+    """Orthanc, with the node as one of its modalities, finds the study on the node and
+    pulls it by C-MOVE to itself: its copy then holds the node's SEG and SR."""
+    orthanc_dicom, node_port = free_port(), free_port()
+    node = make_node(sqlite_url)
+    node.config["dicom"]["port"] = node_port
+    node.config["dicom"]["move_destinations"] = [
+        {"ae_title": "ORTHANC", "host": "127.0.0.1", "port": orthanc_dicom}]
+    node.start()
+    uid = small_study_dir.study_instance_uid
+    assert storescu(node.dicom_port, list(small_study_dir.files)).returncode == 0
+    work = tmp_path / "find"
+    node.wait_for(lambda: {"SEG", "SR"} <= {a.Modality for a in _found(
+        node.dicom_port, {"QueryRetrieveLevel": "SERIES", "StudyInstanceUID": uid,
+                          "Modality": ""}, work)}, 240, "the results in the node's archive")
+    with orthanc(tmp_path / "orthanc", dicom_port=orthanc_dicom, http_port=free_port(),
+                 modalities={"kidneynode": ["KIDNEYNODE", "127.0.0.1", node_port]}) as pacs:
+        query = pacs.rest("/modalities/kidneynode/query", {
+            "Level": "Study", "Query": {"PatientID": small_study_dir.patient_id,
+                                        "StudyInstanceUID": ""}})
+        answers = pacs.rest(f"/queries/{query['ID']}/answers?expand")
+        assert [a["0020,000d"]["Value"] for a in answers] == [uid]
+        pacs.rest(f"/queries/{query['ID']}/answers/0/retrieve",
+                  {"TargetAet": "ORTHANC", "Synchronous": True})
+        counts = pacs.series_by_modality(uid)
+        assert counts.get("SEG") == 1 and counts.get("SR") == 1 and counts.get("MR"), counts
