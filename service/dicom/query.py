@@ -5,7 +5,6 @@ and study attributes the index does not hold read from one stored header per stu
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,7 +16,7 @@ from sqlalchemy.orm import Session
 from service.db.tables import Instance, Patient, Series, Study
 from service.dicom.matching import matches
 
-__all__ = ["LEVELS", "QueryError", "find", "matching_instances"]
+__all__ = ["LEVELS", "Matches", "QueryError", "search"]
 
 logger = logging.getLogger(__name__)
 
@@ -175,39 +174,51 @@ def _matching_groups(session: Session, identifier: Dataset, root: Path
     return level, found
 
 
-def find(session: Session, identifier: Dataset, root: Path, retrieve_aet: str
-         ) -> Iterator[Dataset]:
-    """The C-FIND answers to ``identifier``: one identifier per matching entity at its
-    Query/Retrieve Level, holding the keys asked for (filled where known, empty
-    otherwise) and the Retrieve AE Title.
+@dataclass(frozen=True)
+class Matches:
+    """What an identifier matched: its level and the matching entities."""
+
+    level: str
+    groups: list[_Group]
+
+    def answers(self, identifier: Dataset, retrieve_aet: str) -> list[Dataset]:
+        """The C-FIND answers: one identifier per entity at the level, holding the keys
+        asked for (filled where known, empty otherwise) and the Retrieve AE Title."""
+        found = []
+        for group in self.groups:
+            answer = Dataset()
+            answer.SpecificCharacterSet = "ISO_IR 192"  # the values are decoded text
+            answer.QueryRetrieveLevel = self.level
+            answer.RetrieveAETitle = retrieve_aet
+            for element in identifier:
+                keyword = keyword_for_tag(element.tag)
+                if not keyword or keyword in _NOT_KEYS:
+                    continue
+                value = group.values.get(keyword)
+                setattr(answer, keyword, "" if value is None else value)
+            found.append(answer)
+        return found
+
+    def paths(self, root: Path) -> list[Path]:
+        """The stored files under the entities (C-GET, C-MOVE)."""
+        return [root / row.path for group in self.groups for row in group.rows]
+
+    def patients(self) -> dict[str, set[str]]:
+        """Each patient touched, with the studies of theirs (the audit's rows)."""
+        found: dict[str, set[str]] = {}
+        for group in self.groups:
+            for row in group.rows:
+                found.setdefault(row.values["PatientID"] or "",
+                                 set()).add(row.values["StudyInstanceUID"] or "")
+        return found
+
+
+def search(session: Session, identifier: Dataset, root: Path) -> Matches:
+    """The entities of the archive that ``identifier`` matches at its level.
 
     Raises
     ------
     QueryError
         The identifier has no known Query/Retrieve Level.
     """
-    level, groups = _matching_groups(session, identifier, root)
-    for group in groups:
-        answer = Dataset()
-        answer.QueryRetrieveLevel = level
-        answer.RetrieveAETitle = retrieve_aet
-        for element in identifier:
-            keyword = keyword_for_tag(element.tag)
-            if not keyword or keyword in _NOT_KEYS:
-                continue
-            value = group.values.get(keyword)
-            setattr(answer, keyword, "" if value is None else value)
-        answer.SpecificCharacterSet = "ISO_IR 192"  # the values are decoded text
-        yield answer
-
-
-def matching_instances(session: Session, identifier: Dataset, root: Path) -> list[Path]:
-    """The stored files under the entities that ``identifier`` names (C-GET, C-MOVE).
-
-    Raises
-    ------
-    QueryError
-        The identifier has no known Query/Retrieve Level.
-    """
-    _, groups = _matching_groups(session, identifier, root)
-    return [root / row.path for group in groups for row in group.rows]
+    return Matches(*_matching_groups(session, identifier, root))

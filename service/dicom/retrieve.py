@@ -1,6 +1,8 @@
 """The query/retrieve SCP handlers (PS3.4 C): C-FIND, C-GET and C-MOVE over the archive,
 patient root and study root. The SCP's own AE title and address checks apply, as for
-C-STORE; C-MOVE sends only to ``dicom.move_destinations``."""
+C-STORE; C-MOVE sends only to ``dicom.move_destinations``. Each request that reaches
+patient data is written to the access log (who: the calling AE title; from where; what:
+the level and keys; one row per patient touched)."""
 
 from __future__ import annotations
 
@@ -15,7 +17,8 @@ from pynetdicom.events import Event
 from pynetdicom.presentation import PresentationContext
 
 from service.config import DicomSettings
-from service.dicom.query import QueryError, find, matching_instances
+from service.db.audit import record_access
+from service.dicom.query import Matches, QueryError, search
 from service.storage import InstanceStore
 
 __all__ = ["QueryRetrieve"]
@@ -50,28 +53,34 @@ class QueryRetrieve:
         self.settings = settings
         self.store = store
 
-    def _paths(self, event: Event, what: str) -> list[Path]:
+    def _search(self, event: Event, what: str) -> Matches:
+        """The identifier's matches, logged and audited as read by the requestor."""
         identifier = event.identifier
-        with self.store.sessions() as session:
-            paths = matching_instances(session, identifier, self.store.root)
-        logger.info("%s %s from %s: %d instance(s)", what,
-                    identifier.get("QueryRetrieveLevel", "?"),
-                    event.assoc.requestor.ae_title, len(paths))
-        return paths
+        requestor = event.assoc.requestor
+        with self.store.sessions.begin() as session:
+            matches = search(session, identifier, self.store.root)
+            keys = "; ".join(f"{e.keyword}={e.value}" for e in identifier
+                             if e.keyword and e.keyword != "QueryRetrieveLevel" and e.value)
+            for patient_id, studies in matches.patients().items():
+                record_access(session, user=str(requestor.ae_title),
+                              client=str(requestor.address), method=what.split()[0],
+                              path=f"{what} {matches.level} {keys}".strip(),
+                              patient_id=patient_id,
+                              study_instance_uid=next(iter(studies)) if len(studies) == 1
+                              else None, status=0)
+        logger.info("%s %s from %s: %d match(es)", what, matches.level, requestor.ae_title,
+                    len(matches.groups))
+        return matches
 
     def handle_find(self, event: Event) -> Iterator[tuple[int, Dataset | None]]:
         """EVT_C_FIND: one pending answer per matching entity."""
-        calling = event.assoc.requestor.ae_title
         try:
-            with self.store.sessions() as session:
-                answers = list(find(session, event.identifier, self.store.root,
-                                    self.settings.ae_title))
+            answers = self._search(event, "C-FIND").answers(event.identifier,
+                                                            self.settings.ae_title)
         except QueryError as exc:
-            logger.error("C-FIND from %s refused: %s", calling, exc)
+            logger.error("C-FIND from %s refused: %s", event.assoc.requestor.ae_title, exc)
             yield BAD_IDENTIFIER, None
             return
-        logger.info("C-FIND %s from %s: %d match(es)",
-                    event.identifier.get("QueryRetrieveLevel"), calling, len(answers))
         for answer in answers:
             if event.is_cancelled:
                 yield CANCELLED, None
@@ -93,7 +102,7 @@ class QueryRetrieve:
     def handle_get(self, event: Event) -> Iterator[object]:
         """EVT_C_GET: the matching instances over the requestor's own association."""
         try:
-            paths = self._paths(event, "C-GET")
+            paths = self._search(event, "C-GET").paths(self.store.root)
         except QueryError as exc:
             logger.error("C-GET from %s refused: %s", event.assoc.requestor.ae_title, exc)
             yield 1
@@ -115,7 +124,7 @@ class QueryRetrieve:
             yield None, None
             return
         try:
-            paths = self._paths(event, f"C-MOVE to {target}")
+            paths = self._search(event, f"C-MOVE to {target}").paths(self.store.root)
         except QueryError as exc:
             logger.error("C-MOVE from %s refused: %s", calling, exc)
             raise

@@ -117,6 +117,15 @@ def test_findscu_getscu_and_movescu_reach_the_archive_and_the_results(
         assert "Refused: MoveDestinationUnknown" in done.stdout + done.stderr
     assert "not in dicom.move_destinations" in node.log()
 
+    # Every query and retrieve that reached the patient is in the access log.
+    reads = node.get(f"/api/audit/access?patient_id={study.patient_id}")
+    seen = {(r["user"], r["method"]) for r in reads}
+    assert {("FINDSCU", "C-FIND"), ("GETSCU", "C-GET"), ("MOVESCU", "C-MOVE")} <= seen, reads
+    assert all(r["client"] == "127.0.0.1" for r in reads if r["method"].startswith("C-"))
+    moves = [r for r in reads if r["method"] == "C-MOVE"]
+    assert moves and all(r["path"].startswith("C-MOVE to VIEWER STUDY") and
+                         r["study_instance_uid"] == uid for r in moves), moves
+
     # A calling AE outside the allow list is refused at association, as for C-STORE.
     done = _scu("findscu", node.dicom_port, series_keys, work, "-v", calling="INTRUDER")
     assert "Association Rejected" in done.stdout + done.stderr, done.stdout + done.stderr
