@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pydicom import Dataset, dcmread
-from pydicom.datadict import dictionary_VR, keyword_for_tag, tag_for_keyword
+from pydicom.datadict import keyword_for_tag
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -52,7 +52,7 @@ class _Row:
 
     values: dict[str, str | None]
     path: str
-    study_pk: int
+    transfer_syntax: str
 
 
 @dataclass
@@ -87,12 +87,14 @@ def _rows(session: Session, identifier: Dataset, root: Path) -> list[_Row]:
         key = str(identifier.get(keyword, "") or "").strip()
         if key and not any(c in key for c in "*?\\"):
             query = query.where(column == key)
+    # Only a query that names one of their keys reads the headers (not C-GET or C-MOVE).
+    wants_header = any(k in identifier for k in _FROM_HEADER)
     headers: dict[int, Dataset] = {}
     rows = []
     for inst, series, study, patient in session.execute(query.order_by(Instance.id)):
-        if study.id not in headers:
+        if wants_header and study.id not in headers:
             headers[study.id] = _header(root / inst.path)
-        header = headers[study.id]
+        header = headers.get(study.id, Dataset())
         values: dict[str, str | None] = {
             "PatientID": patient.patient_id, "IssuerOfPatientID": _text(patient.issuer),
             "StudyInstanceUID": study.study_instance_uid,
@@ -106,7 +108,7 @@ def _rows(session: Session, identifier: Dataset, root: Path) -> list[_Row]:
             "SOPInstanceUID": inst.sop_instance_uid, "SOPClassUID": inst.sop_class_uid,
             "InstanceNumber": _text(inst.instance_number)}
         values.update({k: _text(header.get(k, None)) for k in _FROM_HEADER})
-        rows.append(_Row(values, inst.path, study.id))
+        rows.append(_Row(values, inst.path, inst.transfer_syntax_uid))
     return rows
 
 
@@ -145,28 +147,22 @@ def _groups(rows: list[_Row], level: str) -> list[_Group]:
     return list(groups.values())
 
 
-def _vr(keyword: str) -> str:
-    tag = tag_for_keyword(keyword)
-    return "" if tag is None else dictionary_VR(tag)
-
-
 def _matching_groups(session: Session, identifier: Dataset, root: Path
                      ) -> tuple[str, list[_Group]]:
     level = _level(identifier)
     known = {k for keys in LEVELS.values() for k in keys}
-    keys = [keyword_for_tag(e.tag) for e in identifier if keyword_for_tag(e.tag)]
-    tests = [(k, str(identifier.get(k) if identifier.get(k) is not None else ""))
-             for k in keys if k in known and k not in _NOT_KEYS]
+    tests = [(e.keyword, e.VR, str(e.value if e.value is not None else ""))
+             for e in identifier if e.keyword in known]
     found = []
     for group in _groups(_rows(session, identifier, root), level):
         ok = True
-        for keyword, pattern in tests:
+        for keyword, vr, pattern in tests:
             value = group.values.get(keyword)
             if keyword == "ModalitiesInStudy":
-                ok = matches(pattern, None, "CS") if not value else any(
-                    matches(pattern, m, "CS") for m in value.split("\\"))
+                ok = matches(pattern, None, vr) if not value else any(
+                    matches(pattern, m, vr) for m in value.split("\\"))
             else:
-                ok = matches(pattern, value, _vr(keyword))
+                ok = matches(pattern, value, vr)
             if not ok:
                 break
         if ok:
@@ -202,6 +198,16 @@ class Matches:
     def paths(self, root: Path) -> list[Path]:
         """The stored files under the entities (C-GET, C-MOVE)."""
         return [root / row.path for group in self.groups for row in group.rows]
+
+    def syntaxes(self) -> dict[str, set[str]]:
+        """Each SOP class under the entities, with the transfer syntaxes it is stored in
+        (a C-MOVE's presentation contexts), from the index."""
+        found: dict[str, set[str]] = {}
+        for group in self.groups:
+            for row in group.rows:
+                found.setdefault(row.values["SOPClassUID"] or "", set()).add(
+                    row.transfer_syntax)
+        return found
 
     def patients(self) -> dict[str, set[str]]:
         """Each patient touched, with the studies of theirs (the audit's rows)."""

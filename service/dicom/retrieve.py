@@ -34,18 +34,14 @@ UNABLE = 0xC000
 _UNCOMPRESSED = (tsuid.ExplicitVRLittleEndian, tsuid.ImplicitVRLittleEndian)
 
 
-def _contexts(paths: list[Path]) -> list[PresentationContext]:
-    """Storage contexts for a C-MOVE's association: each SOP class with the stored files'
-    transfer syntaxes, and uncompressed ones (at most 128 contexts)."""
-    wanted: dict[str, list[str]] = {}
-    for path in paths:
-        ds = dcmread(path, stop_before_pixels=True, specific_tags=["SOPClassUID"])
-        syntaxes = wanted.setdefault(str(ds.SOPClassUID), list(_UNCOMPRESSED))
-        ts = str(ds.file_meta.TransferSyntaxUID)
-        if ts not in syntaxes:
-            syntaxes.insert(0, ts)
-    return [build_context(sop_class, syntaxes)
-            for sop_class, syntaxes in list(wanted.items())[:128]]
+def _contexts(matches: Matches) -> list[PresentationContext]:
+    """Storage contexts for a C-MOVE's association: each SOP class with the transfer
+    syntaxes it is stored in, then the uncompressed ones (at most 128 contexts)."""
+    contexts = []
+    for sop_class, stored in list(matches.syntaxes().items())[:128]:
+        contexts.append(build_context(sop_class, [*sorted(stored - set(_UNCOMPRESSED)),
+                                                  *_UNCOMPRESSED]))
+    return contexts
 
 
 class QueryRetrieve:
@@ -124,11 +120,12 @@ class QueryRetrieve:
             yield None, None
             return
         try:
-            paths = self._search(event, f"C-MOVE to {target}").paths(self.store.root)
+            matches = self._search(event, f"C-MOVE to {target}")
         except QueryError as exc:
             logger.error("C-MOVE from %s refused: %s", calling, exc)
             raise
+        paths = matches.paths(self.store.root)
         dest = known[target]
-        yield dest.host, dest.port, {"contexts": _contexts(paths) or None}
+        yield dest.host, dest.port, {"contexts": _contexts(matches) or None}
         yield len(paths)
         yield from self._datasets(event, paths)

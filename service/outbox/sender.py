@@ -110,7 +110,8 @@ def drain_outbox(
                                     permanent=True) for p in missing}
             present = [p for p in paths if p not in missing]
             if present and dest.dicomweb is not None:
-                outcome.update(stow_files(present, destination=dest))
+                outcome.update(stow_files({p: paths[p].sop_instance_uid for p in present},
+                                          destination=dest))
             elif present:
                 outcome.update(send_files(present, destination=dest, calling_aet=calling_aet,
                                           timeout=settings.timeout_seconds))

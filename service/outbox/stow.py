@@ -6,14 +6,13 @@ from __future__ import annotations
 import logging
 import ssl
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import httpx
-from pydicom import dcmread
 
-from service.config import Destination
+from service.config import Destination, DicomWebTarget
 from service.dicom.scu import failure_is_permanent
 from service.errors import DestinationError
 
@@ -57,9 +56,7 @@ def _body(paths: Sequence[Path]) -> tuple[bytes, str]:
     return b"".join(chunks), f'multipart/related; type="application/dicom"; boundary={boundary}'
 
 
-def _verify(destination: Destination) -> ssl.SSLContext | bool:
-    target = destination.dicomweb
-    assert target is not None
+def _verify(target: DicomWebTarget, label: str) -> ssl.SSLContext | bool:
     if not target.verify_tls:
         return False
     if target.ca_file is None:
@@ -67,13 +64,11 @@ def _verify(destination: Destination) -> ssl.SSLContext | bool:
     try:
         return ssl.create_default_context(cafile=str(target.ca_file))
     except OSError as exc:  # ssl.SSLError included; retried once the file is fixed
-        raise DestinationError(f"{destination.label}: cannot load its CA file "
+        raise DestinationError(f"{label}: cannot load its CA file "
                                f"{target.ca_file}: {exc}", permanent=False) from exc
 
 
-def _auth_headers(destination: Destination) -> tuple[dict[str, str], httpx.BasicAuth | None]:
-    target = destination.dicomweb
-    assert target is not None
+def _auth_headers(target: DicomWebTarget) -> tuple[dict[str, str], httpx.BasicAuth | None]:
     if target.token is not None:
         return {"Authorization": f"Bearer {target.token.get_secret_value()}"}, None
     if target.username is not None and target.password is not None:
@@ -136,9 +131,10 @@ def _outcome(response: httpx.Response, uids: dict[Path, str],
     return outcome
 
 
-def stow_files(paths: Sequence[Path], *, destination: Destination
+def stow_files(files: Mapping[Path, str], *, destination: Destination
                ) -> dict[Path, DestinationError | None]:
-    """POST ``paths`` to the destination's STOW-RS endpoint (several requests when large).
+    """POST ``files`` (path -> SOP Instance UID, as the outbox knows them) to the
+    destination's STOW-RS endpoint (several requests when large).
 
     Returns each path mapped to None (stored) or its :class:`DestinationError`: per
     instance from the answer's Referenced and Failed SOP Sequences; for a whole request
@@ -150,16 +146,14 @@ def stow_files(paths: Sequence[Path], *, destination: Destination
     if target is None:
         raise ValueError(f"destination {destination.name!r} is not a DICOMweb destination")
     url = target.url if target.url.endswith("/studies") else f"{target.url}/studies"
-    headers, auth = _auth_headers(destination)
+    headers, auth = _auth_headers(target)
     headers["Accept"] = "application/dicom+json"
     label = destination.label
     outcome: dict[Path, DestinationError | None] = {}
-    with httpx.Client(verify=_verify(destination), timeout=target.timeout_seconds,
+    with httpx.Client(verify=_verify(target, label), timeout=target.timeout_seconds,
                       auth=auth) as client:
-        for batch in _batches(paths):
-            uids = {p: str(dcmread(p, stop_before_pixels=True,
-                                   specific_tags=["SOPInstanceUID"]).SOPInstanceUID)
-                    for p in batch}
+        for batch in _batches(list(files)):
+            uids = {p: files[p] for p in batch}
             body, content_type = _body(batch)
             try:
                 try:
@@ -170,7 +164,7 @@ def stow_files(paths: Sequence[Path], *, destination: Destination
                                            permanent=False) from exc
                 outcome.update(_outcome(response, uids, label))
             except DestinationError as exc:  # this batch and the rest share its fate
-                outcome.update({p: exc for p in paths if p not in outcome})
+                outcome.update({p: exc for p in files if p not in outcome})
                 break
             logger.debug("STOW-RS of %d instances to %s: HTTP %d", len(batch), label,
                          response.status_code)

@@ -104,7 +104,7 @@ def test_files_go_as_multipart_related_with_the_bearer_token(server, tmp_path):
     state, port = server
     files = _files(tmp_path, 3)
     state.known = list(files.values())
-    outcome = stow_files(list(files), destination=_dest(port, token="t" * 20))
+    outcome = stow_files(files, destination=_dest(port, token="t" * 20))
     assert outcome == dict.fromkeys(files)
     (request,) = state.requests
     assert request["path"] == "/dicom-web/studies"
@@ -130,7 +130,7 @@ def test_a_partial_store_tells_each_instance_apart(server, tmp_path):
                "00081197": {"vr": "US", "Value": [0xC000]}}]
     state.answer = lambda got: (202, _sequence("00081199", uids[:2])
                                 | {"00081198": {"vr": "SQ", "Value": failed}})
-    outcome = stow_files(list(files), destination=_dest(port))
+    outcome = stow_files(files, destination=_dest(port))
     paths = list(files)
     assert outcome[paths[0]] is None and outcome[paths[1]] is None
     assert not outcome[paths[2]].permanent and "0xA700" in str(outcome[paths[2]])
@@ -150,7 +150,7 @@ def test_a_refusal_of_the_request_applies_to_every_file(server, tmp_path, status
     files = _files(tmp_path, 2)
     state.known = list(files.values())
     state.answer = lambda got: (status, None)
-    outcome = stow_files(list(files), destination=_dest(port, token="t" * 20))
+    outcome = stow_files(files, destination=_dest(port, token="t" * 20))
     assert set(outcome) == set(files)
     for error in outcome.values():
         assert error is not None and error.permanent is permanent and words in str(error)
@@ -163,7 +163,7 @@ def test_an_answer_that_leaves_an_instance_out_is_retried(server, tmp_path):
     uids = list(files.values())
     state.known = uids
     state.answer = lambda got: (200, _sequence("00081199", uids[:1]))
-    outcome = stow_files(list(files), destination=_dest(port))
+    outcome = stow_files(files, destination=_dest(port))
     first, second = files
     assert outcome[first] is None
     assert not outcome[second].permanent and "without" in str(outcome[second])
@@ -175,9 +175,9 @@ def test_large_sends_are_split_and_an_unreachable_endpoint_is_transient(server, 
     files = _files(tmp_path, 5)
     state.known = list(files.values())
     monkeypatch.setattr(stow, "MAX_REQUEST_BYTES", 2 * max(p.stat().st_size for p in files))
-    assert stow_files(list(files), destination=_dest(port)) == dict.fromkeys(files)
+    assert stow_files(files, destination=_dest(port)) == dict.fromkeys(files)
     assert [len(r["uids"]) for r in state.requests] == [2, 2, 1]
-    closed = stow_files(list(files), destination=_dest(free_port()))
+    closed = stow_files(files, destination=_dest(free_port()))
     assert all(e is not None and not e.permanent and "unreachable" in str(e)
                for e in closed.values())
 
@@ -224,9 +224,9 @@ def test_https_checks_the_certificate_against_the_ca_file(tmp_path):
     with _serving(state, context) as port:
         url = f"https://127.0.0.1:{port}/dicom-web"
         trusted = Destination(name="web", dicomweb={"url": url, "ca_file": pki / "ca.pem"})
-        assert stow_files(list(files), destination=trusted) == dict.fromkeys(files)
+        assert stow_files(files, destination=trusted) == dict.fromkeys(files)
         rogue = Destination(name="web", dicomweb={"url": url, "ca_file": pki / "rogue-ca.pem"})
-        (error,) = stow_files(list(files), destination=rogue).values()
+        (error,) = stow_files(files, destination=rogue).values()
         assert error is not None and not error.permanent
         assert "certificate" in str(error).lower()
     assert len(state.requests) == 1  # nothing sent to the server the CA does not vouch for
