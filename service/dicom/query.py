@@ -8,7 +8,7 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pydicom import Dataset, dcmread
+from pydicom import DataElement, Dataset, dcmread
 from pydicom.datadict import keyword_for_tag
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 from service.db.tables import Instance, Patient, Series, Study
 from service.dicom.matching import matches
 
-__all__ = ["LEVELS", "Matches", "QueryError", "search"]
+__all__ = ["LEVELS", "Matches", "QueryError", "key_text", "search"]
 
 logger = logging.getLogger(__name__)
 
@@ -59,6 +59,16 @@ class _Row:
 class _Group:
     values: dict[str, str | None]
     rows: list[_Row] = field(default_factory=list)
+
+
+def key_text(element: DataElement) -> str:
+    """A query key as matching reads it: several values joined by backslashes (PS3.4
+    C.2.2.2.8), an empty key as ""."""
+    if element.value is None:
+        return ""
+    if element.VM > 1:
+        return "\\".join(str(v) for v in element.value)
+    return str(element.value)
 
 
 def _level(identifier: Dataset) -> str:
@@ -151,8 +161,7 @@ def _matching_groups(session: Session, identifier: Dataset, root: Path
                      ) -> tuple[str, list[_Group]]:
     level = _level(identifier)
     known = {k for keys in LEVELS.values() for k in keys}
-    tests = [(e.keyword, e.VR, str(e.value if e.value is not None else ""))
-             for e in identifier if e.keyword in known]
+    tests = [(e.keyword, e.VR, key_text(e)) for e in identifier if e.keyword in known]
     found = []
     for group in _groups(_rows(session, identifier, root), level):
         ok = True

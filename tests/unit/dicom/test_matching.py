@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import pytest
+from pydicom import Dataset
 
 from service.dicom.matching import matches
+from service.dicom.query import key_text
 
 
 @pytest.mark.parametrize("pattern, value, vr, expected", [
@@ -33,3 +35,13 @@ from service.dicom.matching import matches
 ])
 def test_matching(pattern, value, vr, expected):
     assert matches(pattern, value, vr) is expected
+
+
+def test_a_key_of_several_values_matches_any_of_them():
+    identifier = Dataset()
+    identifier.Modality = ["MR", "SEG"]
+    identifier.PatientID = ""
+    identifier.StudyDate = "20260101-"
+    texts = {e.keyword: key_text(e) for e in identifier}
+    assert texts == {"Modality": "MR\\SEG", "PatientID": "", "StudyDate": "20260101-"}
+    assert matches(texts["Modality"], "SEG", "CS") and not matches(texts["Modality"], "CT", "CS")
