@@ -196,10 +196,14 @@ class OhifPage:
     def _wait_shown(self, index: int) -> None:
         """Until the active viewport is at image ``index`` and holds that image loaded (on
         a loaded machine the scroll is done long before the image is fetched and drawn)."""
+        # The scroll is asked again while waiting: OHIF may replace the viewport (a new
+        # display set) after the first request, which the new viewport never saw.
         self.page.wait_for_function(
             f"(i) => {{ const vp = {_VIEWPORT}; const shown = vp.getCornerstoneImage();"
+            " if (vp.getCurrentImageIdIndex() !== i) vp.setImageIdIndex(i);"
             " return vp.getCurrentImageIdIndex() === i && !!shown"
-            " && shown.imageId === vp.getImageIds()[i] }", arg=index, timeout=30000)
+            " && shown.imageId === vp.getImageIds()[i] }", arg=index, timeout=30000,
+            polling=500)
         self.render()
 
     def reset_view(self) -> None:
