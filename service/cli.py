@@ -17,7 +17,7 @@ from pathlib import Path
 
 from service import __version__
 from service.config import Destination, Settings, load_settings
-from service.errors import AmbiguousPatientError, KidneyNodeError
+from service.errors import AmbiguousPatientError, ConfigError, KidneyNodeError
 from service.logs import configure_logging
 
 __all__ = ["main"]
@@ -95,6 +95,14 @@ def _parser() -> argparse.ArgumentParser:
     outbox.add_argument("--json", action="store_true")
     outbox.add_argument("--retry", metavar="DESTINATION",
                         help="send again what failed for good to DESTINATION (once fixed)")
+    backfill = sub.add_parser("backfill", help="fetch a patient's earlier studies from the "
+                                               "PACS (prior_studies.pacs)")
+    backfill.add_argument("patient_id")
+    backfill.add_argument("--issuer", help="Issuer of Patient ID (default: the one the node "
+                                           "holds the patient under, else none)")
+    backfill.add_argument("--status", action="store_true",
+                          help="only show what was asked of the PACS and fetched")
+    backfill.add_argument("--json", action="store_true")
     train = sub.add_parser("train", help="train a model from annotated data")
     train_sub = train.add_subparsers(dest="train_model", required=True)
     cortex = train_sub.add_parser("cortex", help="the renal-cortex ensemble (7 U-Nets)")
@@ -376,6 +384,36 @@ def _cmd_outbox(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_backfill(settings: Settings, args: argparse.Namespace) -> int:
+    from service.db.queries import resolve_issuer
+    from service.priors.backfill import request_priors
+    from service.priors.status import prior_status
+
+    if not args.status and settings.prior_studies.pacs is None:
+        raise ConfigError("prior_studies.pacs is not set: the node has no PACS to ask")
+    with _sessions(settings).begin() as session:
+        issuer = args.issuer if args.issuer is not None else (
+            resolve_issuer(session, args.patient_id) or "")
+        if not args.status:
+            request = request_priors(session, patient_id=args.patient_id, issuer=issuer,
+                                     reason="cli")
+            print(f"request {request.id}: the node asks "
+                  f"{settings.prior_studies.pacs.label} within "  # type: ignore[union-attr]
+                  f"{settings.prior_studies.poll_interval_seconds:g} s; "
+                  f"`kidney-node backfill {args.patient_id} --status` shows what it fetches",
+                  file=sys.stderr)
+        status = prior_status(session, args.patient_id, issuer)
+    if args.json:
+        print(json.dumps(status, indent=2))
+        return 0
+    for r in status["requests"]:
+        print(f"request {r['id']} ({r['reason']}, {r['created_at']}): "
+              + (r["summary"] or r["error"] or "not answered yet"))
+    _print_table(status["studies"], ["study_date", "modalities", "state", "pipeline",
+                                     "instances", "attempts", "study_instance_uid", "detail"])
+    return 0
+
+
 def _cmd_train(settings: Settings, args: argparse.Namespace) -> int:
     from service.cortex import train_cortex
 
@@ -451,7 +489,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         handler = {"segment": _cmd_segment, "volumes": _cmd_volumes, "patients": _cmd_patients,
                    "baseline": _cmd_baseline, "review": _cmd_review,
                    "history": _cmd_history, "audit": _cmd_audit, "purge": _cmd_purge,
-                   "jobs": _cmd_jobs,
+                   "jobs": _cmd_jobs, "backfill": _cmd_backfill,
                    "outbox": _cmd_outbox, "train": _cmd_train, "demo": _cmd_demo}[args.command]
         return handler(settings, args)
     except KidneyNodeError as exc:

@@ -6,7 +6,12 @@ from __future__ import annotations
 
 import enum
 
-__all__ = ["InstanceOrigin", "JobState", "ReviewAction", "SendState", "SeriesRole"]
+__all__ = ["PRIOR_JOB_PRIORITY", "InstanceOrigin", "JobState", "PriorState", "ReviewAction",
+           "SendState", "SeriesRole"]
+
+#: Priority of the jobs of earlier studies fetched from the PACS: queued jobs run highest
+#: first, and a new study's are 0.
+PRIOR_JOB_PRIORITY = -10
 
 
 class JobState(enum.StrEnum):
@@ -42,3 +47,13 @@ class ReviewAction(enum.StrEnum):
 class InstanceOrigin(enum.StrEnum):
     RECEIVED = "received"
     GENERATED = "generated"  # written by this node (SEG, SR)
+
+
+class PriorState(enum.StrEnum):
+    """A patient's earlier study found in the PACS (service/priors)."""
+
+    QUEUED = "queued"  # to be retrieved
+    RETRIEVING = "retrieving"
+    RETRIEVED = "retrieved"  # in the archive: the trigger takes it from there
+    SKIPPED = "skipped"  # not fetched: already in the node, or no series for a pipeline
+    FAILED = "failed"  # retrieval failed ``max_attempts`` times: needs an operator

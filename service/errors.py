@@ -90,6 +90,21 @@ class DestinationError(KidneyNodeError):
         self.permanent = permanent
 
 
+class PacsError(KidneyNodeError):
+    """A query or retrieval from the PACS (prior studies) failed; ``permanent`` when the
+    PACS refused in a way retrying cannot fix (association rejected permanently, move
+    destination unknown)."""
+
+    def __init__(self, message: str, *, permanent: bool = False) -> None:
+        super().__init__(message)
+        self.permanent = permanent
+
+
+class PriorRequestRefused(KidneyNodeError):
+    """A request for a patient's earlier studies the node will not send (a Patient ID the
+    PACS would read as a wild card)."""
+
+
 class ModelFilesError(KidneyNodeError):
     """Installed model files are missing, unreadable or differ from their manifest."""
 

@@ -15,6 +15,7 @@ from service.api.app import create_app
 from service.config import Settings
 from service.cortex.installed import installed_ensemble
 from service.db import make_engine, make_sessionmaker, upgrade
+from service.dicom.incoming import install as install_incoming
 from service.dicom.net import configure_reception
 from service.dicom.scp import StorageSCP
 from service.errors import ConfigError, ModelFilesError, PipelineError
@@ -23,6 +24,7 @@ from service.jobs.runner import JobRunner, recover_interrupted_jobs
 from service.metrics import NodeMetrics
 from service.outbox.sender import drain_outbox
 from service.pipeline.registry import get_pipeline
+from service.priors.backfill import PriorFetcher, recover_interrupted_retrievals
 from service.reviews.corrections import examine_corrections
 from service.scheduler.sweep import sweep
 from service.storage import InstanceStore
@@ -58,6 +60,9 @@ class Node:
                                 device=self.device, storage_health=self.storage_health,
                                 metrics=self.metrics)
         self.scp = StorageSCP(settings.dicom, self.store, self.storage_health, self.metrics)
+        self.priors = None if settings.prior_studies.pacs is None else PriorFetcher(
+            settings, self.sessions, store=self.scp.handle_store,
+            prepare=lambda ae: install_incoming(ae, self.scp.incoming))
         self.scheduler = BackgroundScheduler(
             executors={"default": ThreadPoolExecutor(4)},
             job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None})
@@ -79,6 +84,7 @@ class Node:
             with self.sessions.begin() as session:
                 recover_interrupted_jobs(session,
                                          max_attempts=self.settings.scheduler.max_attempts)
+                recover_interrupted_retrievals(session)
         except SQLAlchemyError as exc:
             where = self.engine.url.render_as_string(hide_password=True)
             reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
@@ -101,6 +107,10 @@ class Node:
                                seconds=1.0)
         self.scheduler.add_job(self.send_once, "interval", id="sender",
                                seconds=self.settings.sender.poll_interval_seconds)
+        if self.priors is not None:
+            self.scheduler.add_job(self.priors.run_once, "interval", id="priors",
+                                   seconds=self.settings.prior_studies.poll_interval_seconds)
+            self._warn_priors()
         retention = self.settings.storage.retention
         if retention.source_days is not None:
             self.scheduler.add_job(self.purge_once, "interval", id="retention",
@@ -111,6 +121,20 @@ class Node:
         logger.info("kidney-node started: AE %s on port %s, device %s, database %s",
                     self.settings.dicom.ae_title, self.dicom_port, self.device,
                     self.engine.url.render_as_string(hide_password=True))
+
+    def _warn_priors(self) -> None:
+        """Say where the PACS's C-STOREs would be refused by the SCP's own checks."""
+        priors = self.settings.prior_studies
+        allowed = self.settings.dicom.allowed_calling_aets
+        assert priors.pacs is not None
+        logger.info("prior studies: asked of %s, retrieved by C-%s, at most %d at once and "
+                    "%d per hour", priors.pacs.label, priors.retrieve.upper(),
+                    priors.max_concurrent_retrievals, priors.max_studies_per_hour)
+        if priors.retrieve == "move" and allowed and priors.pacs.ae_title not in allowed:
+            logger.warning("prior studies: the PACS's AE title %s is not in "
+                           "dicom.allowed_calling_aets: its C-STOREs of a C-MOVE will be "
+                           "refused unless it calls with another allowed title",
+                           priors.pacs.ae_title)
 
     def _check_models(self) -> None:
         """Load the cortex ensemble once (every file checked) or say there is none."""
@@ -179,7 +203,9 @@ class Node:
                          storage_root=self.store.root, token=self.settings.http.token,
                          storage_health=self.storage_health, metrics=self.metrics,
                          audit_reads=self.settings.http.audit_reads,
-                         audit_user_header=self.settings.http.audit_user_header)
+                         audit_user_header=self.settings.http.audit_user_header,
+                         pacs=None if self.settings.prior_studies.pacs is None
+                         else self.settings.prior_studies.pacs.label)
         config = uvicorn.Config(app, log_config=None, access_log=False)
         self._http = uvicorn.Server(config)
         threading.Thread(target=self._http.run, kwargs={"sockets": [sock]}, name="http",

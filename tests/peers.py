@@ -329,12 +329,14 @@ class OrthancPeer:
 @contextmanager
 def orthanc(workdir: Path, *, dicom_port: int, http_port: int, aet: str = "ORTHANC",  # noqa: ANN201
             modalities: dict[str, list[Any]] | None = None, lua: str | None = None,
-            stable_age: int = 2, dicomweb: bool = False, user: tuple[str, str] | None = None):
+            stable_age: int = 2, dicomweb: bool = False, user: tuple[str, str] | None = None,
+            verbose: bool = False):
     """Debian's Orthanc with its own storage and index under ``workdir``, default settings
     otherwise (any calling AE may store), REST on loopback; ``modalities``
     (name -> [AET, host, port]) and a Lua script (``lua``) for routing; with ``dicomweb``
     its DICOMweb plugin (Debian's orthanc-dicomweb) at ``/dicom-web/``, else no plugin;
-    with ``user`` (name, password) its HTTP side asks for that basic authentication."""
+    with ``user`` (name, password) its HTTP side asks for that basic authentication;
+    ``verbose``: its log says each DICOM request it serves (``--verbose``)."""
     tool = Path("/usr/sbin/Orthanc")
     if not tool.exists():
         pytest.fail(f"{tool} missing: `make test` installs Debian's orthanc")
@@ -358,7 +360,8 @@ def orthanc(workdir: Path, *, dicom_port: int, http_port: int, aet: str = "ORTHA
         config["LuaScripts"] = [str(workdir / "routing.lua")]
     (workdir / "orthanc.json").write_text(json.dumps(config))
     log = open(workdir / "orthanc.log", "wb")  # noqa: SIM115 - closed below
-    proc = subprocess.Popen([str(tool), str(workdir / "orthanc.json")], env=peer_env(),
+    proc = subprocess.Popen([str(tool), *(["--verbose"] if verbose else []),
+                             str(workdir / "orthanc.json")], env=peer_env(),
                             stdout=log, stderr=subprocess.STDOUT)
     peer = OrthancPeer(aet, dicom_port, http_port, user)
     try:

@@ -42,8 +42,10 @@ from service.api.pages import (
     patient_query,
 )
 from service.db import audit, queries
-from service.errors import AmbiguousPatientError, KidneyNodeError
+from service.errors import AmbiguousPatientError, KidneyNodeError, PriorRequestRefused
 from service.metrics import CONTENT_TYPE, NodeMetrics
+from service.priors.backfill import request_priors
+from service.priors.status import prior_status
 from service.reports.mask_preview import preview_png, seg_source_series
 from service.reports.trend_plot import trend_png
 from service.reviews.decisions import ReviewRefused, decide
@@ -110,24 +112,26 @@ def _same_origin(request: Request) -> None:
     site = request.headers.get("sec-fetch-site")
     if site is not None:
         if site != "same-origin":
-            raise HTTPException(403, f"a review must come from the node's own page ({site})")
+            raise HTTPException(403, f"a write must come from the node's own page ({site})")
         return
     source = request.headers.get("origin") or request.headers.get("referer")
     if source is not None and urlsplit(source).netloc != request.headers.get("host", ""):
-        raise HTTPException(403, f"a review must come from the node's own page, not {source}")
+        raise HTTPException(403, f"a write must come from the node's own page, not {source}")
 
 
 def create_app(sessions: sessionmaker[Session], *, rules: AlertRules = AlertRules(),
                storage_root: Path | None = None, token: str | None = None,
                storage_health: StorageHealth | None = None,
                metrics: NodeMetrics | None = None, audit_reads: bool = True,
-               audit_user_header: str | None = None) -> FastAPI:
+               audit_user_header: str | None = None, pacs: str | None = None) -> FastAPI:
     """The API over ``sessions``; OpenAPI schema at ``/openapi.json``.
 
     ``storage_root`` (the archive) serves the mask previews; without it they answer 404.
     ``storage_health`` is reported by ``/health``; ``metrics`` by ``/metrics`` (else 404).
     ``audit_reads``: every request but ``_NOT_AUDITED`` goes into the access log, with the
-    user ``audit_user_header`` names (set by an authenticating proxy).
+    user ``audit_user_header`` names (set by an authenticating proxy). ``pacs`` names the
+    PACS asked for earlier studies (``prior_studies.pacs``); without it a request for them
+    answers 409.
     """
     app = FastAPI(title="kidney-node", version=__version__, docs_url=None, redoc_url=None,
                   openapi_url=None)
@@ -375,6 +379,52 @@ def create_app(sessions: sessionmaker[Session], *, rules: AlertRules = AlertRule
     def history_by_query(patient_id: str = Query(alias="id"), issuer: str | None = None
                          ) -> list[schemas.HistoryEvent]:
         return _history(patient_id, issuer)
+
+    def _priors(patient_id: str, issuer: str | None, request: Request | None
+                ) -> dict[str, Any]:
+        """The patient's prior-study requests and studies; with ``request`` (a POST) a new
+        request first. A patient the node does not hold yet may be asked for."""
+        if request is not None:
+            _same_origin(request)
+            if pacs is None:
+                raise HTTPException(409, "prior_studies.pacs is not set: the node has no "
+                                         "PACS to ask")
+        with sessions.begin() as session:
+            try:
+                held = queries.resolve_issuer(session, patient_id, issuer)
+            except AmbiguousPatientError as exc:
+                raise HTTPException(409, f"{exc}: name one with ?issuer=") from exc
+            issuer = held if held is not None else (issuer or "")
+            if request is not None:
+                try:
+                    request_priors(session, patient_id=patient_id, issuer=issuer,
+                                   reason="api")
+                except PriorRequestRefused as exc:
+                    raise HTTPException(422, str(exc)) from exc
+            return prior_status(session, patient_id, issuer)
+
+    @app.get("/api/patients/{patient_id:path}/priors", dependencies=guarded)
+    def priors(patient_id: str, issuer: str | None = None) -> dict[str, Any]:
+        """The patient's earlier studies asked of the PACS, and how their retrieval went."""
+        return _priors(patient_id, issuer, None)
+
+    @app.post("/api/patients/{patient_id:path}/priors", dependencies=guarded,
+              status_code=202)
+    def request_prior_studies(patient_id: str, request: Request, issuer: str | None = None
+                              ) -> dict[str, Any]:
+        """Ask the PACS for the patient's earlier studies now; the node fetches those it
+        can segment (oldest first, within prior_studies' limits) and measures them."""
+        return _priors(patient_id, issuer, request)
+
+    @app.get("/api/patient/priors", dependencies=guarded)
+    def priors_by_query(patient_id: str = Query(alias="id"), issuer: str | None = None
+                        ) -> dict[str, Any]:
+        return _priors(patient_id, issuer, None)
+
+    @app.post("/api/patient/priors", dependencies=guarded, status_code=202)
+    def request_prior_studies_by_query(request: Request, patient_id: str = Query(alias="id"),
+                                       issuer: str | None = None) -> dict[str, Any]:
+        return _priors(patient_id, issuer, request)
 
     @app.get("/", dependencies=guarded, response_class=HTMLResponse)
     def index(alerts: bool = False) -> HTMLResponse:

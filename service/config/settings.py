@@ -18,6 +18,8 @@ __all__ = [
     "DicomWebTarget",
     "DicomSettings",
     "HttpSettings",
+    "PacsSettings",
+    "PriorStudiesSettings",
     "ProcessingSettings",
     "QcSettings",
     "SchedulerSettings",
@@ -373,6 +375,65 @@ class Destination(_Frozen):
         return f"{self.name} ({self.ae_title}@{self.host}:{self.port}{tls})"
 
 
+class PacsSettings(_Frozen):
+    """The PACS the node asks for a patient's earlier studies (C-FIND, then C-MOVE or
+    C-GET), optionally over TLS (its certificate checked against ``tls.ca_file``)."""
+
+    ae_title: str
+    host: str
+    port: int = Field(ge=1, le=65535)
+    tls: DestinationTls | None = None
+
+    _ae = field_validator("ae_title")(classmethod(lambda cls, v: _check_ae(v)))
+
+    @property
+    def label(self) -> str:
+        return f"PACS {self.ae_title}@{self.host}:{self.port}" + (
+            "" if self.tls is None else " (TLS)")
+
+
+class PriorStudiesSettings(_Frozen):
+    """Fetching a patient's earlier studies from the PACS (service/priors), so that the
+    trend starts at the earliest one. Off while ``pacs`` is not set."""
+
+    pacs: PacsSettings | None = None
+    #: "move": C-MOVE to the node's own AE (the PACS must know it as a modality);
+    #: "get": C-GET, the PACS sends on the node's own association (no route needed).
+    retrieve: Literal["move", "get"] = "move"
+    #: The AE title the PACS knows the node by, as C-MOVE destination; default
+    #: ``dicom.ae_title``.
+    move_destination: str | None = None
+    #: Ask when a patient is measured for the first time (else only on demand).
+    on_first_measurement: bool = True
+    #: Studies holding one of these modalities are looked at.
+    modalities: tuple[str, ...] = ("MR", "CT")
+    #: Only studies of the last this many years (None: all).
+    lookback_years: float | None = Field(default=15.0, gt=0)
+    #: Send the Issuer of Patient ID in queries and drop answers of another issuer.
+    match_issuer: bool = True
+    #: Studies retrieved at once, and at most this many started in any hour.
+    max_concurrent_retrievals: int = Field(default=1, ge=1, le=8)
+    max_studies_per_hour: int = Field(default=12, ge=1)
+    #: A failed query or retrieval is tried again after ``retry_seconds`` (doubling),
+    #: and is failed for good after ``max_attempts``.
+    retry_seconds: float = Field(default=300.0, gt=0)
+    max_attempts: int = Field(default=5, ge=1)
+    poll_interval_seconds: float = Field(default=10.0, gt=0)
+    #: Association and DIMSE timeouts; a retrieval may take ``retrieve_timeout_seconds``.
+    timeout_seconds: float = Field(default=30.0, gt=0)
+    retrieve_timeout_seconds: float = Field(default=1800.0, gt=0)
+
+    @field_validator("move_destination")
+    @classmethod
+    def _move_ae(cls, value: str | None) -> str | None:
+        return None if value is None else _check_ae(value)
+
+    @field_validator("modalities")
+    @classmethod
+    def _upper(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(v.strip().upper() for v in value if v.strip())
+
+
 _LOOPBACK = re.compile(r"^(127\.\d+\.\d+\.\d+|::1|localhost)$")
 
 
@@ -471,6 +532,7 @@ class Settings(_Frozen):
     http: HttpSettings = HttpSettings()
     trends: TrendSettings = TrendSettings()
     qc: QcSettings = QcSettings()
+    prior_studies: PriorStudiesSettings = PriorStudiesSettings()
     log_level: str = "INFO"
     #: "text": one line per message; "json": one JSON object per line (time, level,
     #: logger, message, exception), for a log collector.

@@ -23,7 +23,14 @@ from sqlalchemy import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from sqlalchemy.sql import false
 
-from service.domain import InstanceOrigin, JobState, ReviewAction, SendState, SeriesRole
+from service.domain import (
+    InstanceOrigin,
+    JobState,
+    PriorState,
+    ReviewAction,
+    SendState,
+    SeriesRole,
+)
 
 __all__ = [
     "AccessRecord",
@@ -34,6 +41,9 @@ __all__ = [
     "JobState",
     "OutboxItem",
     "Patient",
+    "PriorRequest",
+    "PriorState",
+    "PriorStudy",
     "Result",
     "Review",
     "ReviewAction",
@@ -177,6 +187,9 @@ class Job(Base):
     finished_at: Mapped[dt.datetime | None] = mapped_column(_TS)
     #: Seconds spent in loading, segmentation and writing (JSON object).
     timings: Mapped[str | None] = mapped_column(Text)
+    #: Queued jobs run highest first, then oldest first: new studies 0, earlier studies
+    #: fetched from the PACS (service/priors) below.
+    priority: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
     study: Mapped[Study] = relationship(back_populates="jobs")
     results: Mapped[list[Result]] = relationship(back_populates="job")
@@ -290,3 +303,55 @@ class OutboxItem(Base):
     last_error: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[dt.datetime] = mapped_column(_TS, default=utcnow)
     sent_at: Mapped[dt.datetime | None] = mapped_column(_TS)
+
+
+class PriorRequest(Base):
+    """A request to fetch a patient's earlier studies from the PACS: made by the node when
+    it first measures the patient, or on demand (CLI, API)."""
+
+    __tablename__ = "prior_requests"
+    __table_args__ = (Index("ix_prior_requests_patient", "patient_id", "issuer"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    patient_id: Mapped[str] = mapped_column(_PATIENT_TEXT)
+    issuer: Mapped[str] = mapped_column(_PATIENT_TEXT, default="")
+    #: "first-measurement", "cli" or "api".
+    reason: Mapped[str] = mapped_column(String(32))
+    created_at: Mapped[dt.datetime] = mapped_column(_TS, default=utcnow)
+    #: When the PACS answered the query (NULL: not asked yet, or to be asked again).
+    queried_at: Mapped[dt.datetime | None] = mapped_column(_TS)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[dt.datetime] = mapped_column(_TS, default=utcnow)
+    #: The last failure of the query; NULL once it succeeded.
+    error: Mapped[str | None] = mapped_column(Text)
+    #: The query's outcome in words ("4 studies found: 3 to fetch, 1 already here").
+    summary: Mapped[str | None] = mapped_column(Text)
+
+
+class PriorStudy(Base):
+    """One earlier study the PACS holds for a requested patient, and its retrieval. One
+    row per Study Instance UID: a study is never fetched twice."""
+
+    __tablename__ = "prior_studies"
+    __table_args__ = (Index("ix_prior_studies_state_due", "state", "next_attempt_at"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    request_pk: Mapped[int] = mapped_column(ForeignKey("prior_requests.id"), index=True)
+    study_instance_uid: Mapped[str] = mapped_column(String(64), unique=True)
+    study_date: Mapped[dt.date | None] = mapped_column(Date)
+    modalities: Mapped[str] = mapped_column(String(64), default="")
+    description: Mapped[str | None] = mapped_column(String(64))
+    #: JSON list of the Series Instance UIDs to retrieve (those the rules give a role).
+    series_uids: Mapped[str] = mapped_column(Text, default="[]")
+    #: The pipeline the series' roles point to (from the PACS's headers).
+    pipeline: Mapped[str | None] = mapped_column(String(64))
+    state: Mapped[PriorState] = mapped_column(_enum(PriorState, "prior_state"),
+                                              default=PriorState.QUEUED)
+    #: Why it was skipped, why it waits (a limit), or the last retrieval failure.
+    detail: Mapped[str | None] = mapped_column(Text)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[dt.datetime] = mapped_column(_TS, default=utcnow)
+    instances_retrieved: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[dt.datetime] = mapped_column(_TS, default=utcnow)
+    started_at: Mapped[dt.datetime | None] = mapped_column(_TS)
+    finished_at: Mapped[dt.datetime | None] = mapped_column(_TS)

@@ -175,7 +175,10 @@ class StorageSCP:
     def _store(self, event: Event) -> int:
         sop_uid = str(event.request.AffectedSOPInstanceUID)
         sop_class = str(event.request.AffectedSOPClassUID)
-        calling = event.assoc.requestor.ae_title
+        # The peer: the association's requestor, or on a C-GET the node made (prior
+        # studies), the PACS that accepted it.
+        peer = event.assoc.acceptor if event.assoc.is_requestor else event.assoc.requestor
+        calling = peer.ae_title
         path = Path(event.dataset_path)
         failure = getattr(getattr(event.request, "_dataset_file", None), "failure", None)
         if failure is not None:  # the disk refused it, or the archive takes nothing now
@@ -186,7 +189,7 @@ class StorageSCP:
         try:
             self.store.store_file(path, expected_sop_uid=sop_uid, expected_sop_class=sop_class,
                                   calling_aet=calling,
-                                  peer_address=str(event.assoc.requestor.address))
+                                  peer_address=str(peer.address))
         except ReplacementRefusedError as exc:
             logger.error("refused C-STORE of %s from %s: %s", sop_uid, calling, exc)
             return (DimseStatus.NOT_AUTHORIZED if exc.not_authorized

@@ -11,11 +11,11 @@ from pydicom import dcmread
 from pydicom import uid as tsuid
 from pynetdicom import AE
 
-from service.config import Destination
+from service.config import Destination, DestinationTls
 from service.dicom.net import NODELAY_HANDLER, client_tls_context
 from service.errors import DestinationError
 
-__all__ = ["failure_is_permanent", "send_files"]
+__all__ = ["failure_is_permanent", "send_files", "tls_args"]
 
 logger = logging.getLogger(__name__)
 
@@ -27,8 +27,15 @@ def failure_is_permanent(status: int) -> bool:
     return not 0xA700 <= status <= 0xA7FF
 
 
-def _tls_args(destination: Destination, label: str) -> tuple[ssl.SSLContext, str] | None:
-    tls = destination.tls
+def tls_args(tls: DestinationTls | None, host: str, label: str
+             ) -> tuple[ssl.SSLContext, str] | None:
+    """pynetdicom's ``tls_args`` for an association to ``host`` (None: plain TCP).
+
+    Raises
+    ------
+    DestinationError
+        The CA, certificate or key cannot be loaded (transient: retried once fixed).
+    """
     if tls is None:
         return None
     try:
@@ -38,7 +45,7 @@ def _tls_args(destination: Destination, label: str) -> tuple[ssl.SSLContext, str
         # Retried (with back-off): the item goes out once the files are fixed.
         raise DestinationError(f"{label}: cannot load its TLS CA, certificate or key: {exc}",
                                permanent=False) from exc
-    return context, destination.address[1]
+    return context, host
 
 
 def send_files(
@@ -70,8 +77,8 @@ def send_files(
         ae.add_requested_context(sop_class, syntaxes)
     label = destination.label
     ae_title, host, port = destination.address
-    assoc = ae.associate(host, port, ae_title=ae_title,
-                         evt_handlers=[NODELAY_HANDLER], tls_args=_tls_args(destination, label))
+    assoc = ae.associate(host, port, ae_title=ae_title, evt_handlers=[NODELAY_HANDLER],
+                         tls_args=tls_args(destination.tls, host, label))
     if not assoc.is_established:
         if assoc.is_rejected:
             result = assoc.acceptor.primitive.result if assoc.acceptor.primitive else None

@@ -39,6 +39,7 @@ from service.outbox.sender import enqueue
 from service.pipeline.base import Pipeline, PipelineOutput, StudyInput
 from service.pipeline.quality import Assessment, assess_output
 from service.pipeline.registry import get_pipeline
+from service.priors.backfill import request_on_first_measurement
 from service.storage import InstanceStore, StoredInstance
 from service.storage.space import StorageHealth, storage_fault
 from service.writers.result import ResultObjects, build_result_objects
@@ -130,7 +131,7 @@ class JobRunner:
         with self.sessions.begin() as session:
             job_id = session.scalar(
                 select(Job.id).where(Job.state == JobState.QUEUED)
-                .order_by(Job.created_at, Job.id).limit(1))
+                .order_by(Job.priority.desc(), Job.created_at, Job.id).limit(1))
             if job_id is None:
                 return None
             # Compare-and-set: only one runner can move this job to RUNNING.
@@ -228,6 +229,9 @@ class JobRunner:
                         destinations=[d for d in self.settings.destinations
                                       if kind == "phase" or kind in d.outputs],
                         job_pk=job.id)
+            priors = self.settings.prior_studies
+            if priors.pacs is not None and priors.on_first_measurement:
+                request_on_first_measurement(session, job.study_pk)
             self._set_done(job, JobState.SUCCEEDED, None, timings)
         logger.info("job %d succeeded on study %s: %s in %.1f s", work.job_id, work.study_uid,
                     ", ".join(f"{k} {v:.1f} ml" for k, v in output.volumes_ml.items()),

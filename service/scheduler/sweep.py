@@ -10,7 +10,17 @@ from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
 from service.config import ClassificationRules
-from service.db.tables import Instance, InstanceOrigin, Job, JobState, Series, Study, utcnow
+from service.db.tables import (
+    Instance,
+    InstanceOrigin,
+    Job,
+    JobState,
+    PriorStudy,
+    Series,
+    Study,
+    utcnow,
+)
+from service.domain import PRIOR_JOB_PRIORITY
 from service.jobs.study_plan import image_fingerprint
 from service.scheduler.classify import (
     IMAGE_SOP_CLASSES,
@@ -61,7 +71,8 @@ def sweep(
     A study is stable when no new instance arrived for ``stable_age_seconds``. It is
     processed when the fingerprint of its received images differs from that of its last
     job: new series trigger a new job, a resend of the same instances does not. A study
-    with no matching pipeline gets a failed job saying why. Does not commit.
+    with no matching pipeline gets a failed job saying why. The jobs of earlier studies
+    fetched from the PACS (service/priors) get a lower priority. Does not commit.
     """
     now = now or utcnow()
     cutoff = now - dt.timedelta(seconds=stable_age_seconds)
@@ -86,8 +97,11 @@ def sweep(
         pipeline, reason = choose_pipeline(roles, mr_pipeline=mr_pipeline,
                                            ct_pipeline=ct_pipeline,
                                            mr_nocontrast_pipeline=mr_nocontrast_pipeline)
+        fetched = session.scalar(select(PriorStudy.id).where(
+            PriorStudy.study_instance_uid == study.study_instance_uid)) is not None
         job = Job(study_pk=study.id, pipeline=pipeline, fingerprint=fingerprint,
                   state=JobState.QUEUED, attempts=0,
+                  priority=PRIOR_JOB_PRIORITY if fetched else 0,
                   series_roles=json.dumps({k: v.value for k, v in roles.items()}))
         if pipeline is None:
             job.state = JobState.FAILED
@@ -95,8 +109,9 @@ def sweep(
             job.finished_at = now
             logger.warning("no pipeline for study %s: %s", study.study_instance_uid, reason)
         else:
-            logger.info("study %s stable: queued %s (%s)", study.study_instance_uid,
-                        pipeline, reason)
+            logger.info("study %s stable: queued %s (%s)%s", study.study_instance_uid,
+                        pipeline, reason, ", an earlier study from the PACS: after new ones"
+                        if fetched else "")
         session.add(job)
         created.append(job)
     return created

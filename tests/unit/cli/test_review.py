@@ -2,20 +2,7 @@
 
 import json
 
-import pytest
-
 from service.cli import main
-
-
-@pytest.fixture
-def database_url(sqlite_url):
-    return sqlite_url
-
-
-@pytest.fixture
-def index_env(monkeypatch, populated_index, database_url):
-    monkeypatch.setenv("KIDNEY_NODE_DATABASE__URL", database_url)
-    monkeypatch.delenv("KIDNEY_NODE_CONFIG", raising=False)
 
 
 def test_a_rejection_from_the_cli_leaves_the_trend_and_the_history_keeps_it(index_env,

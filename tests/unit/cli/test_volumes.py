@@ -9,19 +9,6 @@ import pytest
 from service.cli import main
 
 
-@pytest.fixture
-def database_url(sqlite_url):
-    """SQLite only: the output formats do not depend on the engine (the trend queries
-    are tested on both in tests/unit/db)."""
-    return sqlite_url
-
-
-@pytest.fixture
-def index_env(monkeypatch, populated_index, database_url):
-    monkeypatch.setenv("KIDNEY_NODE_DATABASE__URL", database_url)
-    monkeypatch.delenv("KIDNEY_NODE_CONFIG", raising=False)
-
-
 def test_volumes_json_keeps_the_fields_and_adds_the_trend(index_env, capsys):
     assert main(["volumes", "P1", "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)

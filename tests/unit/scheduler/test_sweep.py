@@ -120,3 +120,23 @@ def test_interrupted_jobs_are_requeued_then_given_up(migrated_sessions):
         states = {j.fingerprint: (j.state, j.error) for j in s.scalars(select(Job))}
     assert states["f"] == (JobState.QUEUED, None)
     assert states["g"][0] is JobState.FAILED and "interrupted 3 times" in states["g"][1]
+
+
+def test_a_study_fetched_from_the_pacs_gets_a_job_of_lower_priority(migrated_sessions):
+    from service.db.tables import PriorRequest, PriorState, PriorStudy
+    from service.domain import PRIOR_JOB_PRIORITY
+
+    with migrated_sessions.begin() as s:
+        new = _study(s, "1.2.3")
+        _add_series(s, new, "1.2.3.1", "DCE dyn", 4)
+        old = Study(patient=new.patient, study_instance_uid="1.2.4", last_received_at=T0)
+        _add_series(s, old, "1.2.4.1", "DCE dyn", 4)
+        request = PriorRequest(patient_id="P1", issuer="", reason="cli")
+        s.add(request)
+        s.flush()
+        s.add(PriorStudy(request_pk=request.id, study_instance_uid="1.2.4",
+                         state=PriorState.RETRIEVED))
+    with migrated_sessions.begin() as s:
+        jobs = {j.study.study_instance_uid: j.priority
+                for j in _sweep(s, T0 + dt.timedelta(seconds=61))}
+    assert jobs == {"1.2.3": 0, "1.2.4": PRIOR_JOB_PRIORITY}
