@@ -295,6 +295,13 @@ class OrthancPeer:
             answer = resp.read()
         return json.loads(answer) if answer.strip() else None
 
+    def upload(self, files: list[Path]) -> None:
+        """Store Part 10 files through the REST API (``POST /instances``)."""
+        for path in files:
+            with urllib.request.urlopen(self._request("/instances", path.read_bytes()),  # noqa: S310
+                                        timeout=30) as resp:
+                resp.read()
+
     def files(self, study_instance_uid: str, modality: str) -> list[bytes]:
         """The Part 10 files of the study's instances of ``modality``."""
         found = self.rest("/tools/find", {"Level": "Instance", "Query": {
@@ -330,13 +337,15 @@ class OrthancPeer:
 def orthanc(workdir: Path, *, dicom_port: int, http_port: int, aet: str = "ORTHANC",  # noqa: ANN201
             modalities: dict[str, list[Any]] | None = None, lua: str | None = None,
             stable_age: int = 2, dicomweb: bool = False, user: tuple[str, str] | None = None,
-            verbose: bool = False):
+            verbose: bool = False, tls_pki: Path | None = None):
     """Debian's Orthanc with its own storage and index under ``workdir``, default settings
     otherwise (any calling AE may store), REST on loopback; ``modalities``
     (name -> [AET, host, port]) and a Lua script (``lua``) for routing; with ``dicomweb``
     its DICOMweb plugin (Debian's orthanc-dicomweb) at ``/dicom-web/``, else no plugin;
     with ``user`` (name, password) its HTTP side asks for that basic authentication;
-    ``verbose``: its log says each DICOM request it serves (``--verbose``)."""
+    ``verbose``: its log says each DICOM request it serves (``--verbose``); ``tls_pki``:
+    its DICOM port speaks TLS only, with the server certificate of
+    :func:`tests.pki.make_pki`'s folder, and asks peers for a certificate of its CA."""
     tool = Path("/usr/sbin/Orthanc")
     if not tool.exists():
         pytest.fail(f"{tool} missing: `make test` installs Debian's orthanc")
@@ -352,6 +361,12 @@ def orthanc(workdir: Path, *, dicom_port: int, http_port: int, aet: str = "ORTHA
             pytest.fail(f"{plugin} missing: `make test` installs Debian's orthanc-dicomweb")
         config["Plugins"] = [str(plugin)]
         config["DicomWeb"] = {"Enable": True, "Root": "/dicom-web/"}
+    if tls_pki is not None:
+        config.update({"DicomTlsEnabled": True,
+                       "DicomTlsCertificate": str(tls_pki / "server.pem"),
+                       "DicomTlsPrivateKey": str(tls_pki / "server.key"),
+                       "DicomTlsTrustedCertificates": str(tls_pki / "ca.pem"),
+                       "DicomTlsRemoteCertificateRequired": True})
     if user is not None:
         config["AuthenticationEnabled"] = True
         config["RegisteredUsers"] = {user[0]: user[1]}

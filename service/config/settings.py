@@ -414,8 +414,8 @@ class PriorStudiesSettings(_Frozen):
     #: Studies retrieved at once, and at most this many started in any hour.
     max_concurrent_retrievals: int = Field(default=1, ge=1, le=8)
     max_studies_per_hour: int = Field(default=12, ge=1)
-    #: A failed query or retrieval is tried again after ``retry_seconds`` (doubling),
-    #: and is failed for good after ``max_attempts``.
+    #: A failed query or retrieval is tried again after ``retry_seconds``, doubling up to
+    #: 6 hours; a query until it is answered, a study's retrieval ``max_attempts`` times.
     retry_seconds: float = Field(default=300.0, gt=0)
     max_attempts: int = Field(default=5, ge=1)
     poll_interval_seconds: float = Field(default=10.0, gt=0)

@@ -128,9 +128,14 @@ def recover_interrupted_retrievals(session: Session) -> int:
     return len(rows)
 
 
+#: The wait after a permanent refusal: until a new request.
+_NEVER = dt.timedelta(days=365 * 100)
+
+
 def _backoff(settings: PriorStudiesSettings, attempts: int) -> dt.timedelta:
-    return dt.timedelta(seconds=min(settings.retry_seconds * 2 ** max(attempts - 1, 0),
-                                    24 * 3600.0))
+    """``retry_seconds`` doubling with each attempt, at most 6 hours."""
+    return dt.timedelta(seconds=min(settings.retry_seconds * 2 ** min(max(attempts - 1, 0), 20),
+                                    6 * 3600.0))
 
 
 def _in_node(session: Session, study_uid: str) -> bool:
@@ -179,7 +184,6 @@ class PriorFetcher:
             due = session.execute(select(PriorRequest.id, PriorRequest.patient_id,
                                          PriorRequest.issuer).where(
                 PriorRequest.queried_at.is_(None),
-                PriorRequest.attempts < self.priors.max_attempts,
                 PriorRequest.next_attempt_at <= now).order_by(PriorRequest.id)).all()
         for request_id, patient_id, issuer in due:
             self._answer(request_id, patient_id, issuer)
@@ -225,16 +229,18 @@ class PriorFetcher:
         logger.info("prior studies of patient %r: %s", patient_id, request.summary)
 
     def _query_failed(self, request_id: int, patient_id: str, exc: PacsError) -> None:
+        """A query is asked again after a back-off, however often it failed (a PACS
+        down for a day must not lose the patient's history); a permanent refusal is
+        not, until a new request."""
         with self.sessions.begin() as session:
             request = session.get(PriorRequest, request_id)
             request.attempts += 1
-            request.error = str(exc)
-            final = exc.permanent or request.attempts >= self.priors.max_attempts
-            if exc.permanent:
-                request.attempts = self.priors.max_attempts
-            request.next_attempt_at = utcnow() + _backoff(self.priors, request.attempts)
+            request.error = str(exc) + (" (given up: make a new request once fixed)"
+                                        if exc.permanent else "")
+            request.next_attempt_at = utcnow() + (
+                _NEVER if exc.permanent else _backoff(self.priors, request.attempts))
         logger.error("prior studies of patient %r: the query failed (%s): %s", patient_id,
-                     "given up" if final else "retried", exc)
+                     "given up" if exc.permanent else "asked again later", exc)
 
     def _studies(self, patient_id: str, issuer: str) -> list[FoundStudy]:
         priors = self.priors

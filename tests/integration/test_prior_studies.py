@@ -12,6 +12,10 @@ from pathlib import Path
 
 import pytest
 
+from service.config import PacsSettings
+from service.dicom.qr_scu import find
+from service.errors import PacsError
+from service.priors.planning import study_query
 from service.synthetic import write_mr_study
 from tests.conftest import free_port
 from tests.peers import orthanc, storescu
@@ -37,6 +41,18 @@ def _to_orthanc(pacs, studies) -> None:  # noqa: ANN001
 def _priors(pacs_port: int, **settings) -> dict:  # noqa: ANN003
     return {"pacs": {"ae_title": "ORTHANC", "host": "127.0.0.1", "port": pacs_port},
             "poll_interval_seconds": 0.5, "retry_seconds": 1, **settings}
+
+
+def _measured(node, patient: str, count: int) -> list | None:  # noqa: ANN001
+    """The patient's trend once it holds ``count`` studies (None before; the patient is
+    unknown until the first is measured)."""
+    try:
+        rows = node.get(f"/api/patients/{patient}/volumes")
+    except urllib.error.HTTPError as exc:
+        if exc.code == 404:
+            return None
+        raise
+    return rows if len({r["study_instance_uid"] for r in rows}) == count else None
 
 
 def _moves_served(log: Path) -> int:
@@ -125,19 +141,78 @@ def test_an_api_request_fetches_a_new_patients_studies_by_c_get(make_node, sqlit
         answer = node.post(f"/api/patients/{patient}/priors", {})
         assert answer["requests"][0]["reason"] == "api"
 
-        def both():  # noqa: ANN202
-            try:
-                rows = node.get(f"/api/patients/{patient}/volumes")
-            except urllib.error.HTTPError as exc:
-                if exc.code == 404:  # not measured yet
-                    return None
-                raise
-            return rows if len({r["study_instance_uid"] for r in rows}) == 2 else None
-
-        rows = node.wait_for(both, 300, "both earlier studies measured")
+        rows = node.wait_for(lambda: _measured(node, patient, 2), 300,
+                             "both earlier studies measured")
         assert [r["study_instance_uid"] for r in rows] == \
             [s.study_instance_uid for s in earlier]
         status = node.get(f"/api/patients/{patient}/priors")
         assert [s["state"] for s in status["studies"]] == ["retrieved", "retrieved"]
         received = node.get("/api/audit/received")
         assert {r["calling_aet"] for r in received} == {"ORTHANC"}
+
+
+def test_a_pacs_down_at_the_first_measurement_is_asked_again_until_it_answers(
+        make_node, sqlite_url, tmp_path):
+    patient = "PRIOR-0003"
+    earlier, new = _studies(tmp_path / "studies", [dt.date(2020, 9, 1), dt.date(2025, 9, 1)],
+                            patient_id=patient)
+    node = make_node(sqlite_url)
+    pacs_dicom = free_port()
+    node.config["prior_studies"] = _priors(pacs_dicom)
+    node.start()
+    sent = storescu(node.dicom_port, list(new.files))
+    assert sent.returncode == 0, sent.stderr
+
+    def failed_query():  # noqa: ANN202
+        requests = node.get(f"/api/patients/{patient}/priors")["requests"]
+        return requests and requests[0]["error"] and requests[0]
+
+    request = node.wait_for(failed_query, 300, "the query to the PACS (down) to fail")
+    assert "unreachable" in request["error"] and request["queried_at"] is None
+    assert len(node.get(f"/api/patients/{patient}/volumes")) == 1  # the new study only
+    modalities = {"node": [node.config["dicom"]["ae_title"], "127.0.0.1",
+                           node.config["dicom"]["port"]]}
+    with orthanc(tmp_path / "orthanc", dicom_port=pacs_dicom, http_port=free_port(),
+                 modalities=modalities) as pacs:
+        _to_orthanc(pacs, [earlier])
+
+        def two():  # noqa: ANN202
+            rows = node.get(f"/api/patients/{patient}/volumes")
+            return rows if len({r["study_instance_uid"] for r in rows}) == 2 else None
+
+        rows = node.wait_for(two, 300, "the earlier study fetched once the PACS is up")
+    assert [r["study_instance_uid"] for r in rows] == \
+        [earlier.study_instance_uid, new.study_instance_uid]
+    status = node.get(f"/api/patients/{patient}/priors")
+    assert status["requests"][0]["error"] is None
+    assert status["requests"][0]["attempts"] >= 2
+
+
+def test_a_pacs_over_tls_is_queried_and_retrieved_over_tls(make_node, sqlite_url, tmp_path):
+    """Orthanc's DICOM port speaks TLS only and wants the node's client certificate: the
+    CLI's request is answered and the study fetched by C-GET over it."""
+    from tests.pki import make_pki
+
+    pki = make_pki(tmp_path / "pki")
+    patient = "PRIOR-0004"
+    (earlier,) = _studies(tmp_path / "studies", [dt.date(2019, 4, 1)], patient_id=patient)
+    node = make_node(sqlite_url)
+    pacs_dicom = free_port()
+    modalities = {"node": [node.config["dicom"]["ae_title"], "127.0.0.1", 9]}
+    with orthanc(tmp_path / "orthanc", dicom_port=pacs_dicom, http_port=free_port(),
+                 modalities=modalities, tls_pki=pki) as pacs:
+        pacs.upload(list(earlier.files))
+        # The same query in the clear finds nothing: the port speaks TLS only.
+        plain = PacsSettings(ae_title="ORTHANC", host="127.0.0.1", port=pacs_dicom)
+        with pytest.raises(PacsError):
+            find(plain, study_query(patient, "", modalities=("MR",), since=None),
+                 calling_aet="KIDNEYNODE", timeout=5)
+        node.config["prior_studies"] = {**_priors(pacs_dicom, retrieve="get"), "pacs": {
+            "ae_title": "ORTHANC", "host": "127.0.0.1", "port": pacs_dicom,
+            "tls": {"ca_file": str(pki / "ca.pem"), "cert_file": str(pki / "client.pem"),
+                    "key_file": str(pki / "client.key")}}}
+        node.start()
+        node.cli("backfill", patient)
+        rows = node.wait_for(lambda: _measured(node, patient, 1), 300,
+                             "the study fetched over TLS")
+    assert [r["study_instance_uid"] for r in rows] == [earlier.study_instance_uid]
