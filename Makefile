@@ -18,7 +18,7 @@ OHIF_SHA1 := 26a51ffcc1704c30fff403258a1d7392e9a991f3
 OHIF_DIR := .cache/ohif-$(OHIF_VERSION)
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: install install-test peers viewer run test lint bench clean
+.PHONY: install install-test peers viewer run test lint bench clean image
 
 $(BIN)/python:
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null || { \
@@ -89,3 +89,19 @@ bench: install-test
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .cache
+
+# The container image, built from the Dockerfile and checked from outside, here where no
+# registry is reachable (docker/build-local.sh; root): Debian's buildah and debootstrap
+# build it, podman, runc and slirp4netns run it for benchmarks/image_check.py.
+IMAGE_WORK ?= /var/tmp/kidney-node-image
+image: install
+	@missing=""; \
+	for tool in buildah debootstrap podman runc slirp4netns; do \
+	  command -v $$tool >/dev/null || missing="$$missing $$tool"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages that build and run the image:$$missing"; \
+	  $(SUDO) apt-get update -qq && \
+	  $(SUDO) apt-get install -y --no-install-recommends $$missing uidmap; fi
+	$(SUDO) TORCH="$(TORCH)" docker/build-local.sh $(IMAGE_WORK)
+	$(SUDO) $(BIN)/python -m benchmarks.image_check \
+	  --build-seconds "$$(cat $(IMAGE_WORK)/build-seconds)"

@@ -21,6 +21,33 @@ def test_dockerfile_passes_hadolint():
 def test_dockerfile_installs_and_runs_like_the_makefile():
     text = (ROOT / "Dockerfile").read_text()
     assert "make install" in text
-    assert re.search(r'ENTRYPOINT \[".*kidney-node", "--config", "config/kidney-node.yaml"\]',
-                     text)
+    assert 'ENTRYPOINT ["/opt/kidney-node/docker/entrypoint.sh"]' in text
     assert "EXPOSE 11112 8080" in text
+    # The working directory belongs to the user who installs into it.
+    assert re.search(r"install -d -o 1000 -g 1000 /opt/kidney-node", text)
+    assert text.index("install -d -o 1000") < text.index("USER 1000:1000") \
+        < text.index("make install")
+
+
+def _entrypoint(tmp_path: Path, **env: str) -> list[str]:
+    """What docker/entrypoint.sh starts: a stub kidney-node beside it prints its HTTP host
+    and arguments."""
+    (tmp_path / "docker").mkdir(parents=True)
+    shutil.copy(ROOT / "docker" / "entrypoint.sh", tmp_path / "docker" / "entrypoint.sh")
+    stub = tmp_path / ".venv" / "bin" / "kidney-node"
+    stub.parent.mkdir(parents=True)
+    stub.write_text('#!/bin/sh\necho "host=$KIDNEY_NODE_HTTP__HOST args=$*"\n')
+    stub.chmod(0o755)
+    out = subprocess.run(["sh", str(tmp_path / "docker" / "entrypoint.sh"), "serve"],
+                         env={"PATH": "/usr/bin:/bin", **env}, capture_output=True,
+                         text=True, timeout=30, check=True)
+    return [out.stdout.strip(), out.stderr.strip()]
+
+
+def test_the_image_serves_http_outside_the_container_only_with_a_token(tmp_path):
+    out, err = _entrypoint(tmp_path / "a", KIDNEY_NODE_HTTP__TOKEN="x" * 24)
+    assert out == "host=0.0.0.0 args=--config config/kidney-node.yaml serve" and not err
+    out, err = _entrypoint(tmp_path / "b")
+    assert out.startswith("host=127.0.0.1 ") and "loopback only" in err
+    out, _ = _entrypoint(tmp_path / "c", KIDNEY_NODE_HTTP__HOST="10.0.0.5")
+    assert out.startswith("host=10.0.0.5 ")
