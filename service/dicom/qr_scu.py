@@ -22,7 +22,7 @@ from pynetdicom.sop_class import (
 from service.config import PacsSettings
 from service.dicom.contexts import accepted_transfer_syntaxes
 from service.dicom.net import NODELAY_HANDLER
-from service.dicom.scu import tls_args
+from service.dicom.scu import scu_ae, tls_args
 from service.errors import DestinationError, PacsError
 
 __all__ = ["RetrieveOutcome", "find", "get", "move"]
@@ -72,15 +72,6 @@ def _association(pacs: PacsSettings, ae: AE, what: str,
             assoc.release()
 
 
-def _ae(calling_aet: str, timeout: float) -> AE:
-    ae = AE(ae_title=calling_aet)
-    ae.acse_timeout = timeout
-    ae.dimse_timeout = timeout
-    ae.network_timeout = timeout
-    ae.connection_timeout = timeout
-    return ae
-
-
 def find(pacs: PacsSettings, identifier: Dataset, *, calling_aet: str,
          timeout: float) -> list[Dataset]:
     """The PACS's answers to a study-root C-FIND.
@@ -90,7 +81,7 @@ def find(pacs: PacsSettings, identifier: Dataset, *, calling_aet: str,
     PacsError
         No association, a failure status, or an answer cut short.
     """
-    ae = _ae(calling_aet, timeout)
+    ae = scu_ae(calling_aet, timeout)
     ae.add_requested_context(StudyRootQueryRetrieveInformationModelFind)
     level = str(identifier.get("QueryRetrieveLevel", ""))
     answers: list[Dataset] = []
@@ -141,7 +132,7 @@ def move(pacs: PacsSettings, identifier: Dataset, *, calling_aet: str, destinati
     PacsError
         No association, no final answer, or an unknown move destination.
     """
-    ae = _ae(calling_aet, timeout)
+    ae = scu_ae(calling_aet, timeout)
     ae.add_requested_context(StudyRootQueryRetrieveInformationModelMove)
     with _association(pacs, ae, "C-MOVE") as assoc:
         return _outcome(pacs, assoc.send_c_move(
@@ -162,7 +153,7 @@ def get(pacs: PacsSettings, identifier: Dataset, *, calling_aet: str, timeout: f
     PacsError
         No association or no final answer.
     """
-    ae = _ae(calling_aet, timeout)
+    ae = scu_ae(calling_aet, timeout)
     ae.add_requested_context(StudyRootQueryRetrieveInformationModelGet)
     syntaxes = accepted_transfer_syntaxes()
     roles = []

@@ -15,7 +15,7 @@ from service.config import Destination, DestinationTls
 from service.dicom.net import NODELAY_HANDLER, client_tls_context
 from service.errors import DestinationError
 
-__all__ = ["failure_is_permanent", "send_files", "tls_args"]
+__all__ = ["failure_is_permanent", "scu_ae", "send_files", "tls_args"]
 
 logger = logging.getLogger(__name__)
 
@@ -25,6 +25,16 @@ _UNCOMPRESSED = (tsuid.ExplicitVRLittleEndian, tsuid.ImplicitVRLittleEndian)
 def failure_is_permanent(status: int) -> bool:
     """Out of resources (0xA7xx) is worth retrying; a refusal of the data is not."""
     return not 0xA700 <= status <= 0xA7FF
+
+
+def scu_ae(calling_aet: str, timeout: float) -> AE:
+    """The node's AE as SCU, every timeout (association, DIMSE, network, connect) set."""
+    ae = AE(ae_title=calling_aet)
+    ae.acse_timeout = timeout
+    ae.dimse_timeout = timeout
+    ae.network_timeout = timeout
+    ae.connection_timeout = timeout
+    return ae
 
 
 def tls_args(tls: DestinationTls | None, host: str, label: str
@@ -66,11 +76,7 @@ def send_files(
         it permanently (e.g. our AE title is not known there).
     """
     datasets = {p: dcmread(p) for p in paths}
-    ae = AE(ae_title=calling_aet)
-    ae.acse_timeout = timeout
-    ae.dimse_timeout = timeout
-    ae.network_timeout = timeout
-    ae.connection_timeout = timeout
+    ae = scu_ae(calling_aet, timeout)
     for sop_class, ts in {(str(d.SOPClassUID), str(d.file_meta.TransferSyntaxUID))
                           for d in datasets.values()}:
         syntaxes = [ts] + [u for u in _UNCOMPRESSED if u != ts]

@@ -105,9 +105,10 @@ def request_on_first_measurement(session: Session, study_pk: int) -> PriorReques
     patient = session.scalar(select(Patient).join(Study).where(Study.id == study_pk))
     if patient is None:
         return None
-    asked = session.scalar(select(func.count(PriorRequest.id)).where(
-        PriorRequest.patient_id == patient.patient_id, PriorRequest.issuer == patient.issuer))
-    if asked:
+    asked = session.scalar(select(PriorRequest.id).where(
+        PriorRequest.patient_id == patient.patient_id,
+        PriorRequest.issuer == patient.issuer).limit(1))
+    if asked is not None:
         return None
     why = unsafe_patient_id(patient.patient_id)
     if why is not None:
@@ -139,8 +140,8 @@ def _backoff(settings: PriorStudiesSettings, attempts: int) -> dt.timedelta:
 
 
 def _in_node(session: Session, study_uid: str) -> bool:
-    return session.scalar(select(func.count(Instance.id)).join(Series).join(Study).where(
-        Study.study_instance_uid == study_uid)) > 0
+    return session.scalar(select(Instance.id).join(Series).join(Study).where(
+        Study.study_instance_uid == study_uid).limit(1)) is not None
 
 
 class PriorFetcher:
