@@ -37,7 +37,14 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--config", type=Path, help="YAML config file (else KIDNEY_NODE_CONFIG)")
     p.add_argument("--version", action="version", version=__version__)
     sub = p.add_subparsers(dest="command", required=True)
-    sub.add_parser("serve", help="run the node (migrates the database first)")
+    sub.add_parser("serve", help="run the node (migrates the database first); with "
+                   "broker.url set, as `receive`")
+    sub.add_parser("receive", help="scaled out: SCP, trigger, sender and API; jobs go to "
+                   "workers through broker.url")
+    worker = sub.add_parser("worker", help="scaled out: run jobs taken from broker.url")
+    worker.add_argument("--queues", default=None,
+                        help="comma-separated: gpu, cpu (default: gpu with CUDA, else cpu)")
+    worker.add_argument("--name", default=None, help="worker name (default host:pid)")
     db = sub.add_parser("db", help="database maintenance")
     db_sub = db.add_subparsers(dest="db_command", required=True)
     db_sub.add_parser("upgrade", help="apply Alembic migrations")
@@ -146,6 +153,19 @@ def _cmd_serve(settings: Settings) -> int:
     except KeyboardInterrupt:
         node.stop()
     return 0
+
+
+def _cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
+    from service.jobs.worker import WorkerProcess
+
+    if settings.broker.url is None:
+        raise ConfigError("kidney-node worker needs broker.url (amqp://...)")
+    queues = None
+    if args.queues:
+        queues = tuple(q.strip() for q in args.queues.split(",") if q.strip())
+        if not queues or set(queues) - {"gpu", "cpu"}:
+            raise ConfigError(f"--queues: gpu and/or cpu, got {args.queues!r}")
+    return WorkerProcess(settings, queues=queues, name=args.name).run()
 
 
 def _cmd_segment(settings: Settings, args: argparse.Namespace) -> int:
@@ -478,7 +498,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = load_settings(args.config)
         configure_logging(settings.log_level, settings.log_format)
-        if args.command == "serve":
+        if args.command == "receive" and settings.broker.url is None:
+            raise ConfigError("kidney-node receive needs broker.url (amqp://...); without "
+                              "a broker, `kidney-node serve` runs the jobs itself")
+        if args.command in ("serve", "receive"):
             return _cmd_serve(settings)
         if args.command == "db":
             from service.db import upgrade
@@ -489,7 +512,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         handler = {"segment": _cmd_segment, "volumes": _cmd_volumes, "patients": _cmd_patients,
                    "baseline": _cmd_baseline, "review": _cmd_review,
                    "history": _cmd_history, "audit": _cmd_audit, "purge": _cmd_purge,
-                   "jobs": _cmd_jobs, "backfill": _cmd_backfill,
+                   "jobs": _cmd_jobs, "backfill": _cmd_backfill, "worker": _cmd_worker,
                    "outbox": _cmd_outbox, "train": _cmd_train, "demo": _cmd_demo}[args.command]
         return handler(settings, args)
     except KidneyNodeError as exc:

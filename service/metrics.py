@@ -21,7 +21,8 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from service.db.tables import Instance, Job, OutboxItem, Result, Review
+from service.db.queries import list_workers
+from service.db.tables import Instance, Job, JobState, OutboxItem, Result, Review
 
 __all__ = ["CONTENT_TYPE", "NodeMetrics"]
 
@@ -37,9 +38,16 @@ _STAGE_BUCKETS = (0.1, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600, 1800)
 class _IndexCollector(Collector):
     """Gauges read from the index and the archive's filesystem at each scrape."""
 
-    def __init__(self, sessions: sessionmaker[Session], storage_root: Path) -> None:
+    def __init__(self, sessions: sessionmaker[Session], storage_root: Path,
+                 heartbeat_timeout_s: float) -> None:
         self.sessions = sessions
         self.storage_root = storage_root
+        self.heartbeat_timeout_s = heartbeat_timeout_s
+
+    def describe(self) -> list:
+        """Nothing up front: without it, registering calls :meth:`collect`, which reads
+        the index before the node has migrated it (an error logged on a fresh database)."""
+        return []
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         try:
@@ -81,6 +89,32 @@ class _IndexCollector(Collector):
                 select(Review.action, func.count(Review.id)).group_by(Review.action)):
             reviews.add_metric([action.value], count)
         yield reviews
+        depth = GaugeMetricFamily(
+            f"{_PREFIX}_queue_depth", "Queued jobs by the broker queue(s) they were published "
+            "to (\"local\": run by this node itself, or not published yet).",
+            labels=["queue"])
+        for queue, count in session.execute(
+                select(Job.queue, func.count(Job.id)).where(Job.state == JobState.QUEUED)
+                .group_by(Job.queue)):
+            depth.add_metric([queue or "local"], count)
+        yield depth
+        workers = GaugeMetricFamily(f"{_PREFIX}_workers", "Workers by state (a worker "
+                                    "silent past the heartbeat timeout is lost).",
+                                    labels=["state"])
+        ages = GaugeMetricFamily(f"{_PREFIX}_worker_heartbeat_age_seconds",
+                                 "Seconds since each worker's last heartbeat.",
+                                 labels=["worker", "device"])
+        done = GaugeMetricFamily(f"{_PREFIX}_worker_jobs_done", "Jobs each worker has run.",
+                                 labels=["worker", "device"])
+        states = {"alive": 0, "stopped": 0, "lost": 0}
+        for row in list_workers(session, heartbeat_timeout_s=self.heartbeat_timeout_s):
+            states[row.state] = states.get(row.state, 0) + 1
+            if row.state != "stopped":
+                ages.add_metric([row.name, row.device], row.heartbeat_age_s)
+            done.add_metric([row.name, row.device], row.jobs_done)
+        for state, count in states.items():
+            workers.add_metric([state], count)
+        yield from (workers, ages, done)
         outbox = GaugeMetricFamily(f"{_PREFIX}_outbox_items",
                                    "Result objects to send, by destination and state.",
                                    labels=["destination", "state"])
@@ -119,9 +153,10 @@ class NodeMetrics:
             "qc, write), by pipeline.", ["pipeline", "stage"], buckets=_STAGE_BUCKETS,
             registry=self.registry)
 
-    def watch_index(self, sessions: sessionmaker[Session], storage_root: Path) -> None:
+    def watch_index(self, sessions: sessionmaker[Session], storage_root: Path, *,
+                    heartbeat_timeout_s: float = 60.0) -> None:
         """Also expose what the index holds (read at each scrape)."""
-        self.registry.register(_IndexCollector(sessions, storage_root))
+        self.registry.register(_IndexCollector(sessions, storage_root, heartbeat_timeout_s))
 
     def store_answered(self, status: int) -> None:
         self.stores.labels(f"0x{status:04X}").inc()

@@ -19,7 +19,16 @@ from service.dicom.incoming import install as install_incoming
 from service.dicom.net import configure_reception
 from service.dicom.scp import StorageSCP
 from service.errors import ConfigError, ModelFilesError, PipelineError
+from service.jobs.broker import (
+    BROKER_ERRORS,
+    RUN_JOB,
+    broker_label,
+    make_celery,
+    message_priority,
+    queue_name,
+)
 from service.jobs.device import resolve_device
+from service.jobs.dispatch import dispatch_pending, reap_lost_workers
 from service.jobs.runner import JobRunner, recover_interrupted_jobs
 from service.metrics import NodeMetrics
 from service.outbox.sender import drain_outbox
@@ -47,7 +56,8 @@ class Node:
         self.engine = make_engine(settings.database.url)
         self.sessions = make_sessionmaker(self.engine)
         try:
-            self.store = InstanceStore(settings.storage.root, self.sessions)
+            self.store = InstanceStore(settings.storage.root, self.sessions,
+                                       shared=settings.broker.url is not None)
         except OSError as exc:
             raise ConfigError(f"storage.root: cannot use {settings.storage.root}: {exc}") \
                 from exc
@@ -55,10 +65,14 @@ class Node:
         self.storage_health = StorageHealth(self.store.incoming,
                                             min_free_mb=settings.storage.min_free_mb)
         self.metrics = NodeMetrics()
-        self.metrics.watch_index(self.sessions, self.store.root)
+        self.metrics.watch_index(
+            self.sessions, self.store.root,
+            heartbeat_timeout_s=settings.broker.heartbeat_timeout_seconds)
         self.runner = JobRunner(settings=settings, sessions=self.sessions, store=self.store,
                                 device=self.device, storage_health=self.storage_health,
                                 metrics=self.metrics)
+        #: With ``broker.url``: jobs go to ``kidney-node worker`` processes (issue 21).
+        self.celery = None if settings.broker.url is None else make_celery(settings.broker)
         self.scp = StorageSCP(settings.dicom, self.store, self.storage_health, self.metrics)
         self.priors = None if settings.prior_studies.pacs is None else PriorFetcher(
             settings, self.sessions, store=self.scp.handle_store,
@@ -82,8 +96,9 @@ class Node:
         try:
             upgrade(self.settings.database.url)
             with self.sessions.begin() as session:
-                recover_interrupted_jobs(session,
-                                         max_attempts=self.settings.scheduler.max_attempts)
+                if self.celery is None:  # else the workers' heartbeats say (dispatch_once)
+                    recover_interrupted_jobs(
+                        session, max_attempts=self.settings.scheduler.max_attempts)
                 recover_interrupted_retrievals(session)
         except SQLAlchemyError as exc:
             where = self.engine.url.render_as_string(hide_password=True)
@@ -103,8 +118,12 @@ class Node:
         sched = self.settings.scheduler
         self.scheduler.add_job(self.sweep_once, "interval", id="sweep",
                                seconds=sched.sweep_interval_seconds)
-        self.scheduler.add_job(self.runner.run_pending, "interval", id=f"runner-{self.device}",
-                               seconds=1.0)
+        if self.celery is None:
+            self.scheduler.add_job(self.runner.run_pending, "interval", id=self._jobs_id,
+                                   seconds=1.0)
+        else:
+            self.scheduler.add_job(self.dispatch_once, "interval", id=self._jobs_id,
+                                   seconds=2.0)
         self.scheduler.add_job(self.send_once, "interval", id="sender",
                                seconds=self.settings.sender.poll_interval_seconds)
         if self.priors is not None:
@@ -118,9 +137,37 @@ class Node:
         self.scheduler.start()
         if http_socket is not None:
             self._start_http(http_socket)
-        logger.info("kidney-node started: AE %s on port %s, device %s, database %s",
-                    self.settings.dicom.ae_title, self.dicom_port, self.device,
+        broker = self.settings.broker
+        jobs = f"device {self.device}" if self.celery is None else \
+            f"jobs to the workers of {queue_name(broker, broker.queue)} via {broker_label(broker)}"
+        logger.info("kidney-node started: AE %s on port %s, %s, database %s",
+                    self.settings.dicom.ae_title, self.dicom_port, jobs,
                     self.engine.url.render_as_string(hide_password=True))
+
+    @property
+    def _jobs_id(self) -> str:
+        return f"runner-{self.device}" if self.celery is None else "dispatch"
+
+    def dispatch_once(self) -> int:
+        """Scaled out: workers that missed their heartbeats lose their jobs to the queue,
+        then queued jobs are published; the number of messages sent."""
+        broker = self.settings.broker
+        try:
+            with self.sessions.begin() as session:
+                reap_lost_workers(session, broker,
+                                  max_attempts=self.settings.scheduler.max_attempts)
+            with self.sessions.begin() as session:
+                return dispatch_pending(session, self._publish, broker)
+        except BROKER_ERRORS as exc:
+            logger.error("cannot publish jobs to the broker %s: %s; trying again",
+                         broker_label(broker), exc)
+            return 0
+
+    def _publish(self, job_id: int, kind: str, priority: int) -> None:
+        assert self.celery is not None
+        name = queue_name(self.settings.broker, kind)
+        self.celery.send_task(RUN_JOB, args=[job_id], queue=name, routing_key=name,
+                              priority=message_priority(priority))
 
     def _warn_priors(self) -> None:
         """Say where the PACS's C-STOREs would be refused by the SCP's own checks."""
@@ -159,7 +206,7 @@ class Node:
                          ct_pipeline=self.settings.processing.ct_pipeline,
                          mr_nocontrast_pipeline=self.settings.processing.mr_nocontrast_pipeline)
         if jobs:
-            self.scheduler.modify_job(f"runner-{self.device}", next_run_time=_now())
+            self.scheduler.modify_job(self._jobs_id, next_run_time=_now())
         with self.sessions.begin() as session:  # readers' SEGs: reviews, never a job
             examine_corrections(session, self.store.root)
         return len(jobs)
@@ -205,7 +252,8 @@ class Node:
                          audit_reads=self.settings.http.audit_reads,
                          audit_user_header=self.settings.http.audit_user_header,
                          pacs=None if self.settings.prior_studies.pacs is None
-                         else self.settings.prior_studies.pacs.label)
+                         else self.settings.prior_studies.pacs.label,
+                         heartbeat_timeout_s=self.settings.broker.heartbeat_timeout_seconds)
         config = uvicorn.Config(app, log_config=None, access_log=False)
         self._http = uvicorn.Server(config)
         threading.Thread(target=self._http.run, kwargs={"sockets": [sock]}, name="http",

@@ -13,6 +13,8 @@ import pytest
 PG_ADMIN_URL = os.environ.get("KIDNEY_NODE_TEST_PG_ADMIN",
                               "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
 REQUIRE_PG = os.environ.get("KIDNEY_NODE_REQUIRE_POSTGRES") == "1"
+AMQP_URL = os.environ.get("KIDNEY_NODE_TEST_AMQP", "amqp://guest:guest@127.0.0.1:5672//")
+REQUIRE_RABBITMQ = os.environ.get("KIDNEY_NODE_REQUIRE_RABBITMQ") == "1"
 
 
 def free_port() -> int:
@@ -57,6 +59,32 @@ def postgres_url() -> Iterator[str]:
         with admin.connect() as conn:
             conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         admin.dispose()
+
+
+@pytest.fixture
+def rabbitmq() -> Iterator[tuple[str, str]]:
+    """The local RabbitMQ's URL and a queue prefix of this test's own (its queues and
+    exchange are deleted afterwards)."""
+    from kombu import Connection
+
+    try:
+        with Connection(AMQP_URL, connect_timeout=3) as conn:
+            conn.ensure_connection(max_retries=1)
+    except Exception as exc:  # noqa: BLE001 - any failure to connect is the reason
+        reason = f"RabbitMQ not reachable at {AMQP_URL}: {exc}"
+        if REQUIRE_RABBITMQ:
+            pytest.fail(reason + " (KIDNEY_NODE_REQUIRE_RABBITMQ=1)")
+        print(f"SKIP: {reason}")
+        pytest.skip(reason)
+    prefix = "kn-test-" + uuid.uuid4().hex[:12]
+    try:
+        yield AMQP_URL, prefix
+    finally:
+        with Connection(AMQP_URL, connect_timeout=3) as conn:
+            channel = conn.channel()
+            for kind in ("gpu", "cpu"):
+                channel.queue_delete(f"{prefix}.{kind}")
+            channel.exchange_delete(prefix)
 
 
 @pytest.fixture

@@ -51,6 +51,8 @@ class NodeProcess:
     log_path: Path
     proc: subprocess.Popen | None = None
     extra_env: dict[str, str] = field(default_factory=dict)
+    #: ``serve``, or ``receive`` for a receiver of a scaled-out node.
+    command: str = "serve"
 
     @property
     def dicom_port(self) -> int:
@@ -69,7 +71,7 @@ class NodeProcess:
         (self.workdir / "config.yaml").write_text(yaml.safe_dump(self.config))
         log = open(self.log_path, "ab")  # noqa: SIM115 - closed with the process
         self.proc = subprocess.Popen(
-            [str(NODE_BIN), "--config", str(self.workdir / "config.yaml"), "serve"],
+            [str(NODE_BIN), "--config", str(self.workdir / "config.yaml"), self.command],
             cwd=self.workdir, stdout=log, stderr=subprocess.STDOUT,
             env={**os.environ, **self.extra_env})
         deadline = time.monotonic() + timeout

@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import secrets
 from collections.abc import Callable
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -123,7 +124,8 @@ def create_app(sessions: sessionmaker[Session], *, rules: AlertRules = AlertRule
                storage_root: Path | None = None, token: str | None = None,
                storage_health: StorageHealth | None = None,
                metrics: NodeMetrics | None = None, audit_reads: bool = True,
-               audit_user_header: str | None = None, pacs: str | None = None) -> FastAPI:
+               audit_user_header: str | None = None, pacs: str | None = None,
+               heartbeat_timeout_s: float = 60.0) -> FastAPI:
     """The API over ``sessions``; OpenAPI schema at ``/openapi.json``.
 
     ``storage_root`` (the archive) serves the mask previews; without it they answer 404.
@@ -131,7 +133,7 @@ def create_app(sessions: sessionmaker[Session], *, rules: AlertRules = AlertRule
     ``audit_reads``: every request but ``_NOT_AUDITED`` goes into the access log, with the
     user ``audit_user_header`` names (set by an authenticating proxy). ``pacs`` names the
     PACS asked for earlier studies (``prior_studies.pacs``); without it a request for them
-    answers 409.
+    answers 409. ``heartbeat_timeout_s``: a worker silent longer is shown ``lost``.
     """
     app = FastAPI(title="kidney-node", version=__version__, docs_url=None, redoc_url=None,
                   openapi_url=None)
@@ -231,6 +233,14 @@ def create_app(sessions: sessionmaker[Session], *, rules: AlertRules = AlertRule
     def jobs(limit: int = Query(100, ge=1, le=10_000)) -> list[queries.JobRow]:
         with sessions() as session:
             return [row.as_dict() for row in queries.list_jobs(session, limit=limit)]
+
+    @app.get("/api/workers", dependencies=guarded)
+    def workers() -> list[queries.WorkerRow]:
+        """The ``kidney-node worker`` processes of a scaled-out node (empty without one):
+        device, queues, heartbeat and its age, the job running now, jobs done."""
+        with sessions() as session:
+            return [asdict(row) for row in queries.list_workers(
+                session, heartbeat_timeout_s=heartbeat_timeout_s)]
 
     @app.get("/api/outbox", dependencies=guarded)
     def outbox(limit: int = Query(200, ge=1, le=10_000)) -> list[schemas.SendOut]:

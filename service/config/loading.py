@@ -17,7 +17,8 @@ from service.errors import ConfigError
 __all__ = ["ENV_PREFIX", "load_settings"]
 
 ENV_PREFIX = "KIDNEY_NODE_"
-_NOT_SETTINGS = {"CONFIG", "REQUIRE_POSTGRES", "REQUIRE_TMPFS"}  # CONFIG names the file itself;
+_NOT_SETTINGS = {"CONFIG", "REQUIRE_POSTGRES", "REQUIRE_TMPFS", "REQUIRE_RABBITMQ",
+                 "TEST_PG_ADMIN", "TEST_AMQP"}  # CONFIG names the file itself;
 # the REQUIRE_* switches are the test suite's (.ci/run)
 
 

@@ -74,6 +74,10 @@ class DicomSettings(_Frozen):
     ae_title: str = "KIDNEYNODE"
     host: str = "0.0.0.0"  # noqa: S104 - a DICOM node listens on the network by design
     port: int = Field(default=11112, ge=0, le=65535)  # 0: any free port
+    #: Several receiver processes on this host listen on the same port (SO_REUSEPORT,
+    #: Linux): the kernel spreads new associations across them, so concurrent
+    #: associations use more than one core. Every process sharing the port must set it.
+    reuse_port: bool = False
     allowed_calling_aets: tuple[str, ...] = ()
     #: The AEs a C-MOVE may send to (query/retrieve SCP); any other is refused (0xA801).
     move_destinations: tuple[MoveDestination, ...] = ()
@@ -507,6 +511,34 @@ class QcSettings(_Frozen):
     change_pct_review: float = Field(default=35.0, gt=0)
 
 
+class BrokerSettings(_Frozen):
+    """Scale-out (docs/operations.md): jobs handed to ``kidney-node worker`` processes
+    through a Celery broker. With no ``url`` the node runs every job itself, as before."""
+
+    #: ``amqp://user:password@host:5672/vhost`` (RabbitMQ); None: one process does all.
+    url: SecretStr | None = None
+    #: Prefix of the queue names: ``<prefix>.gpu`` and ``<prefix>.cpu``.
+    queue_prefix: str = Field(default="kidney-node", pattern=r"^[A-Za-z0-9_.-]+$")
+    #: The queue new jobs are published to: ``gpu`` (workers with CUDA take it) or ``cpu``.
+    queue: Literal["gpu", "cpu"] = "gpu"
+    #: A job published to the GPU queue and not taken for this long is published to the
+    #: CPU queue too (a CPU worker runs it with the CPU profile); None: never.
+    cpu_fallback_seconds: float | None = Field(default=None, gt=0)
+    #: Workers write a heartbeat this often; one silent for ``heartbeat_timeout_seconds``
+    #: is ``lost``, and the job it was running is queued again.
+    heartbeat_seconds: float = Field(default=10.0, gt=0)
+    heartbeat_timeout_seconds: float = Field(default=60.0, gt=0)
+    #: A queued job not taken this long after it was published is published again (a
+    #: message lost with the broker, or a receiver that died between commit and publish).
+    republish_seconds: float = Field(default=600.0, gt=0)
+
+    @model_validator(mode="after")
+    def _timeout_after_heartbeat(self) -> BrokerSettings:
+        if self.heartbeat_timeout_seconds <= 2 * self.heartbeat_seconds:
+            raise ValueError("heartbeat_timeout_seconds must exceed twice heartbeat_seconds")
+        return self
+
+
 class TrendSettings(_Frozen):
     """Alert thresholds of the volume trend (see service/trends.py)."""
 
@@ -533,6 +565,7 @@ class Settings(_Frozen):
     trends: TrendSettings = TrendSettings()
     qc: QcSettings = QcSettings()
     prior_studies: PriorStudiesSettings = PriorStudiesSettings()
+    broker: BrokerSettings = BrokerSettings()
     log_level: str = "INFO"
     #: "text": one line per message; "json": one JSON object per line (time, level,
     #: logger, message, exception), for a log collector.

@@ -21,6 +21,8 @@ from service.db.tables import (
     ReviewAction,
     Series,
     Study,
+    Worker,
+    utcnow,
 )
 from service.errors import AmbiguousPatientError
 from service.trends import AlertRules, Measurement, TrendPoint, counts_in_trend, volume_trend
@@ -29,7 +31,9 @@ __all__ = [
     "JobRow",
     "ResultFiles",
     "VolumeRow",
+    "WorkerRow",
     "list_jobs",
+    "list_workers",
     "list_outbox",
     "list_patients",
     "patient_exists",
@@ -95,9 +99,32 @@ class JobRow:
     error: str | None
     #: What a succeeded job found when it wrote no result (e.g. no kidney in view).
     outcome: str | None = None
+    #: Where it ran: "cpu" or "cuda"; with a broker, the worker and the queue(s).
+    device: str | None = None
+    worker: str | None = None
+    queue: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+@dataclass
+class WorkerRow:
+    """A ``kidney-node worker``: "alive", "stopped", or "lost" (no heartbeat within the
+    timeout, whether or not a receiver has reaped it yet)."""
+
+    name: str
+    hostname: str
+    pid: int
+    device: str
+    queues: list[str]
+    version: str
+    state: str
+    started_at: str | None
+    heartbeat_at: str | None
+    heartbeat_age_s: float
+    job_id: int | None
+    jobs_done: int
 
 
 def _iso(value: dt.datetime | dt.date | None) -> str | None:
@@ -356,7 +383,23 @@ def _trend_row(point: TrendPoint, row: VolumeRow) -> dict[str, Any]:
 def _job_row(job: Job, study_uid: str) -> JobRow:
     return JobRow(job.id, study_uid, job.pipeline, job.state.value, job.attempts,
                   _iso(job.created_at), _iso(job.started_at), _iso(job.finished_at),
-                  json.loads(job.timings) if job.timings else {}, job.error, job.outcome)
+                  json.loads(job.timings) if job.timings else {}, job.error, job.outcome,
+                  job.device, job.worker, job.queue)
+
+
+def list_workers(session: Session, *, heartbeat_timeout_s: float,
+                 now: dt.datetime | None = None) -> list[WorkerRow]:
+    """Every worker that has run, alive first, then by name."""
+    now = now or utcnow()
+    rows = []
+    for w in session.scalars(select(Worker).order_by(Worker.name)):
+        beat = w.heartbeat_at if w.heartbeat_at.tzinfo else w.heartbeat_at.replace(tzinfo=dt.UTC)
+        age = max(0.0, (now - beat).total_seconds())
+        state = "lost" if w.state == "alive" and age > heartbeat_timeout_s else w.state
+        rows.append(WorkerRow(w.name, w.hostname, w.pid, w.device, w.queues.split(","),
+                              w.version, state, _iso(w.started_at), _iso(w.heartbeat_at),
+                              round(age, 1), w.job_pk, w.jobs_done))
+    return sorted(rows, key=lambda r: (r.state != "alive", r.name))
 
 
 def list_jobs(session: Session, *, limit: int = 100) -> list[JobRow]:

@@ -51,6 +51,7 @@ __all__ = [
     "Series",
     "SeriesRole",
     "Study",
+    "Worker",
     "utcnow",
 ]
 
@@ -190,6 +191,11 @@ class Job(Base):
     #: Queued jobs run highest first, then oldest first: new studies 0, earlier studies
     #: fetched from the PACS (service/priors) below.
     priority: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    #: With a broker (service/jobs/dispatch.py): the worker that claimed the job, the
+    #: queue(s) it was published to ("gpu", "cpu", "gpu+cpu") and when it last was.
+    worker: Mapped[str | None] = mapped_column(String(128))
+    queue: Mapped[str | None] = mapped_column(String(16))
+    dispatched_at: Mapped[dt.datetime | None] = mapped_column(_TS)
 
     study: Mapped[Study] = relationship(back_populates="jobs")
     results: Mapped[list[Result]] = relationship(back_populates="job")
@@ -355,3 +361,24 @@ class PriorStudy(Base):
     created_at: Mapped[dt.datetime] = mapped_column(_TS, default=utcnow)
     started_at: Mapped[dt.datetime | None] = mapped_column(_TS)
     finished_at: Mapped[dt.datetime | None] = mapped_column(_TS)
+
+
+class Worker(Base):
+    """A ``kidney-node worker`` process: what it runs on and its latest heartbeat."""
+
+    __tablename__ = "workers"
+
+    name: Mapped[str] = mapped_column(String(128), primary_key=True)
+    hostname: Mapped[str] = mapped_column(String(255))
+    pid: Mapped[int] = mapped_column(Integer)
+    device: Mapped[str] = mapped_column(String(32))
+    #: Comma-separated queue kinds it takes ("gpu", "cpu").
+    queues: Mapped[str] = mapped_column(String(64))
+    version: Mapped[str] = mapped_column(String(32))
+    started_at: Mapped[dt.datetime] = mapped_column(_TS, default=utcnow)
+    heartbeat_at: Mapped[dt.datetime] = mapped_column(_TS, default=utcnow)
+    #: The job it is running now (None between jobs).
+    job_pk: Mapped[int | None] = mapped_column(Integer)
+    jobs_done: Mapped[int] = mapped_column(Integer, default=0)
+    #: "alive", "stopped" (a clean exit) or "lost" (no heartbeat within the timeout).
+    state: Mapped[str] = mapped_column(String(16), default="alive")

@@ -6,6 +6,9 @@ from __future__ import annotations
 import enum
 import ipaddress
 import logging
+import socket
+import socketserver
+import threading
 import types
 from pathlib import Path
 
@@ -44,6 +47,20 @@ class DimseStatus(enum.IntEnum):
     NOT_AUTHORIZED = 0x0124
     DATASET_MISMATCH = 0xA900
     CANNOT_UNDERSTAND = 0xC000
+
+
+class SharedPortServer(ThreadedAssociationServer):
+    """An association server whose port other processes of this host may bind too
+    (``dicom.reuse_port``): the kernel gives each new connection to one of them."""
+
+    def server_bind(self) -> None:
+        self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        super().server_bind()
+
+    def shutdown(self) -> None:
+        # Started by hand, not by AE.start_server: not in the AE's list of servers.
+        socketserver.BaseServer.shutdown(self)
+        self.server_close()
 
 
 class StorageSCP:
@@ -117,9 +134,15 @@ class StorageSCP:
         except OSError as exc:  # ssl.SSLError included
             raise ConfigError(f"dicom.tls: cannot load the certificate, key or CA: {exc}") \
                 from exc
-        self._server = ae.start_server(
-            (self.settings.host, self.settings.port), block=False, evt_handlers=handlers,
-            ssl_context=context)
+        address = (self.settings.host, self.settings.port)
+        if self.settings.reuse_port:
+            self._server = ae.make_server(address, evt_handlers=handlers,
+                                          ssl_context=context, server_class=SharedPortServer)
+            threading.Thread(target=self._server.serve_forever, name="AcceptorServer",
+                             daemon=True).start()
+        else:
+            self._server = ae.start_server(address, block=False, evt_handlers=handlers,
+                                           ssl_context=context)
         self.admission.install(self._server)
         if self.settings.allowed_peer_addresses:
             networks = [ipaddress.ip_network(n, strict=False)

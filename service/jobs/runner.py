@@ -97,8 +97,12 @@ class JobRunner:
     def __init__(self, *, settings: Settings, sessions: sessionmaker[Session],
                  store: InstanceStore, device: str,
                  storage_health: StorageHealth | None = None,
-                 metrics: NodeMetrics | None = None) -> None:
+                 metrics: NodeMetrics | None = None, worker: str | None = None) -> None:
         self.settings = settings
+        #: The name this runner records on the jobs it claims (a ``kidney-node worker``).
+        self.worker = worker
+        #: The id of the job running now, else None.
+        self.current_job: int | None = None
         self.metrics = metrics or NodeMetrics()  # one of its own when the node gives none
         self.sessions = sessions
         self.store = store
@@ -116,6 +120,27 @@ class JobRunner:
             count += 1
         return count
 
+    def run_job(self, job_id: int) -> JobState | None:
+        """Run the job ``job_id`` if it is queued (a worker's message; the job row decides:
+        a job already claimed, or ended, is left alone). While the archive cannot be
+        written the job waits here. Returns the job's state afterwards, or None when it
+        was not queued."""
+        while True:
+            while self._storage_blocked():
+                time.sleep(1.0)
+            work = self._claim(job_id)
+            if work is None:
+                return None
+            self.current_job = job_id
+            try:
+                self._execute(work)
+            finally:
+                self.current_job = None
+            with self.sessions() as session:
+                state = session.get(Job, job_id).state
+            if state is not JobState.QUEUED:  # queued again: the disk refused its results
+                return state
+
     def _storage_blocked(self) -> bool:
         if time.monotonic() < self._storage_wait_until:
             return True
@@ -127,18 +152,21 @@ class JobRunner:
         self._storage_waiting = problem
         return problem is not None
 
-    def _claim(self) -> _Work | None:
+    def _claim(self, job_id: int | None = None) -> _Work | None:
+        """Move ``job_id`` (else the first queued job) to running, or None."""
         with self.sessions.begin() as session:
-            job_id = session.scalar(
-                select(Job.id).where(Job.state == JobState.QUEUED)
-                .order_by(Job.priority.desc(), Job.created_at, Job.id).limit(1))
+            if job_id is None:
+                job_id = session.scalar(
+                    select(Job.id).where(Job.state == JobState.QUEUED)
+                    .order_by(Job.priority.desc(), Job.created_at, Job.id).limit(1))
             if job_id is None:
                 return None
             # Compare-and-set: only one runner can move this job to RUNNING.
             claimed = session.execute(
                 update(Job).where(Job.id == job_id, Job.state == JobState.QUEUED)
                 .values(state=JobState.RUNNING, started_at=utcnow(), device=self.device,
-                        attempts=Job.attempts + 1, error=None, outcome=None)).rowcount
+                        worker=self.worker, attempts=Job.attempts + 1, error=None,
+                        outcome=None)).rowcount
             if claimed != 1:
                 return None
             job = session.get(Job, job_id)
@@ -155,8 +183,9 @@ class JobRunner:
                 role = roles.get(series_uid)
                 if role in LOADED_ROLES:
                     paths[role].setdefault(series_uid, []).append(self.store.path_of(rel))
-            logger.info("job %d: running %s on study %s (%s)", job.id, job.pipeline,
-                        study.study_instance_uid, self.device)
+            logger.info("job %d: running %s on study %s (%s%s)", job.id, job.pipeline,
+                        study.study_instance_uid, self.device,
+                        "" if self.worker is None else f", worker {self.worker}")
             return _Work(job.id, study.study_instance_uid, job.pipeline or "",
                          job.fingerprint, dict(paths))
 

@@ -86,11 +86,18 @@ def drain_outbox(
     """
     configured = {dest.name: dest for dest in destinations}
     now = utcnow()
-    with sessions() as session:
+    # Leased: the items taken are not due again for a while, so another receiver's sender
+    # (a scaled-out node) skips them; one that dies mid-send leaves them due once the
+    # lease ends (sent again, same UIDs). SKIP LOCKED on PostgreSQL: two senders never
+    # take the same row in the same moment.
+    lease = dt.timedelta(seconds=max(300.0, 4 * settings.timeout_seconds))
+    with sessions.begin() as session:
         due = session.scalars(
             select(OutboxItem)
             .where(OutboxItem.state == SendState.PENDING, OutboxItem.next_attempt_at <= now)
-            .order_by(OutboxItem.id).limit(batch)).all()
+            .order_by(OutboxItem.id).limit(batch).with_for_update(skip_locked=True)).all()
+        for item in due:
+            item.next_attempt_at = now + lease
     groups: dict[str, list[OutboxItem]] = defaultdict(list)
     for item in due:
         groups[item.destination].append(item)

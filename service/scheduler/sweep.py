@@ -81,6 +81,9 @@ def sweep(
             Study.last_received_at <= cutoff,
             or_(Study.checked_at.is_(None), Study.checked_at < Study.last_received_at))
         .order_by(Study.last_received_at)
+        # Several receivers (a scaled-out node) sweep one index: on PostgreSQL a study
+        # is looked at by one of them, the others skip it until that one commits.
+        .with_for_update(skip_locked=True)
     ).all()
     created: list[Job] = []
     for study in studies:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import socket
 import tempfile
 import threading
 from collections import OrderedDict
@@ -115,10 +116,18 @@ def read_header(
 class InstanceStore:
     """The node's archive: files under ``root``, their index in the database."""
 
-    def __init__(self, root: Path, sessions: sessionmaker[Session]) -> None:
+    def __init__(self, root: Path, sessions: sessionmaker[Session], *,
+                 shared: bool = False) -> None:
+        """``shared``: several processes, on several machines, use this archive (a
+        scaled-out node): each writes its partial files in its own folder under
+        ``.incoming`` (``<host>-<pid>``), so one process's start-up clears only its own
+        and those of processes of this host that are gone."""
         self.root = Path(root).resolve()
         self.sessions = sessions
         self.incoming = self.root / INCOMING_DIR
+        if shared:
+            self.incoming = self.incoming / f"{socket.gethostname()}-{os.getpid()}"
+        self.shared = shared
         self.incoming.mkdir(parents=True, exist_ok=True)
         # Series UID -> (series pk, study pk) of series indexed lately (rows are never
         # deleted while the node runs; a stale entry would fail its INSERT and be dropped).
@@ -130,10 +139,21 @@ class InstanceStore:
         """Delete what receptions cut short left in ``.incoming`` (never acknowledged, so
         the sender still has them). Only while nothing is being received: at start-up."""
         count = 0
-        for leftover in self.incoming.iterdir():
-            if leftover.is_file():
-                leftover.unlink(missing_ok=True)
-                count += 1
+        folders = [self.incoming]
+        if self.shared:  # the folders of this host's processes that are gone
+            host = socket.gethostname()
+            for folder in self.incoming.parent.iterdir():
+                name, _, pid = folder.name.rpartition("-")
+                if (folder.is_dir() and folder != self.incoming and name == host
+                        and pid.isdigit() and not process_exists(int(pid))):
+                    folders.append(folder)
+        for folder in folders:
+            for leftover in folder.iterdir():
+                if leftover.is_file():
+                    leftover.unlink(missing_ok=True)
+                    count += 1
+            if folder != self.incoming:
+                folder.rmdir()
         if count:
             logger.warning("discarded %d partial file(s) of interrupted receptions in %s",
                            count, self.incoming)
@@ -306,3 +326,14 @@ class InstanceStore:
             self._known_series.move_to_end(series_uid)
             while len(self._known_series) > _KNOWN_SERIES_MAX:
                 self._known_series.popitem(last=False)
+
+
+def process_exists(pid: int) -> bool:
+    """Whether a process of this id runs on this host."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's
+        return True
+    return True

@@ -51,3 +51,39 @@ def test_the_image_serves_http_outside_the_container_only_with_a_token(tmp_path)
     assert out.startswith("host=127.0.0.1 ") and "loopback only" in err
     out, _ = _entrypoint(tmp_path / "c", KIDNEY_NODE_HTTP__HOST="10.0.0.5")
     assert out.startswith("host=10.0.0.5 ")
+
+
+def _compose_env(service: dict) -> dict[str, str]:
+    """A service's environment with compose's ${VAR...} filled as a .env would."""
+    values = {"POSTGRES_PASSWORD": "pg-secret", "RABBITMQ_PASSWORD": "mq-secret",
+              "KIDNEY_NODE_HTTP__TOKEN": "a-token-of-16-chars-or-more"}
+    return {key: re.sub(r"\$\{(\w+)[^}]*\}", lambda m: values.get(m.group(1), "cpu"), value)
+            for key, value in service.get("environment", {}).items()}
+
+
+def test_compose_files_configure_valid_nodes_of_each_role():
+    """compose.yaml (all-in-one) and compose.scale.yaml (receiver + workers on RabbitMQ):
+    each node's environment, read by the node's own loader with the shipped config, gives
+    valid settings, with a broker exactly where the role needs one."""
+    import yaml
+
+    from service.config.loading import load_settings
+
+    roles = {}
+    for name in ("compose.yaml", "compose.scale.yaml"):
+        services = yaml.safe_load((ROOT / name).read_text())["services"]
+        for service_name, service in services.items():
+            if not str(service.get("image", "")).startswith("kidney-node"):
+                continue
+            command = service.get("command", ["serve"])
+            settings = load_settings(ROOT / "config" / "kidney-node.yaml",
+                                     environ=_compose_env(service))
+            roles[service_name] = (command[0], settings)
+    assert {k: v[0] for k, v in roles.items()} == {
+        "node": "serve", "receiver": "receive", "worker": "worker", "gpu-worker": "worker"}
+    assert roles["node"][1].broker.url is None
+    for name in ("receiver", "worker", "gpu-worker"):
+        broker = roles[name][1].broker
+        assert broker.url.get_secret_value() == "amqp://kidney_node:mq-secret@broker:5672/"
+        assert roles[name][1].database.url.startswith("postgresql+psycopg://kidney_node:")
+    assert roles["gpu-worker"][1].processing.device == "cuda"

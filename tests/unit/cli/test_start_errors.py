@@ -71,3 +71,19 @@ def test_an_all_digit_token_from_the_environment_is_a_token_and_never_printed(tm
     assert short.returncode == 2
     assert "http.token: String should have at least 16 characters" in short.stderr
     assert "48151623" not in short.stderr
+
+
+@pytest.mark.parametrize("command", ["receive", "worker"])
+def test_the_scaled_out_roles_need_a_broker(tmp_path, command):
+    run = _serve(tmp_path, {}, command=(command,))
+    assert run.returncode == 2, run.stderr
+    assert f"kidney-node {command} needs broker.url (amqp://...)" in run.stderr
+    assert "Traceback" not in run.stderr
+
+
+def test_a_worker_refuses_an_unknown_queue(tmp_path):
+    run = _serve(tmp_path, {"broker.url": "amqp://kn:s3cret@127.0.0.1:1//"},
+                 command=("worker", "--queues", "gpu,tpu"))
+    assert run.returncode == 2, run.stderr
+    assert "--queues: gpu and/or cpu, got 'gpu,tpu'" in run.stderr
+    assert "s3cret" not in run.stderr
