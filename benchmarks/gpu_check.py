@@ -146,11 +146,11 @@ def main(argv: list[str] | None = None) -> int:
         report = {}
         for name, files in (("mri-graft", list(mr.files)), ("ct-kidneys", list(ct.files))):
             runs = {}
-            for device in (args.device, "cpu"):
+            for key, device in (("device", args.device), ("cpu profile", "cpu")):
                 settings = Settings.model_validate(
                     {**base, "processing": {**base["processing"], "device": device}})
-                runs[device] = _run(files, settings, device, work / f"{name}-{device}")
-            fast, cpu = runs[args.device], runs["cpu"]
+                runs[key] = _run(files, settings, device, work / f"{name}-{len(runs)}")
+            fast, cpu = runs["device"], runs["cpu profile"]
             dice = {label: round(_dice(fast["masks"].get(label, set()),
                                        cpu["masks"].get(label, set())), 4)
                     for label in sorted(set(fast["masks"]) | set(cpu["masks"]))}
@@ -170,12 +170,12 @@ def main(argv: list[str] | None = None) -> int:
              "| Study | Device | Total s | Stages (s) | Peak GPU MiB | Volumes (ml) | "
              "Dice vs CPU profile |", "|---|---|---|---|---|---|---|"]
     for study, entry in report.items():
-        for device, run in entry["runs"].items():
+        for key, run in entry["runs"].items():
             stages = ", ".join(f"{k.removesuffix('_s')} {v:.1f}"
                                for k, v in run["timings"].items())
-            lines.append(f"| {study} | {device} | {run['seconds']:.1f} | {stages} | "
-                         f"{run['peak_gpu_mib'] or '-'} | {run['volumes_ml']} | "
-                         f"{entry['dice_vs_cpu_profile'] if device != 'cpu' else ''} |")
+            lines.append(f"| {study} | {run['device']} ({key}) | {run['seconds']:.1f} | "
+                         f"{stages} | {run['peak_gpu_mib'] or '-'} | {run['volumes_ml']} | "
+                         f"{entry['dice_vs_cpu_profile'] if key == 'device' else ''} |")
     (RESULTS / f"gpu_check{suffix}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0

@@ -14,11 +14,16 @@ Orthanc, enable Nagle otherwise); the node sets it on its own sockets.
 - pynetdicom: the library alone as the node uses it, writing files and indexing nothing
   (``benchmarks/bare_scp.py``): the ceiling of any pynetdicom-based receiver here.
 
+``--associations N`` splits the instances into N parts sent at once, one storescu
+association each (the same files, one run); ``--receivers K`` adds "node xK": K
+``kidney-node receive`` processes sharing the DICOM port (``dicom.reuse_port``), one
+PostgreSQL index and one archive, with the local RabbitMQ as their broker (issue 21).
+
 The node's resident memory is sampled during its rounds ("flat": the peak of the last
 round within 10 % of the first round's peak). Writes ``benchmarks/results/ingest.json``
 and ``ingest.md``.
 
-    python -m benchmarks.ingest [--instances 1000] [--rounds 3]
+    python -m benchmarks.ingest [--instances 1000] [--rounds 3] [--associations 4 --receivers 2]
 """
 
 from __future__ import annotations
@@ -33,19 +38,21 @@ import sys
 import tempfile
 import threading
 import time
+import uuid
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from pathlib import Path
 
 import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage
-from sqlalchemy import create_engine, func, select
+from sqlalchemy import create_engine, func, select, text
 
 from benchmarks.graft_eval import RESULTS, _revision
 from service.db.tables import Instance
 from service.dicom.uids import new_uid
-from tests.conftest import free_port
+from tests.conftest import AMQP_URL, PG_ADMIN_URL, free_port
 from tests.peers import NodeProcess, dcmtk, node_config, orthanc, peer_env, storescp, wait_port
 
 ROWS = COLS = 512
@@ -123,6 +130,75 @@ def _send(port: int, called: str, source: Path) -> float:
         raise RuntimeError(f"storescu to {called} failed ({out.returncode}): "
                            f"{out.stderr[-2000:]}")
     return wall
+
+
+def _send_all(port: int, called: str, sources: list[Path]) -> float:
+    """One association per folder of ``sources``, all at once; the wall time until the
+    last one ends."""
+    if len(sources) == 1:
+        return _send(port, called, sources[0])
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(len(sources)) as pool:
+        list(pool.map(lambda folder: _send(port, called, folder), sources))
+    return time.perf_counter() - t0
+
+
+class _Group:
+    """K ``kidney-node receive`` processes on one port (SO_REUSEPORT), one PostgreSQL
+    index, one archive, the local RabbitMQ as broker; emptied between rounds."""
+
+    def __init__(self, work: Path, receivers: int) -> None:
+        self.work, self.receivers = work / "group", receivers
+        self.port = free_port()
+        self.prefix = "kn-ingest-" + uuid.uuid4().hex[:8]
+        self.nodes: list[NodeProcess] = []
+        self.url: str | None = None
+        self.start()
+
+    def start(self) -> None:
+        if self.work.exists():
+            shutil.rmtree(self.work)
+        self.work.mkdir(parents=True)
+        name = "kn_ingest_" + uuid.uuid4().hex[:8]
+        with create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT").connect() as conn:
+            conn.execute(text(f'CREATE DATABASE "{name}"'))
+        self.url = PG_ADMIN_URL.rsplit("/", 1)[0] + "/" + name
+        for k in range(self.receivers):
+            folder = self.work / f"r{k}"
+            folder.mkdir()
+            config = node_config(workdir=folder, database_url=self.url,
+                                 dicom_port=self.port, http_port=free_port())
+            config["storage"]["root"] = str(self.work / "archive")
+            config["dicom"]["reuse_port"] = True
+            config["broker"] = {"url": AMQP_URL, "queue_prefix": self.prefix,
+                                "queue": "cpu"}
+            config["scheduler"].update(stable_age_seconds=3600, sweep_interval_seconds=5)
+            config["sender"]["poll_interval_seconds"] = 2
+            node = NodeProcess(folder, config, folder / "node.log", command="receive")
+            node.start()
+            self.nodes.append(node)
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()
+        self.nodes = []
+        if self.url is not None:
+            name = self.url.rsplit("/", 1)[1]
+            with create_engine(PG_ADMIN_URL,
+                               isolation_level="AUTOCOMMIT").connect() as conn:
+                conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+            self.url = None
+
+    def reset(self) -> None:
+        self.stop()
+        self.start()
+
+    def count(self) -> int:
+        engine = create_engine(self.url)
+        with engine.connect() as conn:
+            n = conn.scalar(select(func.count()).select_from(Instance))
+        engine.dispose()
+        return int(n or 0)
 
 
 class _Receivers:
@@ -206,13 +282,24 @@ class _Receivers:
         return sum(1 for _ in self.bare_dir.glob("*.dcm"))
 
 
-def run(count: int, rounds: int, work: Path) -> dict:
+def run(count: int, rounds: int, work: Path, associations: int = 1,
+        receivers: int = 1) -> dict:
     source = work / "source"
     t0 = time.perf_counter()
-    write_series(source, count)
+    paths = write_series(source, count)
     print(f"wrote {count} instances in {time.perf_counter() - t0:.1f} s", flush=True)
+    sources = [source]
+    if associations > 1:  # the same files, split into one folder per association
+        sources = [work / f"part{k}" for k in range(associations)]
+        for k, path in enumerate(paths):
+            sources[k % associations].mkdir(exist_ok=True)
+            path.rename(sources[k % associations] / path.name)
+    group_name = f"node x{receivers}"
     walls: dict[str, list[float]] = {"node": [], "orthanc": [], "storescp": [],
                                      "pynetdicom": []}
+    if receivers > 1:
+        walls = {"node": [], group_name: [], "orthanc": [], "storescp": [],
+                 "pynetdicom": []}
     node_rss: list[dict[str, float]] = []
     with ExitStack() as stack:
         rx = _Receivers(work, stack)
@@ -222,6 +309,10 @@ def run(count: int, rounds: int, work: Path) -> dict:
             ("storescp", rx.storescp_count, rx.reset_storescp),
             ("pynetdicom", rx.bare_count, rx.reset_bare),
         ]
+        if receivers > 1:
+            group = _Group(work, receivers)
+            stack.callback(group.stop)
+            plan.insert(1, (group_name, group.count, group.reset))
         for r in range(rounds):
             for name, counted, reset in plan:
                 if r:
@@ -233,15 +324,17 @@ def run(count: int, rounds: int, work: Path) -> dict:
                 if name == "node":
                     port, called = rx.node.dicom_port, "KIDNEYNODE"
                     with _Sampler(rx.node.proc.pid) as sampler:
-                        wall = _send(port, called, source)
+                        wall = _send_all(port, called, sources)
                     node_rss.append({"start": sampler.samples[0], "peak": max(sampler.samples),
                                      "end": sampler.samples[-1]})
+                elif name == group_name:
+                    wall = _send_all(group.port, "KIDNEYNODE", sources)
                 elif name == "orthanc":
-                    wall = _send(rx.orthanc.dicom_port, rx.orthanc.aet, source)
+                    wall = _send_all(rx.orthanc.dicom_port, rx.orthanc.aet, sources)
                 elif name == "storescp":
-                    wall = _send(rx.scp_port, "STORESCP", source)
+                    wall = _send_all(rx.scp_port, "STORESCP", sources)
                 else:
-                    wall = _send(rx.bare_port, "BARESCP", source)
+                    wall = _send_all(rx.bare_port, "BARESCP", sources)
                 n = counted()
                 if n != count:
                     raise RuntimeError(f"round {r + 1}: {name} holds {n} of {count} instances")
@@ -251,9 +344,16 @@ def run(count: int, rounds: int, work: Path) -> dict:
     per_s = {k: [count / w for w in v] for k, v in walls.items()}
     med = {k: statistics.median(v) for k, v in per_s.items()}
     peaks = [s["peak"] for s in node_rss]
+    extra = {}
+    if receivers > 1:
+        extra = {"receivers": receivers,
+                 "group_vs_orthanc": round(med[group_name] / med["orthanc"], 2),
+                 "group_vs_node": round(med[group_name] / med["node"], 2)}
     return {
         "instances": count, "rows": ROWS, "columns": COLS, "rounds": rounds,
-        "megabytes": round(sum(p.stat().st_size for p in source.iterdir()) / 1e6, 1),
+        "associations": associations, **extra,
+        "megabytes": round(sum(p.stat().st_size for f in sources for p in f.iterdir())
+                           / 1e6, 1),
         "instances_per_second": {k: [round(x, 1) for x in v] for k, v in per_s.items()},
         "median_instances_per_second": {k: round(v, 1) for k, v in med.items()},
         "node_vs_orthanc": round(med["node"] / med["orthanc"], 2),
@@ -271,7 +371,8 @@ def _markdown(result: dict) -> str:
         "# Ingest throughput",
         "",
         f"{result['instances']} MR instances of {result['rows']} x {result['columns']} "
-        f"({result['megabytes']} MB), DCMTK `storescu -R` over one association, "
+        f"({result['megabytes']} MB), DCMTK `storescu -R` over "
+        f"{_associations(result)}, "
         f"{result['rounds']} rounds alternating the receivers, TCP_NODELAY on every side. "
         f"Code {result['code']}.",
         "",
@@ -280,6 +381,11 @@ def _markdown(result: dict) -> str:
     ]
     for name, values in result["instances_per_second"].items():
         lines.append(f"| {name} | {', '.join(f'{v:.1f}' for v in values)} | {med[name]:.1f} |")
+    if "receivers" in result:
+        lines += ["", f"- node x{result['receivers']} (`kidney-node receive` processes on one "
+                  f"port, SO_REUSEPORT, PostgreSQL index) / Orthanc: "
+                  f"**{result['group_vs_orthanc']:.2f}x** (target >= 1.0); / one node: "
+                  f"{result['group_vs_node']:.2f}x"]
     lines += [
         "",
         f"- node / Orthanc: **{result['node_vs_orthanc']:.2f}x** (target >= 1.0)",
@@ -296,14 +402,27 @@ def _markdown(result: dict) -> str:
     return "\n".join(lines)
 
 
+def _associations(result: dict) -> str:
+    n = result.get("associations", 1)
+    return "one association" if n == 1 else f"{n} concurrent associations (the files split " \
+        "between them)"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--instances", type=int, default=1000)
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--out", type=Path, default=RESULTS / "ingest.json")
+    parser.add_argument("--associations", type=int, default=1)
+    parser.add_argument("--receivers", type=int, default=1,
+                        help="also K receive processes sharing the port (PostgreSQL, RabbitMQ)")
+    parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
+    if args.out is None:
+        args.out = RESULTS / ("ingest.json" if args.associations == 1 else
+                              f"ingest_{args.associations}assoc.json")
     with tempfile.TemporaryDirectory(prefix="kn-ingest-") as tmp:
-        result = run(args.instances, args.rounds, Path(tmp))
+        result = run(args.instances, args.rounds, Path(tmp), args.associations,
+                     args.receivers)
     result["code"] = _revision()
     print(json.dumps(result, indent=1))
     args.out.parent.mkdir(parents=True, exist_ok=True)

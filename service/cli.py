@@ -98,6 +98,9 @@ def _parser() -> argparse.ArgumentParser:
     jobs = sub.add_parser("jobs", help="recent jobs")
     jobs.add_argument("--json", action="store_true")
     jobs.add_argument("--limit", type=int, default=50)
+    workers = sub.add_parser("workers", help="scaled out: the worker processes and their "
+                             "heartbeats")
+    workers.add_argument("--json", action="store_true")
     outbox = sub.add_parser("outbox", help="results queued for the destinations")
     outbox.add_argument("--json", action="store_true")
     outbox.add_argument("--retry", metavar="DESTINATION",
@@ -381,7 +384,24 @@ def _cmd_jobs(settings: Settings, args: argparse.Namespace) -> int:
         print(json.dumps(rows, indent=2))
     else:
         _print_table(rows, ["id", "state", "pipeline", "attempts", "created_at",
-                            "study_instance_uid", "outcome", "error"])
+                            "device", "worker", "study_instance_uid", "outcome", "error"])
+    return 0
+
+
+def _cmd_workers(settings: Settings, args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
+    from service.db.queries import list_workers
+
+    with _sessions(settings)() as session:
+        rows = [asdict(r) for r in list_workers(
+            session, heartbeat_timeout_s=settings.broker.heartbeat_timeout_seconds)]
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    else:
+        _print_table([{**r, "queues": ",".join(r["queues"])} for r in rows],
+                     ["name", "state", "device", "queues", "heartbeat_age_s", "job_id",
+                      "jobs_done", "hostname", "version"])
     return 0
 
 
@@ -513,6 +533,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                    "baseline": _cmd_baseline, "review": _cmd_review,
                    "history": _cmd_history, "audit": _cmd_audit, "purge": _cmd_purge,
                    "jobs": _cmd_jobs, "backfill": _cmd_backfill, "worker": _cmd_worker,
+                   "workers": _cmd_workers,
                    "outbox": _cmd_outbox, "train": _cmd_train, "demo": _cmd_demo}[args.command]
         return handler(settings, args)
     except KidneyNodeError as exc:

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
+from sqlalchemy import text
 
 import migrations
 
@@ -24,9 +25,33 @@ def alembic_config(url: str) -> Config:
     return cfg
 
 
+#: PostgreSQL advisory lock held while migrating: processes that start together (the
+#: receivers and workers of a scaled-out node) migrate one after the other; the first
+#: does the work, the others find the database at head.
+_MIGRATION_LOCK = 0x6B6E6D67  # "knmg"
+
+
 def upgrade(url: str, revision: str = "head") -> None:
     """Bring the database at ``url`` to ``revision``."""
     from service.db.engine import make_engine  # creates the SQLite folder
 
-    make_engine(url).dispose()
-    command.upgrade(alembic_config(url), revision)
+    engine = make_engine(url)
+    try:
+        if engine.dialect.name != "postgresql":
+            command.upgrade(alembic_config(url), revision)
+            return
+        with engine.connect() as conn:
+            conn.execute(text("SELECT pg_advisory_lock(:key)"), {"key": _MIGRATION_LOCK})
+            conn.commit()
+            try:
+                config = alembic_config(url)
+                config.attributes["connection"] = conn
+                command.upgrade(config, revision)
+                conn.commit()
+            finally:
+                conn.rollback()
+                conn.execute(text("SELECT pg_advisory_unlock(:key)"),
+                             {"key": _MIGRATION_LOCK})
+                conn.commit()
+    finally:
+        engine.dispose()

@@ -76,6 +76,8 @@ class _Work:
     pipeline: str
     fingerprint: str
     paths: dict[SeriesRole, dict[str, list[Path]]]
+    #: The broker queue(s) it was published to (None: run by the node itself).
+    queue: str | None = None
 
 
 def _with_history_flags(output: PipelineOutput, previous: Mapping[str, float],
@@ -187,7 +189,7 @@ class JobRunner:
                         study.study_instance_uid, self.device,
                         "" if self.worker is None else f", worker {self.worker}")
             return _Work(job.id, study.study_instance_uid, job.pipeline or "",
-                         job.fingerprint, dict(paths))
+                         job.fingerprint, dict(paths), job.queue)
 
     def _execute(self, work: _Work) -> None:
         timings: dict[str, float] = {}
@@ -201,6 +203,10 @@ class JobRunner:
             t0 = time.perf_counter()
             output = pipeline.run(study, device=self.device)
             timings["segment_s"] = time.perf_counter() - t0
+            if self.device == "cpu" and work.queue and "gpu" in work.queue.split("+"):
+                # A GPU job taken by a CPU worker (broker.cpu_fallback_seconds): the
+                # result says the CPU profile ran.
+                output = replace(output, flags=(*output.flags, "cpu-profile"))
             if output.segments:
                 t0 = time.perf_counter()
                 previous = self._previous_volumes(work)
@@ -229,6 +235,8 @@ class JobRunner:
             # A finding instead of segments (no kidney in view): nothing stored or sent.
             with self.sessions.begin() as session:
                 job = session.get(Job, work.job_id)
+                if not self._still_ours(job):
+                    return
                 job.outcome = output.finding
                 self._set_done(job, JobState.SUCCEEDED, None, timings)
             logger.info("job %d succeeded on study %s without a result: %s", work.job_id,
@@ -238,6 +246,8 @@ class JobRunner:
         seg = objects.seg
         with self.sessions.begin() as session:
             job = session.get(Job, work.job_id)
+            if not self._still_ours(job):
+                return
             for spec in output.segments:
                 qc = quality.get(spec.structure)
                 session.add(Result(
@@ -304,6 +314,8 @@ class JobRunner:
         message = f"waiting for storage: {exc}"
         with self.sessions.begin() as session:
             job = session.get(Job, work.job_id)
+            if not self._still_ours(job):
+                return
             job.state = JobState.QUEUED
             job.attempts = max(0, job.attempts - 1)
             job.error = message
@@ -315,7 +327,20 @@ class JobRunner:
 
     def _finish(self, job_id: int, *, error: str, timings: dict[str, float]) -> None:
         with self.sessions.begin() as session:
-            self._set_done(session.get(Job, job_id), JobState.FAILED, error, timings)
+            job = session.get(Job, job_id)
+            if self._still_ours(job):
+                self._set_done(job, JobState.FAILED, error, timings)
+
+    def _still_ours(self, job: Job) -> bool:
+        """Whether this runner may record the job's end: a worker paused past the
+        heartbeat timeout may find its job queued again and taken by another; the other
+        records it (the same result UIDs), this one's outcome is dropped."""
+        if self.worker is None or (job.state is JobState.RUNNING and job.worker == self.worker):
+            return True
+        logger.warning("job %d was taken over (now %s on %s) while worker %s ran it: this "
+                       "run's outcome is not recorded", job.id, job.state.value, job.worker,
+                       self.worker)
+        return False
 
     def _set_done(self, job: Job, state: JobState, error: str | None,
                   timings: dict[str, float]) -> None:

@@ -152,6 +152,18 @@ def test_two_receivers_three_workers_lose_nothing_when_killed(
             print(f"worker w0 killed while running job {killed_job}")
             workers[0].start()  # the same name: its earlier process's job is queued again
 
+            # A worker drained (SIGTERM) during a job: it finishes that job, then stops.
+            def running_on_w2() -> int | None:
+                with sessions() as s:
+                    return s.scalar(select(Job.id).where(Job.state == JobState.RUNNING,
+                                                         Job.worker == "w2"))
+
+            drained_job = receivers[0].wait_for(running_on_w2, 120, "a job running on w2")
+            workers[2].stop()
+            print(f"worker w2 drained while running job {drained_job}: exit "
+                  f"{workers[2].proc.returncode}")
+            assert workers[2].proc.returncode == 0, workers[2].log()
+
             def all_done() -> bool:
                 with sessions() as s:
                     open_jobs = s.scalar(select(func.count(Job.id)).where(
@@ -179,7 +191,10 @@ def test_two_receivers_three_workers_lose_nothing_when_killed(
             print(f"jobs per worker: {by_worker}")
             (again,) = [j for j in jobs if j[4] == killed_job]
             assert again[3] == 2, again  # run twice: killed, then to its end
+            (drained,) = [j for j in jobs if j[4] == drained_job]
+            assert drained[2:4] == ("w2", 1), drained  # finished by w2, once
             assert worker_rows["w0"].state == "alive"
+            assert worker_rows["w2"].state == "stopped"
 
             # Every instance acknowledged is stored once (indexed_instances fails on a UID
             # indexed twice), its file in the shared archive.
@@ -214,7 +229,8 @@ def test_two_receivers_three_workers_lose_nothing_when_killed(
             print("outbox items by attempts: "
                   f"{ {a: sum(1 for _, n in sends if n == a) for a in tries} }")
             health = receivers[0].get("/api/workers")
-            assert {w["name"] for w in health if w["state"] == "alive"} == {"w0", "w1", "w2"}
+            assert {w["name"]: w["state"] for w in health} == {
+                "w0": "alive", "w1": "alive", "w2": "stopped"}
         finally:
             for worker in workers:
                 worker.stop()
@@ -270,3 +286,33 @@ def test_receivers_on_one_port_share_the_associations(postgres_url, rabbitmq,
     finally:
         for receiver in receivers:
             receiver.stop()
+
+
+def test_a_gpu_job_no_gpu_worker_takes_runs_on_a_cpu_worker_when_allowed(
+        postgres_url, rabbitmq, small_study_dir, tmp_path):
+    """broker.queue gpu with cpu_fallback_seconds: no GPU worker runs; after the wait the
+    job is published to the CPU queue, a CPU worker runs it, and the result says so."""
+    amqp, prefix = rabbitmq
+    workdir = tmp_path / "receiver"
+    workdir.mkdir()
+    config = node_config(workdir=workdir, database_url=postgres_url, dicom_port=free_port(),
+                         http_port=free_port())
+    config["broker"] = {"url": amqp, "queue_prefix": prefix, "queue": "gpu",
+                        "cpu_fallback_seconds": 3}
+    receiver = NodeProcess(workdir=workdir, config=config, log_path=workdir / "node.log",
+                           command="receive")
+    worker = _Worker(workdir / "config.yaml", "cpu-only", tmp_path / "worker.log")
+    try:
+        receiver.start()
+        worker.start()
+        assert storescu(receiver.dicom_port, list(small_study_dir.files)).returncode == 0
+        uid = small_study_dir.study_instance_uid
+        study = receiver.wait_for(lambda: (s := receiver.study(uid)) and s["results"] and s,
+                                  120, "the result")
+        (job,) = study["jobs"]
+        assert (job["queue"], job["worker"], job["device"]) == ("gpu+cpu", "cpu-only", "cpu")
+        assert "cpu-profile" in study["results"][0]["flags"]
+        assert "no GPU worker took it in 3 s" in receiver.log()
+    finally:
+        worker.stop()
+        receiver.stop()

@@ -65,3 +65,18 @@ def test_metrics_give_queue_depth_and_lost_workers(index, tmp_path):
     assert age >= 300
     assert ("kidney_node_worker_heartbeat_age_seconds",
             (("device", "cpu"), ("worker", "cpu-1"))) not in samples
+
+
+def test_the_cli_lists_the_workers(index, database_url, monkeypatch, capsys):
+    import json
+
+    from service.cli import main
+
+    monkeypatch.setenv("KIDNEY_NODE_DATABASE__URL", database_url)
+    assert main(["workers"]) == 0
+    table = capsys.readouterr().out.splitlines()
+    assert table[0].split()[:3] == ["name", "state", "device"]
+    assert [line.split()[:2] for line in table[1:]] == [
+        ["gpu-1", "alive"], ["cpu-1", "stopped"], ["gpu-2", "lost"]]
+    assert main(["workers", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)[0]["job_id"] == 7

@@ -48,3 +48,38 @@ def test_results_of_the_mri_graft_methods_become_the_graft(database_url):
     engine.dispose()
     assert [tuple(r) for r in rows] == [("graft", None, "[]"), ("graft", None, "[]"),
                                         ("kidney_right", None, "[]")]
+
+
+def test_processes_starting_together_migrate_once(postgres_url):
+    """A scaled-out node's receivers and workers all migrate at start: on PostgreSQL an
+    advisory lock makes them take turns, so none fails on a table another just made."""
+    import threading
+
+    from sqlalchemy import create_engine, text
+
+    from service.db import upgrade
+
+    errors = []
+
+    def migrate() -> None:
+        try:
+            upgrade(postgres_url)
+        except Exception as exc:  # noqa: BLE001 - collected and asserted below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=migrate) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    engine = create_engine(postgres_url)
+    with engine.connect() as conn:
+        versions = conn.execute(text("SELECT version_num FROM alembic_version")).all()
+    engine.dispose()
+    from alembic.script import ScriptDirectory
+
+    from service.db.migrate import MIGRATIONS_DIR, alembic_config
+
+    head = ScriptDirectory.from_config(alembic_config(postgres_url)).get_current_head()
+    assert versions == [(head,)] and MIGRATIONS_DIR.is_dir()

@@ -132,6 +132,57 @@ def test_one_side_found_stores_that_side_and_flags_the_other(archive, study, mon
         assert len(sent) == 2 and sent[0] == result.seg_sop_instance_uid  # SEG, then SR
 
 
+@pytest.mark.parametrize(("queue", "device", "flagged"), [
+    ("gpu+cpu", "cpu", True), ("cpu", "cpu", False), (None, "cpu", False)])
+def test_a_gpu_job_run_by_a_cpu_worker_says_the_cpu_profile_ran(archive, study, monkeypatch,
+                                                                queue, device, flagged):
+    """broker.cpu_fallback_seconds: a job published to the GPU queue and taken by a CPU
+    worker; its result is flagged ``cpu-profile``, and the job names the worker."""
+    monkeypatch.setattr(ct_kidneys, "segment_ct_kidneys",
+                        fake_segmenter(study.kidneys_path, sides=("right",)))
+    sessions, store = archive
+    with sessions.begin() as session:
+        session.scalars(select(Job)).one().queue = queue
+    settings = Settings(processing=ProcessingSettings(device=device), destinations=(DEST,))
+    runner = JobRunner(settings=settings, sessions=sessions, store=store, device=device,
+                       worker="cpu-worker-1")
+    with sessions() as session:
+        job_id = session.scalars(select(Job.id)).one()
+    assert runner.run_job(job_id) is JobState.SUCCEEDED
+    assert runner.run_job(job_id) is None  # a second message for it: left alone
+    with sessions() as session:
+        (result,) = session.scalars(select(Result))
+        assert ("cpu-profile" in json.loads(result.flags)) is flagged
+        job = session.get(Job, job_id)
+        assert (job.worker, job.device, job.attempts) == ("cpu-worker-1", device, 1)
+
+
+def test_a_job_taken_over_while_it_ran_is_recorded_by_its_new_worker_only(
+        archive, study, monkeypatch):
+    """A worker paused past the heartbeat timeout: the reaper queued its job and worker B
+    claimed it. When A ends, it records nothing (B will, with the same UIDs)."""
+    sessions, store = archive
+    segment = fake_segmenter(study.kidneys_path, sides=("right",))
+
+    def taken_over_meanwhile(*args, **kwargs):  # noqa: ANN002, ANN003
+        with sessions.begin() as session:
+            session.scalars(select(Job)).one().worker = "worker-b"
+        return segment(*args, **kwargs)
+
+    monkeypatch.setattr(ct_kidneys, "segment_ct_kidneys", taken_over_meanwhile)
+    runner = JobRunner(settings=Settings(processing=ProcessingSettings(device="cpu"),
+                                         destinations=(DEST,)),
+                       sessions=sessions, store=store, device="cpu", worker="worker-a")
+    with sessions() as session:
+        job_id = session.scalars(select(Job.id)).one()
+    assert runner.run_job(job_id) is JobState.RUNNING  # still B's
+    assert _count(sessions, Result) == 0 and _count(sessions, OutboxItem) == 0
+    with sessions() as session:
+        job = session.get(Job, job_id)
+        assert (job.state, job.worker, job.finished_at) == (JobState.RUNNING, "worker-b",
+                                                            None)
+
+
 def test_volumes_per_structure_with_the_cortex(archive, study, monkeypatch, tmp_path):
     monkeypatch.setattr(ct_kidneys, "segment_ct_kidneys", fake_segmenter(study.kidneys_path))
     monkeypatch.setattr(ct_kidneys, "segment_cortex", fake_cortex(study.cortex_path))
