@@ -15,6 +15,7 @@ from service.api.app import create_app
 from service.config import Settings
 from service.cortex.installed import installed_ensemble
 from service.db import make_engine, make_sessionmaker, upgrade
+from service.db.locks import Chore, one_at_a_time
 from service.dicom.incoming import install as install_incoming
 from service.dicom.net import configure_reception
 from service.dicom.scp import StorageSCP
@@ -127,7 +128,7 @@ class Node:
         self.scheduler.add_job(self.send_once, "interval", id="sender",
                                seconds=self.settings.sender.poll_interval_seconds)
         if self.priors is not None:
-            self.scheduler.add_job(self.priors.run_once, "interval", id="priors",
+            self.scheduler.add_job(self.fetch_priors_once, "interval", id="priors",
                                    seconds=self.settings.prior_studies.poll_interval_seconds)
             self._warn_priors()
         retention = self.settings.storage.retention
@@ -207,9 +208,18 @@ class Node:
                          mr_nocontrast_pipeline=self.settings.processing.mr_nocontrast_pipeline)
         if jobs:
             self.scheduler.modify_job(self._jobs_id, next_run_time=_now())
-        with self.sessions.begin() as session:  # readers' SEGs: reviews, never a job
-            examine_corrections(session, self.store.root)
+        with one_at_a_time(self.engine, Chore.CORRECTIONS) as mine:
+            if mine:  # readers' SEGs: reviews, never a job; one receiver at a time
+                with self.sessions.begin() as session:
+                    examine_corrections(session, self.store.root)
         return len(jobs)
+
+    def fetch_priors_once(self) -> None:
+        """Earlier studies from the PACS: one receiver at a time asks and retrieves."""
+        assert self.priors is not None
+        with one_at_a_time(self.engine, Chore.PRIOR_STUDIES) as mine:
+            if mine:
+                self.priors.run_once()
 
     def purge_once(self) -> int:
         """Retention (``storage.retention``): source images of old studies purged, or,
@@ -217,9 +227,12 @@ class Node:
         retention = self.settings.storage.retention
         if retention.source_days is None:
             return 0
-        return purge_sources(self.sessions, self.store.root,
-                             older_than_days=retention.source_days,
-                             dry_run=retention.dry_run).instances
+        with one_at_a_time(self.engine, Chore.RETENTION) as mine:
+            if not mine:
+                return 0
+            return purge_sources(self.sessions, self.store.root,
+                                 older_than_days=retention.source_days,
+                                 dry_run=retention.dry_run).instances
 
     def send_once(self) -> int:
         return drain_outbox(self.sessions, storage_root=self.store.root,
