@@ -132,6 +132,15 @@ def _send(port: int, called: str, source: Path) -> float:
     return wall
 
 
+def _indexed(url: str) -> int:
+    """Instances in the index at ``url``."""
+    engine = create_engine(url)
+    with engine.connect() as conn:
+        n = conn.scalar(select(func.count()).select_from(Instance))
+    engine.dispose()
+    return int(n or 0)
+
+
 def _send_all(port: int, called: str, sources: list[Path]) -> float:
     """One association per folder of ``sources``, all at once; the wall time until the
     last one ends."""
@@ -194,11 +203,7 @@ class _Group:
         self.start()
 
     def count(self) -> int:
-        engine = create_engine(self.url)
-        with engine.connect() as conn:
-            n = conn.scalar(select(func.count()).select_from(Instance))
-        engine.dispose()
-        return int(n or 0)
+        return _indexed(self.url)
 
 
 class _Receivers:
@@ -262,11 +267,7 @@ class _Receivers:
             path.unlink()
 
     def node_count(self) -> int:
-        engine = create_engine(self.node_url)
-        with engine.connect() as conn:
-            n = conn.scalar(select(func.count()).select_from(Instance))
-        engine.dispose()
-        return int(n or 0)
+        return _indexed(self.node_url)
 
     def orthanc_count(self) -> int:
         return int(self.orthanc.rest("/statistics")["CountInstances"])

@@ -141,24 +141,21 @@ def test_two_receivers_three_workers_lose_nothing_when_killed(
             for thread in threads[::2]:
                 thread.join()
 
-            # A worker killed during a job.
-            def running_on_w0() -> int | None:
+            def running_on(name: str) -> int | None:
                 with sessions() as s:
                     return s.scalar(select(Job.id).where(Job.state == JobState.RUNNING,
-                                                         Job.worker == "w0"))
+                                                         Job.worker == name))
 
-            killed_job = receivers[0].wait_for(running_on_w0, 120, "a job running on w0")
+            # A worker killed during a job.
+            killed_job = receivers[0].wait_for(lambda: running_on("w0"), 120,
+                                               "a job running on w0")
             workers[0].kill()
             print(f"worker w0 killed while running job {killed_job}")
             workers[0].start()  # the same name: its earlier process's job is queued again
 
             # A worker drained (SIGTERM) during a job: it finishes that job, then stops.
-            def running_on_w2() -> int | None:
-                with sessions() as s:
-                    return s.scalar(select(Job.id).where(Job.state == JobState.RUNNING,
-                                                         Job.worker == "w2"))
-
-            drained_job = receivers[0].wait_for(running_on_w2, 120, "a job running on w2")
+            drained_job = receivers[0].wait_for(lambda: running_on("w2"), 120,
+                                                "a job running on w2")
             workers[2].stop()
             print(f"worker w2 drained while running job {drained_job}: exit "
                   f"{workers[2].proc.returncode}")
