@@ -6,9 +6,9 @@ from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import text
 
 import migrations
+from service.db.locks import Chore, one_at_a_time
 
 __all__ = ["MIGRATIONS_DIR", "alembic_config", "upgrade"]
 
@@ -25,33 +25,15 @@ def alembic_config(url: str) -> Config:
     return cfg
 
 
-#: PostgreSQL advisory lock held while migrating: processes that start together (the
-#: receivers and workers of a scaled-out node) migrate one after the other; the first
-#: does the work, the others find the database at head.
-_MIGRATION_LOCK = 0x6B6E6D67  # "knmg"
-
-
 def upgrade(url: str, revision: str = "head") -> None:
-    """Bring the database at ``url`` to ``revision``."""
+    """Bring the database at ``url`` to ``revision``. On PostgreSQL under an advisory lock:
+    processes that start together (the receivers and workers of a scaled-out node)
+    migrate one after the other; the first does the work, the others find it at head."""
     from service.db.engine import make_engine  # creates the SQLite folder
 
     engine = make_engine(url)
     try:
-        if engine.dialect.name != "postgresql":
+        with one_at_a_time(engine, Chore.MIGRATIONS, wait=True):
             command.upgrade(alembic_config(url), revision)
-            return
-        with engine.connect() as conn:
-            conn.execute(text("SELECT pg_advisory_lock(:key)"), {"key": _MIGRATION_LOCK})
-            conn.commit()
-            try:
-                config = alembic_config(url)
-                config.attributes["connection"] = conn
-                command.upgrade(config, revision)
-                conn.commit()
-            finally:
-                conn.rollback()
-                conn.execute(text("SELECT pg_advisory_unlock(:key)"),
-                             {"key": _MIGRATION_LOCK})
-                conn.commit()
     finally:
         engine.dispose()

@@ -73,8 +73,8 @@ def make_celery(broker: BrokerSettings) -> Celery:
         worker_redirect_stdouts=False,
         worker_send_task_events=False,
         task_send_sent_event=False,
-        # A job may run for minutes: RabbitMQ's consumer timeout (30 min by default)
-        # must exceed the longest job, else it closes the channel and redelivers.
         broker_pool_limit=2,
     )
+    # A job may run for minutes: RabbitMQ's consumer timeout (30 min by default) must
+    # exceed the longest job, else it closes the channel and redelivers (operations.md).
     return app

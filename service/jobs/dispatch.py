@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session
 
 from service.config.settings import BrokerSettings
 from service.db.tables import Job, JobState, Worker, utcnow
+from service.jobs.runner import requeue_interrupted
 
 __all__ = ["Publish", "dispatch_pending", "reap_lost_workers"]
 
@@ -88,15 +89,8 @@ def reap_lost_workers(session: Session, broker: BrokerSettings, *, max_attempts:
                               or_(Job.worker.is_(None), Job.worker.not_in(alive)))
             .with_for_update(skip_locked=True)):
         holder = job.worker or "the single-process node"
-        if job.attempts >= max_attempts:
-            job.state = JobState.FAILED
-            job.finished_at = now
-            job.error = (f"interrupted {job.attempts} times (last on {holder}); giving up "
-                         "(max_attempts)")
-        else:
-            job.state = JobState.QUEUED
-            job.dispatched_at = None
-            requeued += 1
+        requeued += requeue_interrupted(job, max_attempts=max_attempts,
+                                        where=f" (last on {holder})")
         logger.warning("job %d of study pk %d was running on %s, which is gone: now %s",
                        job.id, job.study_pk, holder, job.state.value)
     return requeued

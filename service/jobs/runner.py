@@ -44,22 +44,30 @@ from service.storage import InstanceStore, StoredInstance
 from service.storage.space import StorageHealth, storage_fault
 from service.writers.result import ResultObjects, build_result_objects
 
-__all__ = ["JobRunner", "recover_interrupted_jobs"]
+__all__ = ["JobRunner", "recover_interrupted_jobs", "requeue_interrupted"]
 
 logger = logging.getLogger(__name__)
+
+def requeue_interrupted(job: Job, *, max_attempts: int, where: str = "") -> bool:
+    """A job whose run was cut short (a crash, a restart, a worker gone) goes back to the
+    queue, to be published again with a broker, or fails after ``max_attempts``
+    (``where`` names the last holder in the error). True when queued again."""
+    if job.attempts >= max_attempts:
+        job.state = JobState.FAILED
+        job.finished_at = utcnow()
+        job.error = f"interrupted {job.attempts} times{where}; giving up (max_attempts)"
+        return False
+    job.state = JobState.QUEUED
+    job.dispatched_at = None
+    return True
+
 
 def recover_interrupted_jobs(session: Session, *, max_attempts: int) -> int:
     """Jobs left RUNNING by a crash or restart go back to the queue (or fail after
     ``max_attempts``). Does not commit; returns how many were requeued."""
     requeued = 0
     for job in session.scalars(select(Job).where(Job.state == JobState.RUNNING)):
-        if job.attempts >= max_attempts:
-            job.state = JobState.FAILED
-            job.finished_at = utcnow()
-            job.error = f"interrupted {job.attempts} times; giving up (max_attempts)"
-        else:
-            job.state = JobState.QUEUED
-            requeued += 1
+        requeued += requeue_interrupted(job, max_attempts=max_attempts)
         logger.warning("job %d of study pk %d was interrupted: now %s", job.id, job.study_pk,
                        job.state.value)
     return requeued
