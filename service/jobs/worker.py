@@ -22,7 +22,7 @@ from service.db import make_engine, make_sessionmaker, upgrade
 from service.db.tables import Job, JobState, Worker, utcnow
 from service.jobs.broker import RUN_JOB, QueueKind, broker_label, make_celery, queue_name
 from service.jobs.device import resolve_device
-from service.jobs.runner import JobRunner
+from service.jobs.runner import JobRunner, requeue_interrupted
 from service.storage import InstanceStore
 from service.storage.space import StorageHealth
 from service.storage.store import process_exists
@@ -80,9 +80,10 @@ class WorkerProcess:
             # running is queued again now (the reaper would take it for a live worker's).
             for job in session.scalars(select(Job).where(Job.state == JobState.RUNNING,
                                                          Job.worker == self.name)):
-                job.state, job.dispatched_at = JobState.QUEUED, None
-                logger.warning("job %d was running on this worker's earlier process: "
-                               "queued again", job.id)
+                requeue_interrupted(job, max_attempts=self.settings.scheduler.max_attempts,
+                                    where=f" (last on {self.name})")
+                logger.warning("job %d was running on this worker's earlier process: now %s",
+                               job.id, job.state.value)
             row = session.get(Worker, self.name) or Worker(name=self.name)
             row.hostname, row.pid, row.device = self.hostname, os.getpid(), self.device
             row.queues, row.version = ",".join(self.queues), _version()

@@ -53,3 +53,23 @@ def test_register_requeues_its_earlier_job_and_loses_dead_neighbours(tmp_path,
     finally:
         worker.engine.dispose()
     assert default_queues("cuda:0") == ("gpu",)
+
+
+def test_a_job_that_kills_its_worker_every_time_fails_after_max_attempts(
+        tmp_path, migrated_sessions, database_url):
+    """Restarted under the same name, a worker does not queue its earlier job for ever:
+    as the receivers' reaper does, it fails after ``scheduler.max_attempts``."""
+    with migrated_sessions.begin() as s:
+        study = Study(patient=Patient(patient_id="P", issuer=""), study_instance_uid="1.3",
+                      last_received_at=utcnow())
+        s.add(Job(study=study, fingerprint="1", state=JobState.RUNNING, worker="w-a",
+                  attempts=3))
+    worker = WorkerProcess(_settings(tmp_path, database_url), name="w-a")
+    try:
+        worker.register()
+    finally:
+        worker.engine.dispose()
+    with migrated_sessions() as s:
+        (job,) = s.query(Job).all()
+        assert job.state is JobState.FAILED
+        assert job.error == "interrupted 3 times (last on w-a); giving up (max_attempts)"
