@@ -22,6 +22,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
@@ -358,6 +359,7 @@ class PriorFetcher:
 
     def _retrieve(self, row_id: int, study_uid: str, series_uids: list[str],
                   started: dt.datetime) -> None:
+        clock = time.monotonic()
         completed = failed = 0
         error: str | None = None
         try:
@@ -396,8 +398,10 @@ class PriorFetcher:
                 row.finished_at = utcnow()
             else:
                 row.state = PriorState.QUEUED
-                row.next_attempt_at = max(started, utcnow()) + _backoff(self.priors,
-                                                                        row.attempts)
+                # The back-off counts from the end of this attempt, on the clock the
+                # round was given (``started``), not the wall clock (they differ in tests).
+                ended = started + dt.timedelta(seconds=time.monotonic() - clock)
+                row.next_attempt_at = ended + _backoff(self.priors, row.attempts)
             state = row.state
         logger.error("prior study %s: retrieval %s from %s: %s", study_uid,
                      "failed for good" if state is PriorState.FAILED else "failed, retried",
