@@ -13,7 +13,11 @@ the Markdown table gives per study both scans' Dice, volumes and verdicts, and t
 summary: minimum and mean Dice, the Dice and volume differences between scans, and how
 the QC verdict separates the results under 0.80 from the others.
 
+With ``--renal-sinus`` the grafts have their renal sinus fat, outside the truth (as real
+kidneys' masks: :class:`service.synthetic.shapes.Kidney`).
+
     python -m benchmarks.graft_stability [--seeds 3001-3030] [--draws 0,1] [--threads 2]
+        [--renal-sinus]
 """
 
 from __future__ import annotations
@@ -40,10 +44,11 @@ from service.synthetic import paper_protocol, synthesize_mr
 from service.synthetic.study import geometry_image
 
 
-def run_study(seed: int, draw: int) -> dict:
+def run_study(seed: int, draw: int, *, renal_sinus: bool = False) -> dict:
     """Render one scan of study ``seed``, segment it as the node does, score it."""
     settings = GraftSettings()
-    mr = synthesize_mr(seed=seed, protocol=paper_protocol(seed, t2_draw=draw), scan_draw=draw)
+    mr = synthesize_mr(seed=seed, protocol=paper_protocol(seed, t2_draw=draw), scan_draw=draw,
+                       renal_sinus=renal_sinus)
     how = DceVolume(settings.dce_volume)
     dce = geometry_image(combine_phases(list(mr.dce), how=how), mr.dce_geometry)
     extra = [geometry_image(mr.dce[i], mr.dce_geometry)
@@ -51,7 +56,8 @@ def run_study(seed: int, draw: int) -> dict:
     t2 = geometry_image(mr.t2.astype(np.float32), mr.t2_geometry)
     truth = mr.kidney_mask.astype(bool)
     spacing = mr.dce_geometry.spacing_mm
-    row = {"seed": seed, "draw": draw, "t2_shape": list(mr.t2.shape),
+    row = {"seed": seed, "draw": draw, "renal_sinus": renal_sinus,
+           "t2_shape": list(mr.t2.shape),
            "t2_spacing_mm": list(mr.t2_geometry.spacing_mm),
            "truth_ml": float(truth.sum() * np.prod(spacing) / 1000.0)}
     started = time.perf_counter()
@@ -105,7 +111,8 @@ def summary(rows: list[dict], threads: int) -> str:
     lines += [
         "",
         f"{len(by_seed)} studies, {len(rows)} scans ({len(pairs)} studies scanned twice), "
-        f"seeds {min(by_seed)}-{max(by_seed)}, none used for tuning.",
+        f"seeds {min(by_seed)}-{max(by_seed)}, none used for tuning"
+        f"{'; grafts with their renal sinus' if any(r.get('renal_sinus') for r in rows) else ''}.",
         "",
         f"- minimum Dice {dices.min():.3f} (target: none below 0.80); scans below 0.80: "
         f"{len(bad)}",
@@ -135,6 +142,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--draws", default="0,1", help="scan draws per study")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, default=RESULTS / "graft_stability")
+    parser.add_argument("--renal-sinus", action="store_true",
+                        help="grafts with their renal sinus fat (outside the truth)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     jsonl = args.out.with_suffix(".jsonl")
@@ -145,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
         for draw in (int(d) for d in args.draws.split(",")):
             if (seed, draw) in done:
                 continue
-            row = run_study(seed, draw)
+            row = run_study(seed, draw, renal_sinus=args.renal_sinus)
             row["commit"] = revision
             rows.append(row)
             append_row(jsonl, row)

@@ -229,7 +229,7 @@ def _lymphocele(kidney: Kidney, seed: int) -> Layer:
 
 
 def make_anatomy(seed: int = 0, *, kidney_scale: float = 1.0,
-                 lymphocele: bool = False) -> Anatomy:
+                 lymphocele: bool = False, renal_sinus: bool = False) -> Anatomy:
     """Build the phantom patient: a kidney graft in the right iliac fossa.
 
     Parameters
@@ -243,6 +243,9 @@ def make_anatomy(seed: int = 0, *, kidney_scale: float = 1.0,
     lymphocele : bool
         Add a lymphocele (fluid collection) against the graft (see ``_lymphocele``); the
         other layers stay those of ``seed`` without it.
+    renal_sinus : bool
+        Give the graft its renal sinus (fat, not kidney: see
+        :class:`~service.synthetic.shapes.Kidney`); the rest stays that of ``seed``.
 
     Returns
     -------
@@ -272,6 +275,7 @@ def make_anatomy(seed: int = 0, *, kidney_scale: float = 1.0,
         semi_axes=_as_vector(semi_axes),
         axes=_as_matrix(axes),
         bend_mm=0.25 * semi_axes[1],
+        sinus=renal_sinus,
     )
 
     iliac_artery = Capsule((-25.0, 25.0, 80.0), (-85.0, -5.0, -90.0), 4.5)

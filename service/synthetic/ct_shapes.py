@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from service.synthetic.ct_tissues import CtTissue
-from service.synthetic.shapes import Capsule, Kidney, Shape, Vector, _split
+from service.synthetic.shapes import Capsule, Kidney, Shape, Vector, _split, in_sinus
 
 __all__ = ["HalfSpace", "Intersection", "RenalKidney", "ScarredKidney", "ZCylinder"]
 
@@ -102,10 +102,6 @@ def _contains_xyz(shape: Shape, x: np.ndarray, y: np.ndarray, z: np.ndarray) -> 
     return shape.contains(np.stack([x, y, z], axis=-1))
 
 
-#: Renal sinus: ellipsoid in the kidney's normalised bent frame (centre on the hilar axis
-#: ``v``, semi-axes along u, v, w); it reaches through the hilar surface (v = 1).
-_SINUS_CENTRE_V = 0.6
-_SINUS_SEMI = (0.55, 0.47, 0.42)
 #: Renal pelvis inside the sinus, leaving through the hilum.
 _PELVIS_CENTRE_V = 0.78
 _PELVIS_SEMI = (0.28, 0.3, 0.2)
@@ -168,7 +164,7 @@ class RenalKidney:
         u, v, w, radius_sq = u[inside], v[inside], w[inside], radius_sq[inside]
         gradient = np.sqrt((u / a) ** 2 + (v / b) ** 2 + (w / c) ** 2)
         depth_mm = (1.0 - radius_sq) / (2.0 * np.maximum(gradient, 1e-6))
-        sinus = _in_ellipsoid(u, v - _SINUS_CENTRE_V, w, _SINUS_SEMI)
+        sinus = in_sinus(u, v, w)
         deep = (depth_mm >= self.cortex_mm) & ~sinus
         pu, pv, pw = u[deep] * a, (v[deep] - _PYRAMID_APEX_V) * b, w[deep] * c
         norm = np.maximum(np.sqrt(pu * pu + pv * pv + pw * pw), 1e-6)

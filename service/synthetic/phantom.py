@@ -207,15 +207,16 @@ class _Painter:
         self.boxes = [grid.index_box(*layer.shape.bounds(), margin_mm) for layer in anatomy.layers]
         self.kidney_box = grid.index_box(*anatomy.kidney.bounds(), margin_mm)
         n = len(anatomy.layers)
-        if n + 3 > 256:
-            raise ValueError(f"at most 253 layers can be painted, got {n}")
-        self.cortex, self.medulla = n + 1, n + 2
+        if n + 4 > 256:
+            raise ValueError(f"at most 252 layers can be painted, got {n}")
+        self.cortex, self.medulla, self.sinus = n + 1, n + 2, n + 3
         self.tissues = np.array(
-            [Tissue.AIR, *(layer.tissue for layer in anatomy.layers), *_KIDNEY_TISSUES],
+            [Tissue.AIR, *(layer.tissue for layer in anatomy.layers), *_KIDNEY_TISSUES,
+             Tissue.FAT],
             dtype=np.uint8,
         )
         self.gains = np.array(
-            [1.0, *(layer.gain for layer in anatomy.layers), 1.0, 1.0], dtype=np.float32
+            [1.0, *(layer.gain for layer in anatomy.layers), 1.0, 1.0, 1.0], dtype=np.float32
         )
 
     @staticmethod
@@ -244,6 +245,7 @@ class _Painter:
             region = ids[sub]
             region[kidney == Tissue.CORTEX] = self.cortex
             region[kidney == Tissue.MEDULLA] = self.medulla
+            region[kidney == Tissue.FAT] = self.sinus
         return ids
 
 
@@ -524,6 +526,7 @@ def synthesize_mr(
     dixon: bool = False,
     lymphocele: bool = False,
     scan_draw: int = 0,
+    renal_sinus: bool = False,
 ) -> SyntheticMR:
     """Render the DCE phases (and a T2 image) of a synthetic kidney-graft study.
 
@@ -576,6 +579,9 @@ def synthesize_mr(
     scan_draw : int
         0: the bias fields, noise, T2 motion and deformation of the seed. Another value
         draws those again (the anatomy and texture stay): the same patient scanned again.
+    renal_sinus : bool
+        The graft with its renal sinus fat, outside the kidney mask
+        (:class:`~service.synthetic.shapes.Kidney`); off by default.
 
     Returns
     -------
@@ -605,7 +611,8 @@ def synthesize_mr(
     entropy = [seed, 2, scan_draw] if scan_draw else [seed, 2]
     bias_seed, noise_seed, motion_seed, deformation_seed = np.random.SeedSequence(
         entropy).spawn(4)
-    anatomy = make_anatomy(seed, kidney_scale=acquisition.kidney_scale, lymphocele=lymphocele)
+    anatomy = make_anatomy(seed, kidney_scale=acquisition.kidney_scale, lymphocele=lymphocele,
+                           renal_sinus=renal_sinus)
     kidney = anatomy.kidney
     texture = _Texture.generate(seed, anatomy, settings)
     noise_rng = np.random.default_rng(noise_seed)

@@ -258,6 +258,7 @@ def write_mr_study(
     include_dce: bool = True,
     dixon: bool = False,
     lymphocele: bool = False,
+    renal_sinus: bool = False,
 ) -> SyntheticStudy:
     """Write a synthetic kidney-graft MR study (DCE, optionally T2) as DICOM files.
 
@@ -310,6 +311,9 @@ def write_mr_study(
         relative to the DCE; the T2 moved).
     lymphocele : bool
         A lymphocele against the graft.
+    renal_sinus : bool
+        The graft with its renal sinus fat, outside the truth mask (as real kidneys' masks;
+        :class:`~service.synthetic.shapes.Kidney`).
 
     Returns
     -------
@@ -340,6 +344,7 @@ def write_mr_study(
         include_dce=include_dce,
         dixon=dixon,
         lymphocele=lymphocele,
+        renal_sinus=renal_sinus,
     )
     study_uid = study_instance_uid or new_uid()
     study = {
