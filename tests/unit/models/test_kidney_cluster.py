@@ -194,3 +194,52 @@ def test_one_tissue_split_into_two_touching_labels_of_equal_enhancement_is_one_k
     mask = select_kidney(labels, dce=dce, spacing_zyx=SPACING, expected_volume_ml=(2.0, 600.0))
     assert dice(mask, kidney) > 0.95
     assert not (mask & vessel).any()  # the brighter vessel touching it is not alike
+
+
+def test_a_kidney_wrapped_around_its_renal_sinus_is_judged_by_its_outline():
+    """The parenchyma around a renal sinus (fat, outside the mask) is a shell no ball of
+    half the equivalent sphere's radius fits in: judged by its outline it is compact,
+    while a tube closed stays a tube."""
+    shape, spacing = (28, 40, 64), (2.0, 2.0, 2.0)
+    z, y, x = np.ogrid[: shape[0], : shape[1], : shape[2]]
+    u, v, w = (x - 32) / 25.0, (y - 18) / 14.0, (z - 14) / 12.0
+    outline = u * u + v * v + w * w <= 1
+    sinus = (u / 0.7) ** 2 + ((v - 0.45) / 0.6) ** 2 + (w / 0.6) ** 2 <= 1
+    kidney = outline & ~sinus
+    filled = fill_holes(kidney)  # the sinus opens through the hilum: it stays out
+    assert (filled & sinus & outline).sum() < 0.5 * (sinus & outline).sum()
+    vessel = np.broadcast_to((z - 14) ** 2 + (y - 36) ** 2 <= 4, shape) & ~outline
+    labels = np.full(shape, BACKGROUND, dtype=np.int32)
+    labels[kidney] = KIDNEY
+    labels[vessel] = VESSEL
+    dce = np.where(kidney, 300.0, np.where(vessel, 400.0, 100.0))
+    dce = dce + np.random.default_rng(3).normal(0.0, 10.0, shape)
+    volumes = (2.0, 600.0)
+    ranked = {c.label: c for c in rank_candidates(labels, dce=dce, spacing_zyx=spacing,
+                                                  expected_volume_ml=volumes)}
+    assert ranked[KIDNEY].rejected is None and ranked[KIDNEY].compactness > 0.8
+    assert ranked[VESSEL].rejected.startswith("not compact")
+    mask = select_kidney(labels, dce=dce, spacing_zyx=spacing, expected_volume_ml=volumes)
+    assert dice(mask, filled) > 0.95
+
+
+def test_a_rim_that_grew_over_a_brighter_kidney_does_not_hide_it():
+    """A rim larger than the kidney and 1.45 times dimmer (above the median, within the
+    growth's limit of 1.5) grows over it; the kidney, clearly brighter than the rim's
+    seed, stays a rival and wins on enhancement."""
+    shape = (40, 48, 48)
+    kidney = _ball(shape, (20, 24, 24), 10)
+    rim = _ball(shape, (20, 24, 24), 14) & ~kidney
+    assert rim.sum() > kidney.sum()
+    labels = np.zeros(shape, dtype=np.int32)
+    labels[rim] = 1
+    labels[kidney] = 2
+    background = 100.0
+    dce = np.where(kidney, 1000.0, np.where(rim, background + 900.0 / 1.45, background))
+    ranked = {c.label: c for c in rank_candidates(labels, dce=dce, spacing_zyx=(1.0, 1.0, 1.0),
+                                                  expected_volume_ml=(1.0, 600.0))}
+    assert 2 in ranked[1].merged_labels  # the rim grew over the kidney
+    assert ranked[2].rejected is None
+    mask = select_kidney(labels, dce=dce, spacing_zyx=(1.0, 1.0, 1.0),
+                         expected_volume_ml=(1.0, 600.0))
+    assert np.array_equal(mask, kidney)
