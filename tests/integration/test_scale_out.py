@@ -99,9 +99,12 @@ def test_two_receivers_three_workers_lose_nothing_when_killed(
                         {"name": "dest", "ae_title": "DEST", "host": "127.0.0.1",
                          "port": dest_port}])
                 config["storage"]["root"] = str(archive)
-                # Stable after 10 s: a study cut by the receiver's death is resent whole
-                # before it is looked at.
-                config["scheduler"].update(stable_age_seconds=10, max_attempts=5)
+                # Stable after 30 s: a study cut by the receiver's death is resent whole
+                # before it is looked at. (With 10 s, on a slower day, the last of 15 cut
+                # studies, resent one after another, came back after their first part had
+                # become a job: two jobs for one study, as the node rightly does for
+                # instances that arrive after a study's job.)
+                config["scheduler"].update(stable_age_seconds=30, max_attempts=5)
                 config["broker"] = {"url": amqp, "queue_prefix": prefix, "queue": "cpu",
                                     "heartbeat_seconds": 1, "heartbeat_timeout_seconds": 4,
                                     "republish_seconds": 60}
