@@ -384,13 +384,15 @@ def binary_closing(
     *,
     radius_vox: float,
     spacing_zyx: Sequence[float] | None = None,
+    background_beyond: bool = False,
 ) -> np.ndarray:
     """Close a 3D mask with a ball (dilation then erosion).
 
     The array is first padded by the ball's extent, replicating its border voxels as if the
     anatomy went on beyond the field of view, so the closing acts next to the border as
     it does in the middle (padding with background would leave gaps open where they meet
-    the border).
+    the border). With ``background_beyond`` it is padded with background instead: the
+    mask is closed as an object on its own, not extended along the border.
 
     Parameters
     ----------
@@ -417,7 +419,7 @@ def binary_closing(
     if radius == 0 or not arr.any():
         return arr.copy()
     pad = [(math.ceil(radius / s) + 1,) * 2 for s in sampling]
-    padded = np.pad(arr, pad, mode="edge")
+    padded = np.pad(arr, pad, mode="constant" if background_beyond else "edge")
     dilated = binary_dilation(padded, radius_vox=radius, spacing_zyx=sampling)
     closed = binary_erosion(dilated, radius_vox=radius, spacing_zyx=sampling)
     inner = tuple(slice(p[0], p[0] + n) for p, n in zip(pad, arr.shape, strict=True))

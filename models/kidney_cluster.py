@@ -94,8 +94,8 @@ from scipy import sparse
 from models.components import (
     _as_mask,
     _as_spacing,
+    binary_closing,
     binary_dilation,
-    binary_erosion,
     binary_opening,
     fill_holes,
     label_components,
@@ -253,28 +253,15 @@ def _compactness(mask: np.ndarray, spacing: tuple[float, float, float]) -> float
     n = int(np.count_nonzero(crop))
     if mask.shape[0] == 1:  # a single slice (the 2D variant): the disc of the same area
         radius_mm = _OPENING_SCALE * math.sqrt(n * spacing[1] * spacing[2] / math.pi)
-        outline = crop
     else:
         voxel_mm3 = spacing[0] * spacing[1] * spacing[2]
         radius_mm = _OPENING_SCALE * (3.0 * n * voxel_mm3 / (4.0 * math.pi)) ** (1.0 / 3.0)
-        outline = _outline(crop, radius_mm, spacing)
     radius_vox = radius_mm / min(spacing)
-    opened = binary_opening(outline, radius_vox=radius_vox, spacing_zyx=spacing)
-    return int(np.count_nonzero(opened)) / int(np.count_nonzero(outline))
-
-
-def _outline(crop: np.ndarray, radius_mm: float, spacing: tuple[float, float, float]
-             ) -> np.ndarray:
-    """``crop`` closed by a ball of ``radius_mm``, the candidate alone: padded with
-    background, not replicated as :func:`models.components.binary_closing` pads, so the
-    closing does not extend it along the border of the box."""
-    pad = [(math.ceil(radius_mm / s) + 1,) * 2 for s in spacing]
-    padded = np.pad(crop, pad)
-    radius_vox = radius_mm / min(spacing)
-    dilated = binary_dilation(padded, radius_vox=radius_vox, spacing_zyx=spacing)
-    closed = binary_erosion(dilated, radius_vox=radius_vox, spacing_zyx=spacing) | padded
-    inner = tuple(slice(p[0], p[0] + n) for p, n in zip(pad, crop.shape, strict=True))
-    return closed[inner]
+    if mask.shape[0] > 1:  # the outline: the candidate alone, closed by the same ball
+        crop = binary_closing(crop, radius_vox=radius_vox, spacing_zyx=spacing,
+                              background_beyond=True)
+    opened = binary_opening(crop, radius_vox=radius_vox, spacing_zyx=spacing)
+    return int(np.count_nonzero(opened)) / int(np.count_nonzero(crop))
 
 
 def _centrality(mask: np.ndarray) -> float:
@@ -406,10 +393,9 @@ def rank_candidates(
     for k in qualifying:
         inner = candidates[k]
         for other in (candidates[j] for j in qualifying if j != k):
-            brighter = (inner.mean_dce - median
-                        > (1.0 + _SIMILAR) * seed_height.get(other.label, math.inf))
             if (other.rejected is None and other.volume_ml > inner.volume_ml
-                    and inner.label in other.merged_labels and not brighter):
+                    and inner.label in other.merged_labels
+                    and inner.mean_dce - median <= (1.0 + _SIMILAR) * seed_height[other.label]):
                 overlap = np.count_nonzero(inner.mask & other.mask)
                 if overlap >= _CONTAINED_FRACTION * np.count_nonzero(inner.mask):
                     rejected = f"inside the candidate of label {other.label}"
