@@ -19,9 +19,20 @@ from tests.peers import dciodvfy_errors, phase_copies, storescp, storescu
 pytestmark = pytest.mark.integration
 
 
-def test_mri_graft_seg_matches_the_ground_truth(make_node, sqlite_url, small_study_dir,
+@pytest.fixture(scope="module")
+def sinus_study_dir(tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201
+    """The shared small study's patient with a graft that has its renal sinus (fat,
+    outside the truth), as real kidneys do."""
+    from service.synthetic import write_mr_study
+
+    return write_mr_study(tmp_path_factory.mktemp("sinus-study"), patient_id="IT-0002",
+                          seed=3, renal_sinus=True)
+
+
+@pytest.mark.parametrize("study_fixture", ["small_study_dir", "sinus_study_dir"])
+def test_mri_graft_seg_matches_the_ground_truth(make_node, sqlite_url, study_fixture, request,
                                                  tmp_path):
-    study = small_study_dir
+    study = request.getfixturevalue(study_fixture)
     dest_port = free_port()
     with storescp(dest_port, tmp_path / "dest"):
         node = make_node(sqlite_url, mr_pipeline="mri-graft", destinations=[
