@@ -124,7 +124,8 @@ class NoContrastGraftPipeline:
 
         try:
             result = segment_graft_nocontrast(reference.image, extras, config=config,
-                                              device=device, progress=progress)
+                                              reference_is_t2=has_t2, device=device,
+                                              progress=progress)
         except ValueError as exc:
             raise PipelineError(f"study {uid}: {self.name}: {exc}") from exc
         c = result.clustering

@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from models.graft_nocontrast import cut_appendages, grow_to_edge
+from models.graft_nocontrast import cut_appendages, grow_to_edge, restore_lips
 from models.metrics import dice
 from models.mr_localise import compactness
 
@@ -37,6 +37,30 @@ def test_a_bowel_loop_pressed_against_the_graft_is_cut_off():
     assert (out & loop & ~kidney).sum() < 0.1 * (loop & ~kidney).sum()
     assert compactness(out, SPACING) >= 0.9
 
+
+def _kidney_with_sinus() -> np.ndarray:
+    """:func:`_kidney` less its renal sinus: an ellipsoid of fat half the kidney's size,
+    opening medially (towards larger x) at the hilum, as the synthetic graft's."""
+    z, y, x = _grid_mm()
+    sinus = ((z - 80) / 30) ** 2 + ((y - 100) / 14) ** 2 + ((x - 115) / 14) ** 2 <= 1.0
+    return _kidney() & ~sinus
+
+
+def test_a_lip_cut_with_a_loop_is_given_back_and_the_loop_is_not():
+    # What the opening's cut does to a grown T2 region around a sinus (synthetic seeds
+    # 300-309): the anterior lip went with the bowel loop; the lip lies inside the
+    # kidney's ellipsoid, the loop beyond it.
+    kidney, loop = _kidney_with_sinus(), _bowel_loop()
+    region = kidney | loop
+    z, y, x = _grid_mm()
+    lip = kidney & (x > 100) & (y < 90)
+    kept = region & ~lip & ~(loop & ~kidney)
+    assert lip.sum() > 0.05 * kidney.sum()
+    out = restore_lips(region, kept, spacing=SPACING)
+    # most of it (0.62 here: the ellipsoid of a kidney short of its lip is short of it)
+    assert (out & lip).sum() >= 0.5 * lip.sum(), (out & lip).sum() / lip.sum()
+    assert (out & loop & ~kidney).sum() < 0.1 * (loop & ~kidney).sum()
+    assert np.array_equal(restore_lips(kidney, kidney, spacing=SPACING), kidney)
 
 def test_a_whole_kidney_is_left_as_it_is():
     kidney = _kidney()

@@ -117,3 +117,33 @@ def test_grow_stable_takes_the_whole_bright_organ_not_its_core_or_the_fat():
     grown = grow_stable(core, image, spacing=spacing, volume_ml=(50.0, 400.0))
     assert grown is not None
     assert dice(grown, organ) > 0.9
+
+
+def test_t2_and_dixon_study_is_seeded_by_the_grown_t2_region_not_the_best_candidate(
+        study, monkeypatch):
+    # On a T2 the localisation's best candidate is often a bowel loop. With T1 (Dixon)
+    # channels the clustering used to be seeded by that candidate alone; it is now seeded
+    # by the candidate that grows into the most kidney-like region, as on a T2 alone.
+    import models.graft_nocontrast as method
+
+    real = method.localise_image
+
+    def decoy_first(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        from dataclasses import replace
+
+        fixed, found = real(*args, **kwargs)
+        top = found[0]
+        decoy = np.zeros_like(top.mask)  # a bright bowel loop's worth, far from the graft
+        decoy[12:18, 20:34, 60:74] = True
+        roi = type(top.roi)(start=(8, 10, 50), stop=(22, 44, 84))
+        return fixed, [replace(top, mask=decoy, roi=roi, score=1.0), *found]
+
+    monkeypatch.setattr(method, "localise_image", decoy_first)
+    torch.manual_seed(0)
+    pipeline = NoContrastGraftPipeline(settings=FAST.model_copy(update={"nocontrast_t1": True}))
+    output = pipeline.run(_inputs(study), device="cpu")
+    assert "multi-contrast" in output.flags and "no-contrast" in output.flags
+    mask = np.asarray(output.labels) == GRAFT_RIGHT.label
+    truth = sitk.GetArrayFromImage(study.t2_truth_mask).astype(bool)
+    assert not mask[12:18, 20:34, 60:74].any()
+    assert dice(mask, truth) > 0.3
