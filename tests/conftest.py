@@ -17,10 +17,21 @@ AMQP_URL = os.environ.get("KIDNEY_NODE_TEST_AMQP", "amqp://guest:guest@127.0.0.1
 REQUIRE_RABBITMQ = os.environ.get("KIDNEY_NODE_REQUIRE_RABBITMQ") == "1"
 
 
+_HANDED_OUT: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A free TCP port on 127.0.0.1 that this process has not handed out before: two
+    calls made before either port is bound could otherwise return the same one (CI: an
+    Orthanc given one port for DICOM and HTTP did not start)."""
+    for _ in range(100):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
+            return port
+    raise RuntimeError("no port not handed out before in 100 tries")
 
 
 def _postgres_reachable() -> str | None:
