@@ -79,6 +79,7 @@ from models.mr_localise import (
     compactness,
     kidney_likeness,
     localise_image,
+    moment_ellipsoid,
 )
 from models.preprocess import n4_correct, register_t2_to_dce
 from models.qc import NOT_KIDNEY_SHAPED
@@ -140,14 +141,6 @@ class NoContrastResult:
         a fragment of the kidney, a bowel loop); else nothing."""
         doubtful = self.likeness is not None and self.likeness < KIDNEY_SHAPED
         return (NOT_KIDNEY_SHAPED,) if doubtful else ()
-
-
-def _box_roi(mask: np.ndarray, *, touches_edge: bool) -> RegionOfInterest:
-    """The bounding box of a non-empty ``mask``."""
-    index = np.nonzero(mask)
-    return RegionOfInterest(start=tuple(int(ix.min()) for ix in index),
-                            stop=tuple(int(ix.max()) + 1 for ix in index),
-                            touches_edge=touches_edge)
 
 
 def _grow_roi(roi: RegionOfInterest, *, margin_mm: float,
@@ -224,14 +217,11 @@ def _outline(mask: np.ndarray, spacing: tuple[float, float, float]) -> np.ndarra
 
 def _in_moment_ellipsoid(points: np.ndarray, mask: np.ndarray,
                          spacing: tuple[float, float, float]) -> np.ndarray:
-    """Which voxel ``points`` (n, 3) lie inside the ellipsoid of ``mask``'s second
-    moments (the ellipsoid a uniform ellipsoid would have)."""
-    scale = np.asarray(spacing)
-    inside = np.argwhere(mask) * scale
-    centre = inside.mean(axis=0)
-    cov = np.cov(inside, rowvar=False) + np.diag(scale ** 2 / 12.0)
-    offset = points * scale - centre
-    return np.einsum("ij,jk,ik->i", offset, np.linalg.inv(5.0 * cov), offset) <= 1.0
+    """Which voxel ``points`` (n, 3) lie inside :func:`models.mr_localise.moment_ellipsoid`
+    of ``mask``."""
+    centre, matrix = moment_ellipsoid(mask, spacing)
+    offset = points * np.asarray(spacing) - centre
+    return np.einsum("ij,jk,ik->i", offset, np.linalg.inv(matrix), offset) <= 1.0
 
 
 def restore_lips(region: np.ndarray, kept: np.ndarray, *,
@@ -572,8 +562,11 @@ def segment_graft_nocontrast(
     if chosen is not None:
         best, grown, likeness = chosen
         grown = grow_to_edge(grown, arr, spacing=spacing)
-        roi = _grow_roi(_box_roi(grown | best.mask, touches_edge=best.roi.touches_edge),
-                        margin_mm=config.roi_margin_mm, spacing=spacing, shape=arr.shape)
+        box = box_around(grown | best.mask, margin_mm=config.roi_margin_mm,
+                         spacing_zyx=spacing)
+        roi = RegionOfInterest(start=tuple(b.start for b in box),
+                               stop=tuple(b.stop for b in box),
+                               touches_edge=best.roi.touches_edge)
         if not extras:
             lap("selection")
             return NoContrastResult(mask=grown, roi=roi, localised=best,

@@ -87,6 +87,7 @@ __all__ = [
     "kidney_likeness",
     "localise_image",
     "localise_kidneys",
+    "moment_ellipsoid",
     "native_pairs",
     "pair_likeness",
     "patient_side",
@@ -300,13 +301,24 @@ def _position(ctx: _Context, offset_mm: np.ndarray) -> float:
     return _band(lateral, 0.15, 0.65, 0.15) * _band(ap, 0.0, 0.9, 0.3)
 
 
+def moment_ellipsoid(mask: np.ndarray, spacing: Sequence[float]
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    """Centre (mm) and matrix ``M`` of the ellipsoid with ``mask``'s second moments:
+    ``x`` (mm) is inside when ``(x - c) M^-1 (x - c) <= 1``; ``M`` is 5 times the
+    covariance of the voxel centres plus each voxel's own extent (a uniform ellipsoid
+    has semi-axes ``sqrt(5 * eigenvalues)``)."""
+    scale = np.asarray(spacing, dtype=np.float64)
+    points = np.argwhere(mask).astype(np.float64) * scale
+    cov = np.cov(points, rowvar=False) + np.diag(scale ** 2 / 12.0)
+    return points.mean(axis=0), 5.0 * cov
+
+
 def _shape(mask: np.ndarray, spacing: tuple[float, float, float]) -> tuple[float, float]:
     """(compactness against the moment ellipsoid, semi-axes term)."""
-    points = np.argwhere(mask).astype(np.float64) * np.asarray(spacing)
-    n = len(points)
+    n = int(np.count_nonzero(mask))
     if n < 10:
         return 0.0, 0.0
-    cov = np.cov(points, rowvar=False) + np.diag(np.asarray(spacing) ** 2 / 12.0)
+    cov = moment_ellipsoid(mask, spacing)[1] / 5.0
     eig = np.sort(np.clip(np.linalg.eigvalsh(cov), 1e-6, None))[::-1]
     semi = np.sqrt(5.0 * eig)
     ellipsoid = 4.0 / 3.0 * math.pi * float(np.prod(semi))
