@@ -177,6 +177,35 @@ def test_a_t1_dixon_graft_mri_without_t2_gets_a_graft_segment_on_the_in_phase_se
         assert side == "right"
 
 
+
+def test_t2_with_dixon_channels_segments_the_graft_where_the_best_seed_is_not_it(
+        make_node, sqlite_url, tmp_path):
+    """T2 + the four Dixon series, with ``nocontrast_t1`` on (synthetic seed 11 at the
+    paper's resolution: seeded by the localisation's best candidate, Dice 0.020; seeded by
+    the grown T2 region, 0.821 in benchmarks/results/graft_nocontrast_dixon_seeded)."""
+    study = write_mr_study(tmp_path / "mr", patient_id="IT-NC-0004", seed=11,
+                           protocol=paper_protocol(11), include_dce=False,
+                           lymphocele=True, dixon=True)
+    node, seg_path, sr_path = _round_trip(make_node, sqlite_url, study.files, tmp_path,
+                                          graft={"nocontrast_t1": True})
+    assert dciodvfy_errors(seg_path) == [] and dciodvfy_errors(sr_path) == []
+    seg, label, side = _graft_segment(seg_path)
+    job = node.study(study.study_instance_uid)["jobs"][-1]
+    assert job["pipeline"] == "mri-graft-nc" and job["state"] == "succeeded"
+    reference = seg.ReferencedSeriesSequence[0].SeriesInstanceUID
+    assert reference == study.t2_series_uid
+    t2 = load_series([p for p in study.files
+                      if dcmread(p, stop_before_pixels=True).SeriesInstanceUID == reference])
+    dice = _dice(segment_masks(seg_path, t2.volumes[0])[label],
+                 sitk.GetArrayFromImage(study.t2_truth_mask) > 0)
+    row = _checked_row(node, study.patient_id, seg, sr_path)
+    assert {"no-contrast", "multi-contrast"} <= set(row["flags"])
+    assert "t1-only" not in row["flags"]
+    print(f"\nT2 + Dixon: Dice {dice:.3f}, {row['volume_ml']:.1f} ml vs truth "
+          f"{study.t2_truth_volume_ml:.1f} ml, side {side}, QC {row['qc_verdict']} "
+          f"{row['qc_reasons']}")
+    assert dice >= 0.7 and side == "right"
+
 def test_a_t2_only_graft_grown_unlike_a_kidney_is_sent_to_review(make_node, sqlite_url,
                                                                   tmp_path):
     # Synthetic seed 12 at the paper's T2 resolution (benchmarks.graft_nocontrast_eval): a
