@@ -95,6 +95,9 @@ class GraftConfig:
     drop_foreign : bool
         Cut off darker lobes lying on the chosen kidney (a bowel loop in the kidney's
         cluster), :func:`models.kidney_trim.drop_foreign_lobes`.
+    foreign_separation : float
+        How clear the split of the kidney's voxels in its peak channel must be (pooled
+        standard deviations) before a darker lobe is dropped (``min_separation`` there).
     refine_boundary_mm : float
         Width of the band outside the kidney cluster where :func:`refine_boundary` adds
         edge voxels (at least one working voxel); 0 disables it.
@@ -109,6 +112,7 @@ class GraftConfig:
     expected_volume_ml: tuple[float, float] = (20.0, 600.0)
     vessel_radius_mm: float = 6.0
     drop_foreign: bool = True
+    foreign_separation: float = 3.0
     refine_boundary_mm: float = 2.0
 
     def __post_init__(self) -> None:
@@ -262,7 +266,8 @@ def finish_kidney(
     if config.vessel_radius_mm > 0:
         kidney = prune_tubes(kidney, spacing_zyx=grid, radius_mm=config.vessel_radius_mm)
     if config.drop_foreign:
-        kidney = drop_foreign_lobes(kidney, trim_channels, spacing_zyx=grid)
+        kidney = drop_foreign_lobes(kidney, trim_channels, spacing_zyx=grid,
+                                    min_separation=config.foreign_separation)
     full = _back_to(kidney, coarse, crop)
     full = fill_holes(largest_component(full)) if full.any() else full
     if config.refine_boundary_mm > 0:

@@ -50,7 +50,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -160,6 +160,10 @@ _STABLE_VOLUME_ML = (100.0, 400.0)
 
 #: A cluster candidate must hold at least this share of the localised region.
 _MIN_COVERAGE = 0.3
+#: Split needed to drop a darker lobe from the kidney (:func:`models.graft.finish_kidney`)
+#: without contrast: the darker group is then no lack of enhancement, and the split stays
+#: at the stricter value the T2 + Dixon path was measured with (seeds 10-19, 400-409).
+_UNENHANCED_SEPARATION = 4.0
 
 
 def grow_seed(seed: np.ndarray, image: np.ndarray, *, spacing: tuple[float, float, float],
@@ -604,7 +608,8 @@ def segment_graft_nocontrast(
                                     spacing=grid, expected_volume_ml=config.expected_volume_ml)
     if from_clusters or chosen is None:
         mask = finish_kidney(kidney, channels, coarse=coarse[0], crop=crops[0], grid=grid,
-                             roi=roi, shape=arr.shape, config=config)
+                             roi=roi, shape=arr.shape,
+                             config=replace(config, foreign_separation=_UNENHANCED_SEPARATION))
     else:  # no cluster holds the grown T2 region: the region itself, as on a T2 alone
         mask = seed_full
     lap("selection")

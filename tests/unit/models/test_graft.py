@@ -4,6 +4,7 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
+import SimpleITK as sitk
 import torch
 
 from models.feature_clustering import ClusteringConfig
@@ -103,3 +104,23 @@ def test_refine_boundary_adds_the_bright_edge_only():
     # Nothing bright outside: nothing is added.
     assert np.array_equal(refine_boundary(truth, image, spacing_zyx=(1.0, 1.0, 1.0),
                                           band_mm=2.0), truth)
+
+
+def test_finish_kidney_drops_a_darker_lobe_at_the_configured_split():
+    """The DCE path drops a loop split off by about 3.3 pooled SDs (``foreign_separation``
+    3); the stricter 4 of the no-contrast path keeps it."""
+    from models.graft import finish_kidney
+    from models.roi import RegionOfInterest
+    from tests.unit.models.test_kidney_trim import SHAPE, SPACING, _scene
+
+    channels, kidney, loop = _scene(seed=5, loop_value=880.0)
+    grid = sitk.GetImageFromArray(channels[1].astype(np.float32))
+    grid.SetSpacing(SPACING[::-1])
+    roi = RegionOfInterest(start=(0, 0, 0), stop=SHAPE, touches_edge=False)
+    base = GraftConfig(vessel_radius_mm=0.0, refine_boundary_mm=0.0)
+    kept = {split: finish_kidney(kidney | loop, channels, coarse=grid, crop=grid, grid=SPACING,
+                                 roi=roi, shape=SHAPE,
+                                 config=replace(base, foreign_separation=split))
+            for split in (3.0, 4.0)}
+    assert dice(kept[3.0], kidney) > 0.99
+    assert np.array_equal(kept[4.0], kidney | loop)
