@@ -29,9 +29,22 @@ def sinus_study_dir(tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201
                           seed=3, renal_sinus=True)
 
 
-@pytest.mark.parametrize("study_fixture", ["small_study_dir", "sinus_study_dir"])
-def test_mri_graft_seg_matches_the_ground_truth(make_node, sqlite_url, study_fixture, request,
-                                                 tmp_path):
+@pytest.fixture(scope="module")
+def loops_study_dir(tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201
+    """A graft with its renal sinus at the paper's protocol (512 x 512, 74 DCE slices)
+    with two solid bowel loops against it, as bright as the kidney in the combined DCE
+    volume and darker at the kidney's peak (synthetic seed 3121: with the darker-lobe
+    split at 4 SDs the loops stayed in the mask, Dice 0.815 and +39 % volume)."""
+    from service.synthetic import paper_protocol, write_mr_study
+
+    return write_mr_study(tmp_path_factory.mktemp("loops-study"), patient_id="IT-0003",
+                          seed=3121, protocol=paper_protocol(3121), renal_sinus=True)
+
+
+@pytest.mark.parametrize(("study_fixture", "min_dice"), [
+    ("small_study_dir", 0.8), ("sinus_study_dir", 0.8), ("loops_study_dir", 0.9)])
+def test_mri_graft_seg_matches_the_ground_truth(make_node, sqlite_url, study_fixture, min_dice,
+                                                 request, tmp_path):
     study = request.getfixturevalue(study_fixture)
     dest_port = free_port()
     with storescp(dest_port, tmp_path / "dest"):
@@ -40,7 +53,7 @@ def test_mri_graft_seg_matches_the_ground_truth(make_node, sqlite_url, study_fix
         node.start()
         t0 = time.perf_counter()
         assert storescu(node.dicom_port, list(study.files)).returncode == 0
-        segs = node.wait_for(lambda: _segs_in(tmp_path / "dest"), 240, "the mri-graft SEG")
+        segs = node.wait_for(lambda: _segs_in(tmp_path / "dest"), 480, "the mri-graft SEG")
         elapsed = time.perf_counter() - t0
         print(f"\nmri-graft round trip: SEG at destination after {elapsed:.1f} s")
     assert len(segs) == 1
@@ -67,7 +80,7 @@ def test_mri_graft_seg_matches_the_ground_truth(make_node, sqlite_url, study_fix
     truth = sitk.GetArrayFromImage(study.truth_mask).astype(bool)
     score = dice(mask, truth)
     print(f"mri-graft Dice {score:.3f} against the ground truth")
-    assert score > 0.8  # a broken pipeline (no ROI, wrong cluster, wrong grid) stays far below
+    assert score > min_dice  # a broken pipeline (no ROI, wrong cluster, wrong grid) stays far below
 
     jobs = json.loads(node.cli("jobs", "--json").stdout)
     assert [(j["pipeline"], j["state"]) for j in jobs] == [("mri-graft", "succeeded")]
