@@ -47,7 +47,7 @@ from models.components import (
 )
 from models.otsu import otsu_threshold
 
-__all__ = ["drop_foreign_lobes", "peak_channel"]
+__all__ = ["drop_foreign_lobes", "otsu_split", "peak_channel"]
 
 
 def peak_channel(mask: np.ndarray, channels: np.ndarray) -> int:
@@ -60,6 +60,19 @@ def peak_channel(mask: np.ndarray, channels: np.ndarray) -> int:
         if score > best_score:
             best, best_score = c, score
     return best
+
+
+def otsu_split(values: np.ndarray) -> tuple[float, float]:
+    """The Otsu threshold of ``values`` and how far apart the two groups it makes are:
+    the difference of their means in pooled standard deviations (0 when one group is
+    empty or both are constant)."""
+    threshold = otsu_threshold(values)
+    dark = values < threshold
+    if dark.all() or not dark.any():
+        return threshold, 0.0
+    low, high = values[dark], values[~dark]
+    pooled = float(np.sqrt(0.5 * (low.var() + high.var())))
+    return threshold, (float(high.mean() - low.mean()) / pooled if pooled > 0 else 0.0)
 
 
 def _enclosed_fraction(lobe: np.ndarray, rest: np.ndarray) -> float:
@@ -114,14 +127,8 @@ def drop_foreign_lobes(
     if not arr.any() or arr.all():
         return arr
     values = images[peak_channel(arr, images)]
-    inside = values[arr]
-    threshold = otsu_threshold(inside)
-    dark = inside < threshold
-    if dark.all() or not dark.any():
-        return arr
-    low, high = inside[dark], inside[~dark]
-    pooled = np.sqrt(0.5 * (low.var() + high.var()))
-    if pooled <= 0 or (high.mean() - low.mean()) / pooled < min_separation:
+    threshold, separation = otsu_split(values[arr])
+    if separation < min_separation:
         return arr
     darker = arr & (values < threshold)
     core = binary_opening(darker, radius_vox=1.0, spacing_zyx=spacing)

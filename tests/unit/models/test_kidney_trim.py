@@ -3,9 +3,8 @@
 import numpy as np
 import pytest
 
-from models.kidney_trim import drop_foreign_lobes, peak_channel
+from models.kidney_trim import drop_foreign_lobes, otsu_split, peak_channel
 from models.metrics import dice
-from models.otsu import otsu_threshold
 
 SHAPE = (24, 40, 40)
 SPACING = (2.5, 2.5, 2.5)
@@ -45,10 +44,7 @@ def test_a_loop_split_off_by_three_to_four_standard_deviations_is_dropped():
     SDs: synthetic seed 3121's solid loops split at 3.14) is a neighbour all the same."""
     channels, kidney, loop = _scene(seed=5, loop_value=880.0)
     mask = kidney | loop
-    values = channels[1][mask]
-    dark = values < otsu_threshold(values)
-    low, high = values[dark], values[~dark]
-    separation = (high.mean() - low.mean()) / np.sqrt(0.5 * (low.var() + high.var()))
+    _, separation = otsu_split(channels[1][mask])
     assert 3.0 < separation < 4.0
     kept = drop_foreign_lobes(mask, channels, spacing_zyx=SPACING)
     assert (kept & loop).sum() < 0.02 * loop.sum()
